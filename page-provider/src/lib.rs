@@ -1,0 +1,133 @@
+//! Where the allocator gets its memory: the [`PageProvider`] trait and its providers.
+//!
+//! The unit is the **chunk**: [`CHUNK_SIZE`] (2 MiB) bytes aligned to 2 MiB, the size of a
+//! huge page on x86-64 and on AArch64 with a 4 KiB granule. A provider hands out runs of
+//! contiguous chunks, takes back any chunk-aligned part of what it handed out, and may drop
+//! the backing of a range while keeping it reserved (purging). It reports its page sizes at
+//! run time: AArch64 Linux hosts with 16 KiB and 64 KiB pages exist, and allocators that
+//! assumed 4 KiB at compile time crashed on them.
+//!
+//! Providers here:
+//! - [`linux::MmapProvider`] (feature `linux`): anonymous mmap, transparent huge pages asked
+//!   for with `MADV_HUGEPAGE`, purging with `MADV_DONTNEED` or `MADV_FREE`;
+//! - [`fixed::FixedRegion`]: chunks of a caller-given span (a static array in firmware
+//!   without an MMU, a region in tests);
+//! - the bare-metal 2 MiB frame provider for kernels builds on [`bitmap::ChunkBitmap`].
+#![no_std]
+
+pub mod bitmap;
+pub mod fixed;
+#[cfg(feature = "linux")]
+pub mod linux;
+
+use core::ptr::NonNull;
+
+/// log2 of [`CHUNK_SIZE`].
+pub const CHUNK_SHIFT: u32 = 21;
+/// Bytes in a chunk: 2 MiB, the unit of provisioning and of huge-page backing.
+pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+
+bitflags::bitflags! {
+    /// What a provider can do beyond handing out and taking back chunks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Capabilities: u32 {
+        /// [`PageProvider::purge`] drops the backing of a range, giving it back to the
+        /// system, while the range stays reserved and usable.
+        const PURGE = 1 << 0;
+        /// A purged range reads as zero afterwards (`MADV_DONTNEED` on private anonymous
+        /// memory; not `MADV_FREE`).
+        const PURGE_ZEROES = 1 << 1;
+        /// Chunks are backed by huge pages where the system allows it.
+        const HUGE_PAGES = 1 << 2;
+        /// [`PageProvider::free_chunks`] gives memory back to the system rather than to a
+        /// pool of the provider's own.
+        const RELEASE = 1 << 3;
+    }
+}
+
+/// A run of chunks handed out by [`PageProvider::alloc_chunks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunks {
+    /// The first byte; aligned to [`CHUNK_SIZE`].
+    pub base: NonNull<u8>,
+    /// Whether every byte of the run reads as zero.
+    pub zeroed: bool,
+}
+
+/// A source of 2 MiB-aligned chunks of memory.
+///
+/// Implementations must not allocate through the allocator they serve: the core calls them
+/// with its locks held.
+///
+/// # Safety
+///
+/// The allocator builds its heap on these promises:
+///
+/// - a run returned by `alloc_chunks(count)` starts at a multiple of [`CHUNK_SIZE`], is
+///   `count * CHUNK_SIZE` bytes long, is readable and writable, and overlaps no other run
+///   that is handed out and not yet given back;
+/// - if [`Chunks::zeroed`] is true, every byte of the run reads as zero;
+/// - memory stays valid until given back with `free_chunks`, whatever `purge` did to it;
+/// - `page_size` and `huge_page_size` return the same values for the provider's lifetime.
+pub unsafe trait PageProvider: Sync {
+    /// What the provider can do; see [`Capabilities`].
+    fn capabilities(&self) -> Capabilities;
+
+    /// The base page size of the memory handed out: the granule of `purge`. A power of two
+    /// no larger than [`CHUNK_SIZE`]; read at run time.
+    fn page_size(&self) -> usize;
+
+    /// The huge page size backing chunks, when there is one.
+    fn huge_page_size(&self) -> Option<usize> {
+        None
+    }
+
+    /// Hands out `count` (at least 1) contiguous chunks, or `None` when out of memory.
+    fn alloc_chunks(&self, count: usize) -> Option<Chunks>;
+
+    /// Takes back `count` chunks starting at `base`.
+    ///
+    /// # Safety
+    ///
+    /// The chunks are all part of runs this provider handed out (any chunk-aligned part of
+    /// a run may be given back on its own), none was given back before, and nothing uses
+    /// them any more.
+    unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize);
+
+    /// Drops the backing of `len` bytes at `base`, keeping them usable; returns whether it
+    /// did. With [`Capabilities::PURGE_ZEROES`], a range purged with `true` reads as zero.
+    ///
+    /// # Safety
+    ///
+    /// `base` and `len` are multiples of [`page_size`](PageProvider::page_size), the range
+    /// lies inside chunks handed out and not given back, and the caller does not need its
+    /// contents.
+    unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
+        let _ = (base, len);
+        false
+    }
+}
+
+// SAFETY: forwards every call to the referenced provider, which keeps the promises.
+unsafe impl<P: PageProvider> PageProvider for &P {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn page_size(&self) -> usize {
+        (**self).page_size()
+    }
+    fn huge_page_size(&self) -> Option<usize> {
+        (**self).huge_page_size()
+    }
+    fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
+        (**self).alloc_chunks(count)
+    }
+    unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
+        // SAFETY: the caller's promises are the referenced provider's preconditions.
+        unsafe { (**self).free_chunks(base, count) }
+    }
+    unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the caller's promises are the referenced provider's preconditions.
+        unsafe { (**self).purge(base, len) }
+    }
+}

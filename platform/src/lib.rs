@@ -1,0 +1,96 @@
+//! What the allocator core needs to know about the machine it runs on: which slot (CPU or
+//! thread) it may use without locks, and how wide a cache line is.
+//!
+//! The core keeps one arena per *slot*. A [`Platform`] hands out slot indices with a promise
+//! of exclusive use: while a closure passed to [`Platform::with_slot`] runs, no other code
+//! runs with the same index. How that promise is kept is the platform's business:
+//!
+//! - a kernel masks interrupts and uses the CPU index (no lock, no atomic read-modify-write);
+//! - the Linux host implementation ([`host::HostPlatform`], feature `host`) gives every
+//!   thread a slot of its own for its lifetime, and lets surplus threads share a few slots
+//!   behind locks;
+//! - [`Uniprocessor`] is for firmware with one CPU and no allocation from interrupts.
+//!
+//! Architecture code lives only in this crate, under `arch/` (kernels) and `host` (user space).
+#![no_std]
+
+#[cfg(feature = "host")]
+extern crate std;
+
+#[cfg(feature = "host")]
+pub mod host;
+
+/// The largest number of slots any platform may report. The core sizes its table of arena
+/// pointers with it (8 bytes a slot), so kernels with up to this many CPUs need no
+/// configuration.
+pub const MAX_SLOTS: usize = 256;
+
+/// Exclusive slots for the allocator core's per-CPU (or per-thread) arenas.
+///
+/// # Safety
+///
+/// The core accesses its arena for a slot with plain loads and stores, trusting that:
+///
+/// - every index passed to a closure is below [`slot_count`](Platform::slot_count), which
+///   never changes and is at most [`MAX_SLOTS`];
+/// - while a closure given an index runs, no other closure given the same index runs, on
+///   any CPU or thread, nor in an interrupt handler on the same CPU (a kernel masks
+///   interrupts for the closure's duration);
+/// - the end of one closure for an index happens-before the start of the next closure for
+///   that index (on another CPU this needs release/acquire ordering, which interrupt masking
+///   on one CPU gets for free).
+pub unsafe trait Platform: Sync {
+    /// The number of slots; every index handed out is below it. Constant.
+    fn slot_count(&self) -> usize;
+
+    /// Runs `f` with exclusive use of the current CPU's (or thread's) slot.
+    ///
+    /// The core never calls this from inside another `with_slot` closure of the same
+    /// platform, so an implementation may use a non-reentrant lock.
+    fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R;
+
+    /// Runs `f` with exclusive use of slot `slot` if nobody holds it now, as when the thread
+    /// that owned it has exited; returns `None` otherwise. The core uses it to collect memory
+    /// cached in idle slots. Platforms whose slots are always held (CPUs) keep the default.
+    fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
+        let _ = (slot, f);
+        None
+    }
+
+    /// Bytes between addresses that can be written by different CPUs without false sharing.
+    fn cache_line_size(&self) -> usize {
+        128
+    }
+}
+
+/// A platform with a single slot, for firmware with one CPU that never allocates from an
+/// interrupt handler (or masks interrupts around every allocation itself).
+#[derive(Debug)]
+pub struct Uniprocessor {
+    _private: (),
+}
+
+impl Uniprocessor {
+    /// Creates the platform.
+    ///
+    /// # Safety
+    ///
+    /// The allocator using it must never be entered twice at once: one CPU, and no
+    /// allocation or free from an interrupt or signal handler that could interrupt one.
+    pub const unsafe fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+// SAFETY: `Uniprocessor::new`'s caller promised that allocator calls never overlap, so the
+// single slot 0 is always used by one closure at a time, in program order.
+unsafe impl Platform for Uniprocessor {
+    fn slot_count(&self) -> usize {
+        1
+    }
+
+    #[inline(always)]
+    fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        f(0)
+    }
+}
