@@ -126,7 +126,7 @@ fn read_thp_size() -> Option<usize> {
     let mut buffer = [0u8; 32];
     let size = read_small_file(c"/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", &mut buffer)
         .and_then(|text| {
-            let digits = text.iter().take_while(|byte| byte.is_ascii_digit());
+            let mut digits = text.iter().take_while(|byte| byte.is_ascii_digit());
             digits
                 .try_fold(0usize, |value, &digit| value.checked_mul(10)?.checked_add((digit - b'0') as usize))
         })
