@@ -12,9 +12,11 @@
 //!   for with `MADV_HUGEPAGE`, purging with `MADV_DONTNEED` or `MADV_FREE`;
 //! - [`fixed::FixedRegion`]: chunks of a caller-given span (a static array in firmware
 //!   without an MMU, a region in tests);
-//! - the bare-metal 2 MiB frame provider for kernels builds on [`bitmap::ChunkBitmap`].
+//! - [`bare_metal::FrameProvider`]: 2 MiB RAM frames of a kernel, mapped with 2 MiB
+//!   page-table entries through the architecture's [`platform::HugeMapper`].
 #![no_std]
 
+pub mod bare_metal;
 pub mod bitmap;
 pub mod fixed;
 #[cfg(feature = "linux")]

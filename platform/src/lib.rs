@@ -94,3 +94,35 @@ unsafe impl Platform for Uniprocessor {
         f(0)
     }
 }
+
+/// Installs and removes 2 MiB mappings in the running kernel's page tables: the arch paging
+/// the bare-metal chunk provider needs. Implemented by each architecture module.
+///
+/// # Safety
+///
+/// The bare-metal provider hands out memory through these mappings, trusting that:
+///
+/// - after `map_2m(virt, phys)` returns true, the 2 MiB at `virt` translate, on every CPU,
+///   to the 2 MiB at `phys` as normal write-back cacheable, readable and writable memory
+///   (x86-64: a page-directory entry with PS; AArch64: a level-2 block descriptor, normal
+///   memory, inner shareable);
+/// - after `unmap_2m(virt)` returns, the mapping is gone and no CPU's TLB can translate
+///   `virt` to anything but the frame it was mapped to before;
+/// - neither allocates memory from the allocator the provider serves.
+pub unsafe trait HugeMapper: Sync {
+    /// Maps the 2 MiB frame at physical address `phys` at virtual address `virt`. Returns
+    /// false, mapping nothing, if `virt` lies outside the window the mapper can map.
+    ///
+    /// # Safety
+    ///
+    /// Both addresses are 2 MiB aligned, `phys` is RAM that nothing else uses, and `virt`
+    /// is not mapped.
+    unsafe fn map_2m(&self, virt: usize, phys: u64) -> bool;
+
+    /// Removes the mapping at `virt` and invalidates its TLB entries.
+    ///
+    /// # Safety
+    ///
+    /// `virt` was mapped by `map_2m` and nothing uses the memory any more.
+    unsafe fn unmap_2m(&self, virt: usize);
+}
