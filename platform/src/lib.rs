@@ -17,6 +17,8 @@
 #[cfg(feature = "host")]
 extern crate std;
 
+pub mod arch;
+
 #[cfg(feature = "host")]
 pub mod host;
 

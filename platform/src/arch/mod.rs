@@ -1,0 +1,15 @@
+//! Kernel implementations of [`Platform`](crate::Platform) and [`HugeMapper`](crate::HugeMapper),
+//! one module per architecture, each exposing the same set of items:
+//!
+//! - `KernelPlatform`: the CPU index as the slot, interrupts masked for the closure;
+//! - `InterruptGuard`: masks interrupts and restores the previous state on drop (nests);
+//! - `HeapMapper`: 2 MiB mappings in the kernel's page tables for the heap window;
+//! - `cache_line_size()`: read from the CPU, never assumed.
+//!
+//! Only code for bare-metal targets (`target_os = "none"`) is built here.
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod x86_64;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod aarch64;
