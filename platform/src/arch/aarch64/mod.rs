@@ -1,0 +1,1 @@
+//! AArch64 kernel platform: to be written (issue 3).

@@ -1,0 +1,1 @@
+//! x86-64 kernel platform: to be written (issue 3).
