@@ -1,1 +1,22 @@
-//! x86-64 kernel platform: to be written (issue 3).
+//! x86-64 kernel platform: the CPU index read through the GS base, interrupt masking as the
+//! critical section, the cache-line size from CPUID, and 2 MiB heap mappings.
+//!
+//! What a kernel must do to use it (all of it in its own boot code):
+//!
+//! 1. On every CPU, before anything here is used on that CPU, call [`init_cpu`] with the
+//!    CPU's dense index (0 for the boot CPU). It points `IA32_GS_BASE` at the CPU's record;
+//!    [`KernelPlatform`], [`InterruptGuard`] and [`current_cpu_racy`] read and write that
+//!    record through `gs:`. The kernel must not change the GS base afterwards.
+//! 2. Once, before the heap is used, call [`HeapMapper::install`] with its top-level page
+//!    table, shared by every CPU (4-level paging; the window takes PML4 entry 1).
+//! 3. Mask interrupts only through [`InterruptGuard`] (or not at all) while a guard or a
+//!    [`KernelPlatform::with_slot`] closure is alive: a raw `sti` inside one breaks the
+//!    exclusivity the allocator relies on.
+
+mod cpu;
+mod interrupts;
+mod paging;
+
+pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, current_cpu_racy, init_cpu};
+pub use interrupts::{InterruptGuard, interrupts_enabled};
+pub use paging::{HeapMapper, VIRT_OFFSET, WINDOW_BYTES};
