@@ -1,0 +1,88 @@
+//! The AArch64 test kernel for `qemu-system-aarch64 -M virt`: boots every CPU, installs the
+//! allocator as `#[global_allocator]` over RAM from the device tree, runs the shared suite
+//! (`qemu_suite::run`) and exits QEMU through semihosting with 0 if every test passed, 1
+//! otherwise (a panic or a fault also exits with 1).
+//!
+//! Boot order on CPU 0: `boot` (EL2 -> EL1, FP/SIMD, stack, .bss, vectors) -> [`boot_main`]:
+//! device tree, MMU, RAM into the frame provider, heap, GIC and timer, secondary CPUs, suite.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod boot;
+mod console;
+mod dtb;
+mod exceptions;
+mod gic;
+mod heap;
+mod machine;
+mod mmu;
+mod semihosting;
+mod smp;
+mod timer;
+
+use page_provider::bare_metal::FrameProvider;
+use platform::arch::aarch64::{HeapMapper, VIRT_OFFSET, init_cpu};
+
+use crate::console::println;
+
+/// Where RAM starts on `-M virt`: frame 0 of the provider.
+const RAM_BASE: u64 = 0x4000_0000;
+
+/// RAM of the heap, in 2 MiB frames mapped at `physical + VIRT_OFFSET`.
+static FRAMES: FrameProvider<HeapMapper> = FrameProvider::new(HeapMapper::new(), RAM_BASE, VIRT_OFFSET);
+
+#[global_allocator]
+static HEAP: heap::KernelHeap = heap::KernelHeap::new();
+
+/// The boot CPU's Rust entry, called by `_start` with the MMU off and interrupts masked.
+extern "C" fn boot_main() -> ! {
+    let info = dtb::parse();
+    // SAFETY: the device tree names the console PL011; `mmu` maps it as Device memory.
+    unsafe { console::set_base(info.uart.start as usize) };
+    // SAFETY: first thing after parsing, on the boot CPU, MMU off, no other CPU running.
+    unsafe { mmu::init_boot_cpu(&info) };
+    // SAFETY: the boot CPU is index 0 and nothing else writes TPIDR_EL1.
+    unsafe { init_cpu(0) };
+
+    let image = mmu::kernel_image();
+    let mut exclude = [(0u64, 0u64); 34];
+    exclude[0] = (image.start, image.len);
+    exclude[1] = (info.dtb.start, info.dtb.len);
+    for (slot, region) in exclude[2..].iter_mut().zip(info.reserved.as_slice()) {
+        *slot = (region.start, region.len);
+    }
+    let mut frames = 0;
+    for region in info.memory.as_slice() {
+        // SAFETY: the device tree calls this RAM; the image (with its page tables and boot
+        // stack), the tree and the reserved ranges are left out; QEMU RAM is not known to be
+        // zero after loading, so it is not claimed to be.
+        frames += unsafe { FRAMES.add_ram(region.start, region.len, &exclude, false) };
+    }
+    let heap_bytes = HEAP.init(&FRAMES);
+    println!(
+        "aarch64: boot: {} MiB of RAM in {frames} frames, {} MiB heap, cache line {} bytes, PSCI {:?}",
+        info.memory.as_slice().iter().map(|region| region.len).sum::<u64>() >> 20,
+        heap_bytes >> 20,
+        platform::arch::aarch64::cache_line_size(),
+        info.psci,
+    );
+
+    gic::init(&info);
+    gic::init_cpu();
+    let cpus = smp::start_secondaries(&info);
+    println!("aarch64: boot: {cpus} of {} CPUs online", info.cpu_count + info.cpus_dropped);
+
+    let summary = qemu_suite::run(&machine::VirtMachine::new());
+    semihosting::exit(if summary.failed == 0 { 0 } else { 1 })
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::emergency_print(format_args!(
+        "aarch64: PANIC on CPU {}: {info}\n",
+        platform::arch::aarch64::current_cpu_racy()
+    ));
+    semihosting::exit(1)
+}
