@@ -23,6 +23,7 @@ mod smp;
 mod timer;
 
 use page_provider::bare_metal::FrameProvider;
+use page_provider::{CHUNK_SIZE, PageProvider};
 use platform::arch::aarch64::{HeapMapper, VIRT_OFFSET, init_cpu};
 
 use crate::console::println;
@@ -39,6 +40,7 @@ static HEAP: heap::KernelHeap = heap::KernelHeap::new();
 /// The boot CPU's Rust entry, called by `_start` with the MMU off and interrupts masked.
 extern "C" fn boot_main() -> ! {
     let info = dtb::parse();
+    smp::set_conduit(info.psci);
     // SAFETY: the device tree names the console PL011; `mmu` maps it as Device memory.
     unsafe { console::set_base(info.uart.start as usize) };
     // SAFETY: first thing after parsing, on the boot CPU, MMU off, no other CPU running.
@@ -60,10 +62,13 @@ extern "C" fn boot_main() -> ! {
         // zero after loading, so it is not claimed to be.
         frames += unsafe { FRAMES.add_ram(region.start, region.len, &exclude, false) };
     }
+    let checked = check_heap_window();
     let heap_bytes = HEAP.init(&FRAMES);
     println!(
-        "aarch64: boot: {} MiB of RAM in {frames} frames, {} MiB heap, cache line {} bytes, PSCI {:?}",
+        "aarch64: boot: {} MiB of RAM in {frames} frames ({} MiB mapped and unmapped), \
+         {} MiB heap, cache line {} bytes, PSCI {:?}",
         info.memory.as_slice().iter().map(|region| region.len).sum::<u64>() >> 20,
+        checked >> 20,
         heap_bytes >> 20,
         platform::arch::aarch64::cache_line_size(),
         info.psci,
@@ -76,6 +81,38 @@ extern "C" fn boot_main() -> ! {
 
     let summary = qemu_suite::run(&machine::VirtMachine::new());
     semihosting::exit(if summary.failed == 0 { 0 } else { 1 })
+}
+
+/// Maps every free frame through the heap window in one run, writes and reads a word in the
+/// first and last chunk and in one chunk of every 256 MiB (touching every chunk would make
+/// the host back all of the guest's RAM), unmaps them all, then maps one again: exercises
+/// `HeapMapper` over all of RAM, beyond the first GiB too, and its TLB invalidation.
+/// Returns the bytes mapped.
+fn check_heap_window() -> usize {
+    let count = FRAMES.free_frames();
+    let run = FRAMES.alloc_chunks(count).expect("the free frames are one contiguous run");
+    let base = run.base.as_ptr();
+    let probes = (0..count).step_by(128).chain([count - 1]);
+    for chunk in probes {
+        let offset = chunk * CHUNK_SIZE + CHUNK_SIZE - 8;
+        let value = (base as usize + offset) as u64 ^ 0x5A5A_5A5A;
+        // SAFETY: the run is `count` chunks of mapped memory that nothing else uses.
+        let read = unsafe {
+            let word = base.add(offset).cast::<u64>();
+            word.write_volatile(value);
+            word.read_volatile()
+        };
+        assert_eq!(read, value, "heap window memory at {:#x} did not keep a value", base as usize + offset);
+    }
+    // SAFETY: the run came from FRAMES and is no longer used.
+    unsafe { FRAMES.free_chunks(run.base, count) };
+    let again = FRAMES.alloc_chunks(1).expect("a frame after giving all back");
+    // SAFETY: one mapped chunk that nothing else uses.
+    unsafe {
+        again.base.as_ptr().cast::<u64>().write_volatile(1);
+        FRAMES.free_chunks(again.base, 1);
+    }
+    count * CHUNK_SIZE
 }
 
 #[panic_handler]

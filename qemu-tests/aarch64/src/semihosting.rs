@@ -1,7 +1,7 @@
 //! Leaving QEMU with an exit code through Arm semihosting (QEMU's `-semihosting`).
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// SYS_EXIT: end the application.
 const SYS_EXIT: u64 = 0x18;
@@ -10,17 +10,25 @@ const ADP_STOPPED_APPLICATION_EXIT: u64 = 0x20026;
 
 /// Set by the first CPU that tries to exit.
 static EXITING: AtomicBool = AtomicBool::new(false);
+/// The CPU that set `EXITING`.
+static EXITING_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// Exits QEMU with status `code`. Only the first caller gets to exit; any other CPU (or this
-/// one, re-entered from the fault handler because `hlt` is undefined without QEMU's
-/// `-semihosting`) parks for good.
+/// Exits QEMU with status `code`. Only the first caller gets to exit; any other CPU parks
+/// for good. Without QEMU's `-semihosting`, `hlt` is undefined: the fault handler comes back
+/// here, and the machine is powered off through PSCI instead, which loses the code (QEMU
+/// exits with 0), so runners must also look for the success line.
 pub(crate) fn exit(code: u32) -> ! {
     if EXITING.swap(true, Ordering::Relaxed) {
-        crate::console::emergency_print(format_args!(
-            "aarch64: semihosting exit failed or already under way (is QEMU run with -semihosting?)\n"
-        ));
+        if platform::arch::aarch64::current_cpu_racy() == EXITING_CPU.load(Ordering::Relaxed) {
+            crate::console::emergency_print(format_args!(
+                "aarch64: semihosting is not available (run QEMU with -semihosting): powering off \
+                 without an exit code\n"
+            ));
+            crate::smp::system_off();
+        }
         park();
     }
+    EXITING_CPU.store(platform::arch::aarch64::current_cpu_racy(), Ordering::Relaxed);
     // The extended AArch64 form: x1 points to {reason, exit code}.
     let block = [ADP_STOPPED_APPLICATION_EXIT, u64::from(code)];
     // SAFETY: SYS_EXIT reads the two words at x1, which live on this stack frame, and ends

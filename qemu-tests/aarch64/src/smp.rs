@@ -9,7 +9,7 @@
 
 use core::alloc::Layout;
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use platform::arch::aarch64::{InterruptGuard, MAX_CPUS, current_cpu_racy, init_cpu};
 
@@ -20,6 +20,8 @@ use crate::exceptions::with_interrupts_enabled;
 
 /// PSCI CPU_ON, SMC64 calling convention.
 const PSCI_CPU_ON: u64 = 0xC400_0003;
+/// PSCI SYSTEM_OFF.
+const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
 /// Bytes of stack each secondary CPU gets (interrupt frames included).
 const SECONDARY_STACK: usize = 128 * 1024;
 /// How long a started CPU may take to report in.
@@ -42,6 +44,30 @@ static JOB: spin::Mutex<Option<Job>> = spin::Mutex::new(None);
 static LAST_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Secondary CPUs done with the current job.
 static DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// The PSCI conduit: 0 = none (yet), 1 = hvc, 2 = smc.
+static CONDUIT: AtomicU8 = AtomicU8::new(0);
+
+/// Records the PSCI conduit of the device tree, for CPU_ON and SYSTEM_OFF.
+pub(crate) fn set_conduit(conduit: Option<Conduit>) {
+    let code = match conduit {
+        None => 0,
+        Some(Conduit::Hvc) => 1,
+        Some(Conduit::Smc) => 2,
+    };
+    CONDUIT.store(code, Ordering::Relaxed);
+}
+
+/// Powers the machine off through PSCI SYSTEM_OFF (QEMU then exits with status 0, whatever
+/// went wrong); returns only if there is no PSCI or the call failed.
+pub(crate) fn system_off() {
+    let conduit = match CONDUIT.load(Ordering::Relaxed) {
+        1 => Conduit::Hvc,
+        2 => Conduit::Smc,
+        _ => return,
+    };
+    psci_call(conduit, PSCI_SYSTEM_OFF, 0, 0, 0);
+}
 
 /// CPUs online, the boot CPU included.
 pub(crate) fn online() -> usize {
