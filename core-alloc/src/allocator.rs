@@ -1,0 +1,459 @@
+//! The allocator: the public API and `GlobalAlloc`, and the large and huge paths.
+//!
+//! Requests up to [`MAX_SMALL`](crate::size_class::MAX_SMALL) bytes (aligned to at most a
+//! page) are small: blocks of a size class from the current slot's arena (see `arena`).
+//! Larger ones up to [`MAX_LARGE`] are page runs carved from shared chunks under the central
+//! lock; beyond that they are huge: whole chunks of their own.
+//!
+//! Every path runs inside the platform's slot closure, so on kernels interrupts are masked
+//! whenever the allocator holds a lock or touches an arena.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use page_provider::PageProvider;
+use platform::{MAX_SLOTS, Platform};
+
+use crate::arena::Arena;
+use crate::chunk::{RUN_LARGE, RUN_SLAB, page_address, run_of};
+use crate::chunk_map::ChunkMap;
+use crate::config::{CHUNK_MASK, CHUNK_SIZE, MAX_LARGE, PAGE, PAGE_SHIFT};
+use crate::heap::Heap;
+use crate::size_class::{CLASS_COUNT, class_for};
+use crate::stats::Stats;
+
+/// A misuse of the allocator that it noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misuse {
+    /// A pointer the allocator did not hand out (or no longer knows of) was freed.
+    ForeignPointer,
+    /// A block was freed twice.
+    DoubleFree,
+    /// A block was freed or reallocated with a size or alignment that does not fit it.
+    WrongLayout,
+}
+
+/// What the misuse hook is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MisuseReport {
+    /// What went wrong.
+    pub kind: Misuse,
+    /// The pointer involved.
+    pub address: usize,
+}
+
+/// Called when the allocator notices a misuse. The allocator then leaves the memory alone
+/// (it leaks the block rather than risk corrupting its state) and goes on. The hook runs
+/// inside the allocator, possibly with interrupts masked: it must not allocate. It may
+/// abort the program, which is what the host allocator's hook does.
+pub type MisuseHook = fn(&MisuseReport);
+
+fn ignore_misuse(_: &MisuseReport) {}
+
+/// The allocator over a page provider `P` and a platform `Pl`.
+///
+/// Construct it in a `static` with [`Allocator::new`] and use it as the
+/// `#[global_allocator]`, or call its methods directly.
+pub struct Allocator<P, Pl> {
+    pub(crate) provider: P,
+    pub(crate) platform: Pl,
+    /// One arena per slot, made on the slot's first use.
+    pub(crate) arenas: [AtomicPtr<Arena>; MAX_SLOTS],
+    pub(crate) heap: spin::Mutex<Heap>,
+    pub(crate) map: ChunkMap,
+    misuse_hook: MisuseHook,
+    /// Frees counted here when their slot's arena could not be made (out of memory).
+    pub(crate) stray_frees: [AtomicU64; CLASS_COUNT],
+}
+
+// SAFETY: the arenas are used only by the holder of their slot (the platform's promise) or
+// through their atomic delayed lists; the heap is behind its lock; the map is atomics; the
+// provider and platform are Sync.
+unsafe impl<P: Sync, Pl: Sync> Sync for Allocator<P, Pl> {}
+// SAFETY: as for Sync; nothing in the allocator is tied to the thread that made it.
+unsafe impl<P: Send, Pl: Send> Send for Allocator<P, Pl> {}
+
+impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
+    /// An allocator that gets memory from `provider` and slots from `platform`. Takes no
+    /// memory until the first allocation.
+    pub const fn new(provider: P, platform: Pl) -> Self {
+        Self {
+            provider,
+            platform,
+            arenas: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_SLOTS],
+            heap: spin::Mutex::new(Heap::new()),
+            map: ChunkMap::new(),
+            misuse_hook: ignore_misuse,
+            stray_frees: [const { AtomicU64::new(0) }; CLASS_COUNT],
+        }
+    }
+
+    /// The same allocator, calling `hook` when it notices a misuse (see [`Misuse`]).
+    pub const fn with_misuse_hook(mut self, hook: MisuseHook) -> Self {
+        self.misuse_hook = hook;
+        self
+    }
+
+    /// The page provider.
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &Pl {
+        &self.platform
+    }
+
+    pub(crate) fn report(&self, kind: Misuse, address: usize) {
+        (self.misuse_hook)(&MisuseReport { kind, address });
+    }
+
+    /// Allocates `size` bytes aligned to `align`; `None` when out of memory or when the
+    /// request is impossible (`align` not a power of two, or the size rounded up to the
+    /// alignment overflows `isize`).
+    ///
+    /// A zero-size request gets a unique pointer to a block of the smallest size (8 bytes,
+    /// or `align` if larger) that must be freed like any other, as C's `malloc(0)` does in
+    /// glibc.
+    pub fn allocate(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let layout = Layout::from_size_align(size.max(1), align).ok()?;
+        NonNull::new(self.alloc_inner(layout, false))
+    }
+
+    /// As [`allocate`](Self::allocate), with the memory zeroed.
+    pub fn allocate_zeroed(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let layout = Layout::from_size_align(size.max(1), align).ok()?;
+        NonNull::new(self.alloc_inner(layout, true))
+    }
+
+    /// Frees a block without saying its size.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from this allocator and is not freed yet; nothing uses the block any more.
+    pub unsafe fn free(&self, ptr: NonNull<u8>) {
+        // SAFETY: the caller's promise.
+        unsafe { self.free_inner(ptr.as_ptr(), None) }
+    }
+
+    /// Frees a block allocated with `size` and `align` (checked builds verify them).
+    ///
+    /// # Safety
+    ///
+    /// As for [`free`](Self::free), and `size` and `align` are those the block was
+    /// allocated (or last reallocated) with.
+    pub unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: the caller's promise.
+        unsafe { self.free_inner(ptr.as_ptr(), Some((size.max(1), align))) }
+    }
+
+    /// Resizes a block to `new_size` bytes, in place when it can, keeping its alignment and
+    /// contents up to the smaller size. Returns `None` (the block is untouched) when out of
+    /// memory or the request is impossible.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from this allocator with alignment `align` and is not freed; nothing else
+    /// uses the block during the call.
+    pub unsafe fn reallocate(&self, ptr: NonNull<u8>, align: usize, new_size: usize) -> Option<NonNull<u8>> {
+        let layout = Layout::from_size_align(new_size.max(1), align).ok()?;
+        // SAFETY: the caller's promise.
+        unsafe {
+            let old_size = self.usable_size(ptr);
+            NonNull::new(self.realloc_inner(ptr.as_ptr(), old_size, layout))
+        }
+    }
+
+    /// The bytes usable in the block at `ptr` (at least what was asked for).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from this allocator and is not freed.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        let address = ptr.as_ptr() as usize;
+        if address & CHUNK_MASK == 0 {
+            return Heap::huge_chunks(address, &self.map).map_or(0, |count| count * CHUNK_SIZE);
+        }
+        // SAFETY: a live block of a slab or large run (caller).
+        unsafe {
+            let run = run_of(address);
+            match (*run).kind {
+                RUN_SLAB => (*run).block_size as usize,
+                RUN_LARGE => ((*run).pages as usize) << PAGE_SHIFT,
+                _ => 0,
+            }
+        }
+    }
+
+    /// The allocation paths shared by every API.
+    #[inline(always)]
+    pub(crate) fn alloc_inner(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let Some(class) = class_for(layout.size(), layout.align()) else {
+            return self.alloc_big(layout, zeroed);
+        };
+        // SAFETY: the slot closure gives exclusive use of the slot's arena.
+        let block = self.platform.with_slot(|slot| unsafe { self.alloc_small(slot, class) });
+        if zeroed && !block.is_null() {
+            // SAFETY: the block is at least `layout.size()` bytes, ours to write.
+            unsafe { ptr::write_bytes(block, 0, layout.size()) };
+        }
+        block
+    }
+
+    /// Large and huge allocations.
+    #[cold]
+    fn alloc_big(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let (size, align) = (layout.size(), layout.align());
+        let found = if size <= MAX_LARGE && align <= MAX_LARGE {
+            let pages = size.div_ceil(PAGE).max(1);
+            let align_pages = (align / PAGE).max(1);
+            self.platform.with_slot(|_| {
+                let mut heap = self.heap.lock();
+                let (run, clean) =
+                    heap.alloc_run(pages, align_pages, RUN_LARGE, &self.provider, &self.map)?;
+                heap.counters.large_live += 1;
+                heap.counters.large_live_bytes += pages * PAGE;
+                // SAFETY: a fresh large run, ours under the lock.
+                let first = unsafe { (*run).first_page as usize };
+                Some((page_address(run, first) as *mut u8, clean))
+            })
+        } else {
+            let count = size.div_ceil(CHUNK_SIZE);
+            self.platform.with_slot(|_| {
+                let mut heap = self.heap.lock();
+                heap.alloc_huge(count, align, &self.provider, &self.map)
+                    .map(|(base, clean)| (base.as_ptr(), clean))
+            })
+        };
+        match found {
+            Some((block, clean)) => {
+                if zeroed && !clean {
+                    // SAFETY: a fresh allocation of at least `size` bytes.
+                    unsafe { ptr::write_bytes(block, 0, size) };
+                }
+                block
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// The free paths shared by every API; `layout` is the size and alignment the caller
+    /// vouches for, if any.
+    ///
+    /// # Safety
+    ///
+    /// `block` came from this allocator and is not freed (a violation is reported where it
+    /// is noticed, and is otherwise undefined behaviour).
+    #[inline(always)]
+    pub(crate) unsafe fn free_inner(&self, block: *mut u8, layout: Option<(usize, usize)>) {
+        let address = block as usize;
+        if address & CHUNK_MASK == 0 {
+            // SAFETY: forwarded caller promise.
+            return unsafe { self.free_huge(address) };
+        }
+        #[cfg(feature = "checked")]
+        if !self.check_free(address, layout) {
+            return;
+        }
+        #[cfg(not(feature = "checked"))]
+        let _ = layout;
+        // SAFETY: a live block: its chunk is a slab chunk and a run covers it.
+        unsafe {
+            let run = run_of(address);
+            if (*run).kind == RUN_SLAB {
+                self.platform.with_slot(|slot| self.free_small(slot, run, block));
+            } else {
+                self.free_large(run, address);
+            }
+        }
+    }
+
+    /// Frees a large run.
+    ///
+    /// # Safety
+    ///
+    /// `address` is in a slab chunk and was handed out by this allocator.
+    #[cold]
+    unsafe fn free_large(&self, run: *mut crate::chunk::Run, address: usize) {
+        self.platform.with_slot(|_| {
+            let mut heap = self.heap.lock();
+            // SAFETY: the caller vouches for the address; the kind and first page are
+            // stable under the lock.
+            unsafe {
+                if (*run).kind != RUN_LARGE || page_address(run, (*run).first_page as usize) != address {
+                    drop(heap);
+                    self.report(
+                        if (*run).kind == RUN_LARGE { Misuse::ForeignPointer } else { Misuse::DoubleFree },
+                        address,
+                    );
+                    return;
+                }
+                heap.counters.large_live -= 1;
+                heap.counters.large_live_bytes -= ((*run).pages as usize) << PAGE_SHIFT;
+                heap.free_run(run, &self.provider, &self.map);
+            }
+        });
+    }
+
+    /// Frees a huge allocation, or reports a pointer that starts no huge allocation.
+    ///
+    /// # Safety
+    ///
+    /// If a huge allocation starts at `address`, nothing uses it any more.
+    #[cold]
+    unsafe fn free_huge(&self, address: usize) {
+        let known = self.platform.with_slot(|_| {
+            let mut heap = self.heap.lock();
+            let count = Heap::huge_chunks(address, &self.map)?;
+            // SAFETY: a live huge allocation of `count` chunks starts there (the map says
+            // so), and the caller is done with it.
+            unsafe { heap.free_huge(address, count, &self.provider, &self.map) };
+            Some(())
+        });
+        if known.is_none() {
+            self.report(Misuse::ForeignPointer, address);
+        }
+    }
+
+    /// Resizes in place when the block's size class, page run or chunk count allows,
+    /// otherwise allocates, copies and frees.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a live block of this allocator with at least `old_size` readable bytes
+    /// and alignment `layout.align()`.
+    pub(crate) unsafe fn realloc_inner(&self, block: *mut u8, old_size: usize, layout: Layout) -> *mut u8 {
+        let address = block as usize;
+        let new_size = layout.size();
+        if address & CHUNK_MASK == 0 {
+            if new_size > MAX_LARGE && layout.align() <= CHUNK_SIZE {
+                let resized = self.platform.with_slot(|_| {
+                    let mut heap = self.heap.lock();
+                    let count = Heap::huge_chunks(address, &self.map)?;
+                    let wanted = new_size.div_ceil(CHUNK_SIZE);
+                    if wanted > count {
+                        return None;
+                    }
+                    if wanted < count {
+                        // SAFETY: the chunks past `wanted` hold no byte of the new size.
+                        unsafe { heap.shrink_huge(address, count, wanted, &self.provider, &self.map) };
+                    }
+                    Some(())
+                });
+                if resized.is_some() {
+                    return block;
+                }
+            }
+        } else {
+            // SAFETY: a live block of a slab or large run (caller).
+            unsafe {
+                let run = run_of(address);
+                if (*run).kind == RUN_SLAB {
+                    if class_for(new_size, layout.align()) == Some((*run).class as usize) {
+                        return block;
+                    }
+                } else if new_size > crate::size_class::MAX_SMALL
+                    && new_size <= MAX_LARGE
+                    && layout.align() <= MAX_LARGE
+                {
+                    let pages = new_size.div_ceil(PAGE);
+                    let resized = self.platform.with_slot(|_| {
+                        let mut heap = self.heap.lock();
+                        let old_pages = (*run).pages as usize;
+                        let done = pages == old_pages || heap.resize_run(run, pages);
+                        if done {
+                            heap.counters.large_live_bytes = heap.counters.large_live_bytes
+                                - (old_pages << PAGE_SHIFT)
+                                + (pages << PAGE_SHIFT);
+                        }
+                        done
+                    });
+                    if resized {
+                        return block;
+                    }
+                }
+            }
+        }
+        let moved = self.alloc_inner(layout, false);
+        if !moved.is_null() {
+            // SAFETY: both blocks are live and distinct; the copy stays inside both.
+            unsafe {
+                ptr::copy_nonoverlapping(block, moved, old_size.min(new_size));
+                self.free_inner(block, None);
+            }
+        }
+        moved
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::new();
+        for arena in &self.arenas {
+            let arena = arena.load(Ordering::Acquire);
+            if !arena.is_null() {
+                // SAFETY: arenas are never freed; their counters are atomics.
+                unsafe { (*arena).counters.add_to(&mut stats) };
+                stats.arenas += 1;
+            }
+        }
+        for (class, stray) in stats.classes.iter_mut().zip(&self.stray_frees) {
+            class.frees += stray.load(Ordering::Relaxed);
+        }
+        stats.heap = self.platform.with_slot(|_| self.heap.lock().counters);
+        stats
+    }
+
+    /// Gives back what can be given back now: remote frees and empty slabs of the current
+    /// slot and of idle slots (threads that exited), and every cached empty chunk.
+    pub fn collect(&self) {
+        // SAFETY: the slot closure gives exclusive use of the slot's arena.
+        self.platform.with_slot(|slot| unsafe { self.flush_arena(slot) });
+        for slot in 0..self.platform.slot_count() {
+            // SAFETY: the platform lends the idle slot exclusively for the closure.
+            self.platform.try_with_idle_slot(slot, || unsafe { self.release_slot(slot) });
+        }
+        self.platform.with_slot(|_| self.heap.lock().trim(0, &self.provider, &self.map));
+    }
+
+    /// Checks the central heap's bookkeeping and the current slot's arena; returns a
+    /// description of the first inconsistency. For tests, at quiet moments.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        self.platform.with_slot(|slot| {
+            self.heap.lock().check_invariants()?;
+            // SAFETY: the slot closure gives exclusive use of the slot's arena.
+            unsafe { self.check_arena(slot) }
+        })
+    }
+}
+
+// SAFETY: `alloc` returns null or a block of at least `layout.size()` bytes aligned to
+// `layout.align()`, disjoint from every other live block; `dealloc` and `realloc` rely on
+// the caller's GlobalAlloc promises, which are those of `free_inner` and `realloc_inner`.
+unsafe impl<P: PageProvider, Pl: Platform> GlobalAlloc for Allocator<P, Pl> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.alloc_inner(layout, false)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.alloc_inner(layout, true)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: GlobalAlloc's caller promises `ptr` is live with this layout.
+        unsafe { self.free_inner(ptr, Some((layout.size(), layout.align()))) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc's caller promises `ptr` is live with this layout, and that
+        // `new_size` rounded up to the alignment does not overflow isize.
+        unsafe {
+            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+            self.realloc_inner(ptr, layout.size(), new_layout)
+        }
+    }
+}

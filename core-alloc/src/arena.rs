@@ -1,0 +1,513 @@
+//! Per-slot arenas: the small-block fast paths, slab refills, frees from other CPUs, and
+//! what happens when a thread gives its slot up.
+//!
+//! An arena has one bin per size class. A bin allocates from its `current` slab, keeps slabs
+//! with free blocks on a `partial` list and slabs with none on a `full` list. The fast path
+//! of an allocation is a pop from the current slab's free list; of a free by the owning slot,
+//! a push on the slab's local free list. Neither takes a lock or an atomic read-modify-write.
+//!
+//! A block freed from another slot goes onto its slab's remote list (one compare-exchange);
+//! if the owner had marked that slab FULL, the block goes to the owner arena's `delayed`
+//! list instead, which the owner drains on its next refill, freeing the blocks locally and so
+//! moving the slab back to `partial`. See `slab` for the remote word.
+//!
+//! Empty slabs: the bin keeps its current slab even when empty (so a free-then-allocate loop
+//! does not take and return a slab every time); other slabs that empty go back to the
+//! central heap at once, and every `IDLE_CHECK_INTERVAL` refills the arena gives back the
+//! current slabs of other classes that are empty.
+//!
+//! When a slot is given up (`release_slot`, at thread exit on hosts), every slab of the arena
+//! is abandoned: empty ones go back to the heap, the others become ABANDONED and go back when
+//! their last block is freed.
+//!
+//! Concurrency: everything but `delayed` and the statistics is touched only by the holder
+//! of the arena's slot. `delayed` is a stack pushed by any CPU (compare-exchange with
+//! release) and emptied whole by the owner (swap with acquire), so it has no ABA problem.
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use page_provider::PageProvider;
+use platform::Platform;
+
+use crate::allocator::Allocator;
+use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, RUN_SLAB, Run, run_of};
+use crate::config::ARENA_ALIGN;
+use crate::size_class::{CLASS_COUNT, slab_pages};
+use crate::slab::{self, RemoteFree};
+use crate::stats::{ArenaCounters, count_one};
+
+/// A bin's slabs of one size class.
+#[repr(C)]
+pub(crate) struct Bin {
+    /// The slab allocations come from; `EMPTY_RUN` when there is none.
+    current: *mut Run,
+    /// Slabs with free blocks (doubly linked through `Run::next`/`prev`).
+    partial: *mut Run,
+    /// Slabs with no free block the owner knows of.
+    full: *mut Run,
+}
+
+/// Stands in for a missing current slab: its free list is always empty, so the fast path
+/// needs no null check. Never written.
+struct EmptyRun(Run);
+// SAFETY: nothing ever writes the sentinel; its atomics make it Sync-safe to read.
+unsafe impl Sync for EmptyRun {}
+static EMPTY_RUN: EmptyRun = EmptyRun(Run::unused());
+
+fn empty_run() -> *mut Run {
+    ptr::addr_of!(EMPTY_RUN.0).cast_mut()
+}
+
+/// Refills between two looks for idle empty current slabs.
+const IDLE_CHECK_INTERVAL: u32 = 256;
+
+/// Other CPUs write here: keep it off the owner's lines.
+#[repr(C, align(128))]
+struct Delayed(AtomicPtr<u8>);
+
+/// One slot's arena; see the module documentation.
+#[repr(C, align(256))]
+pub(crate) struct Arena {
+    bins: [Bin; CLASS_COUNT],
+    /// Slow-path refills so far; paces the release of idle empty slabs.
+    refills: u32,
+    pub(crate) counters: ArenaCounters,
+    delayed: Delayed,
+}
+
+static_assertions::const_assert!(core::mem::align_of::<Arena>() <= ARENA_ALIGN);
+
+/// Pushes `run` on the front of a list.
+///
+/// # Safety
+///
+/// The caller owns the run and the list; the run is on no list.
+unsafe fn push_front(list: *mut *mut Run, run: *mut Run, tag: u8) {
+    // SAFETY: owner-only list fields (caller).
+    unsafe {
+        (*run).prev = ptr::null_mut();
+        (*run).next = *list;
+        if !(*list).is_null() {
+            (**list).prev = run;
+        }
+        *list = run;
+        (*run).list = tag;
+    }
+}
+
+/// Takes `run` off a list.
+///
+/// # Safety
+///
+/// The caller owns the run and the list, and the run is on it.
+unsafe fn unlink(list: *mut *mut Run, run: *mut Run) {
+    // SAFETY: owner-only list fields (caller).
+    unsafe {
+        let (prev, next) = ((*run).prev, (*run).next);
+        if prev.is_null() {
+            *list = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*run).list = LIST_NONE;
+    }
+}
+
+impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
+    /// Allocates a block of `class` from `slot`'s arena.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot` (inside the platform's slot closure).
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_small(&self, slot: usize, class: usize) -> *mut u8 {
+        let arena = self.arenas[slot].load(Ordering::Relaxed);
+        if !arena.is_null() {
+            // SAFETY: the slot holder owns the arena and the slabs it lists.
+            unsafe {
+                let block = slab::pop((*arena).bins[class].current);
+                if !block.is_null() {
+                    count_one(&(*arena).counters.allocations[class]);
+                    return block;
+                }
+            }
+        }
+        // SAFETY: forwarded slot ownership.
+        unsafe { self.alloc_small_slow(slot, class) }
+    }
+
+    /// Refills the bin and allocates, making the arena first if needed. Null when out of
+    /// memory.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    #[cold]
+    unsafe fn alloc_small_slow(&self, slot: usize, class: usize) -> *mut u8 {
+        // SAFETY: the caller holds the slot.
+        let arena = unsafe { self.arena(slot) };
+        if arena.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: the slot holder owns the arena, its bins and their slabs.
+        unsafe {
+            if !(*arena).delayed.0.load(Ordering::Relaxed).is_null() {
+                self.drain_delayed(slot, arena);
+            }
+            (*arena).refills = (*arena).refills.wrapping_add(1);
+            if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
+                self.release_idle_current(arena, class);
+            }
+            let bin = ptr::addr_of_mut!((*arena).bins[class]);
+            loop {
+                let run = (*bin).current;
+                if run != empty_run() {
+                    if slab::refill(run) {
+                        break;
+                    }
+                    if !slab::mark_full(run) {
+                        continue; // remote frees arrived: the next refill collects them
+                    }
+                    (*bin).current = empty_run();
+                    push_front(ptr::addr_of_mut!((*bin).full), run, LIST_FULL);
+                }
+                let partial = (*bin).partial;
+                if !partial.is_null() {
+                    unlink(ptr::addr_of_mut!((*bin).partial), partial);
+                    (*partial).list = LIST_CURRENT;
+                    (*bin).current = partial;
+                    continue;
+                }
+                let fresh =
+                    self.heap.lock().alloc_run(slab_pages(class), 1, RUN_SLAB, &self.provider, &self.map);
+                let Some((run, zeroed)) = fresh else { return ptr::null_mut() };
+                slab::init(run, class, slot, zeroed);
+                (*run).list = LIST_CURRENT;
+                (*bin).current = run;
+            }
+            let block = slab::pop((*bin).current);
+            count_one(&(*arena).counters.allocations[class]);
+            block
+        }
+    }
+
+    /// Gives back the current slabs of other classes that are empty: a bin keeps an empty
+    /// current slab so that allocate-free loops do not churn, but one left empty for a whole
+    /// interval of refills is idle.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot owning `arena`.
+    unsafe fn release_idle_current(&self, arena: *mut Arena, refilling: usize) {
+        // SAFETY: the slot holder owns the arena, its bins and their slabs.
+        unsafe {
+            for class in (0..CLASS_COUNT).filter(|&class| class != refilling) {
+                let bin = ptr::addr_of_mut!((*arena).bins[class]);
+                let run = (*bin).current;
+                if run == empty_run() {
+                    continue;
+                }
+                slab::collect_remote(run);
+                if (*run).used == 0 {
+                    (*bin).current = empty_run();
+                    (*run).list = LIST_NONE;
+                    self.heap.lock().free_run(run, &self.provider, &self.map);
+                }
+            }
+        }
+    }
+
+    /// The arena of `slot`, made on first use; null when out of memory.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    unsafe fn arena(&self, slot: usize) -> *mut Arena {
+        let existing = self.arenas[slot].load(Ordering::Relaxed);
+        if !existing.is_null() {
+            return existing;
+        }
+        let size = core::mem::size_of::<Arena>().next_multiple_of(ARENA_ALIGN);
+        let Some(memory) = self.heap.lock().meta_alloc(size, ARENA_ALIGN, &self.provider) else {
+            return ptr::null_mut();
+        };
+        let arena = memory.as_ptr().cast::<Arena>();
+        // SAFETY: fresh zeroed metadata memory, aligned for an Arena; zero is a valid value
+        // for every field but `current`, set here before the arena is published.
+        unsafe {
+            for class in 0..CLASS_COUNT {
+                (*arena).bins[class].current = empty_run();
+            }
+        }
+        // Release: other CPUs that push to `delayed` read the pointer with acquire.
+        self.arenas[slot].store(arena, Ordering::Release);
+        arena
+    }
+
+    /// Frees a small block, from `slot`.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`; `block` is a live block of the slab `run`.
+    #[inline(always)]
+    pub(crate) unsafe fn free_small(&self, slot: usize, run: *mut Run, block: *mut u8) {
+        let arena = self.arenas[slot].load(Ordering::Relaxed);
+        // SAFETY: `run` is a live slab (caller); if the slot owns it, its lists are ours.
+        unsafe {
+            let class = (*run).class as usize;
+            if (*run).owner.load(Ordering::Relaxed) as usize == slot {
+                // Owning a slab implies the arena exists.
+                count_one(&(*arena).counters.frees[class]);
+                let emptied = slab::push_local(run, block);
+                // The current slab stays put, empty or not: a loop that allocates and frees
+                // one block never leaves this path.
+                if (*run).list != LIST_CURRENT && (emptied || (*run).list == LIST_FULL) {
+                    self.after_local_free(arena, run, emptied);
+                }
+            } else {
+                let arena = self.arena(slot);
+                if arena.is_null() {
+                    self.stray_frees[class].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    count_one(&(*arena).counters.frees[class]);
+                }
+                self.free_remote(run, block);
+            }
+        }
+    }
+
+    /// Frees a block without counting it (it was counted when first freed).
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_small`](Self::free_small), and `slot`'s arena exists.
+    unsafe fn free_small_uncounted(&self, slot: usize, arena: *mut Arena, run: *mut Run, block: *mut u8) {
+        // SAFETY: as for `free_small`.
+        unsafe {
+            if (*run).owner.load(Ordering::Relaxed) as usize == slot {
+                let emptied = slab::push_local(run, block);
+                if (*run).list != LIST_CURRENT && (emptied || (*run).list == LIST_FULL) {
+                    self.after_local_free(arena, run, emptied);
+                }
+            } else {
+                self.free_remote(run, block);
+            }
+        }
+    }
+
+    /// A local free emptied a slab or hit one on the full list.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot owning `run` and `arena`.
+    #[cold]
+    unsafe fn after_local_free(&self, arena: *mut Arena, run: *mut Run, emptied: bool) {
+        // SAFETY: the slot holder owns the arena, the bin and the slab.
+        unsafe {
+            let bin = ptr::addr_of_mut!((*arena).bins[(*run).class as usize]);
+            let list = (*run).list;
+            if emptied {
+                let holder = if list == LIST_FULL {
+                    ptr::addr_of_mut!((*bin).full)
+                } else {
+                    ptr::addr_of_mut!((*bin).partial)
+                };
+                unlink(holder, run);
+                self.heap.lock().free_run(run, &self.provider, &self.map);
+            } else if list == LIST_FULL {
+                unlink(ptr::addr_of_mut!((*bin).full), run);
+                slab::unmark_full(run);
+                push_front(ptr::addr_of_mut!((*bin).partial), run, LIST_PARTIAL);
+            }
+        }
+    }
+
+    /// Frees a block of a slab the caller's slot does not own.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a live block of the slab `run`, not owned by the caller's slot.
+    unsafe fn free_remote(&self, run: *mut Run, block: *mut u8) {
+        // SAFETY: the block is the caller's to give back; see `slab::push_remote`.
+        match unsafe { slab::push_remote(run, block, block, 1) } {
+            RemoteFree::Queued | RemoteFree::CountedOut => {}
+            RemoteFree::WasFull(owner) => {
+                let owner_arena = self.arenas[owner as usize].load(Ordering::Acquire);
+                // SAFETY: an owned slab's owner made its arena before owning anything, and
+                // arenas are never freed; the block is the caller's.
+                unsafe { push_delayed(owner_arena, block) };
+            }
+            RemoteFree::LastOfAbandoned => {
+                // SAFETY: the slab has no live block and no owner: it is ours to release.
+                unsafe { self.heap.lock().free_run(run, &self.provider, &self.map) };
+            }
+        }
+    }
+
+    /// Frees the blocks other CPUs handed to this arena's delayed list.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`.
+    unsafe fn drain_delayed(&self, slot: usize, arena: *mut Arena) {
+        // SAFETY: the swap hands the whole list to the owner; each block is a live block
+        // whose free was deferred here, linked through its first 8 bytes.
+        unsafe {
+            let mut block = (*arena).delayed.0.swap(ptr::null_mut(), Ordering::Acquire);
+            while !block.is_null() {
+                let next = block.cast::<*mut u8>().read_unaligned();
+                self.free_small_uncounted(slot, arena, run_of(block as usize), block);
+                block = next;
+            }
+        }
+    }
+
+    /// Collects remote frees of every slab of `slot`'s arena and gives empty ones back,
+    /// keeping each bin's current slab.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    pub(crate) unsafe fn flush_arena(&self, slot: usize) {
+        let arena = self.arenas[slot].load(Ordering::Relaxed);
+        if arena.is_null() {
+            return;
+        }
+        // SAFETY: the slot holder owns the arena, its bins and their slabs.
+        unsafe {
+            self.drain_delayed(slot, arena);
+            for class in 0..CLASS_COUNT {
+                let bin = ptr::addr_of_mut!((*arena).bins[class]);
+                for list in [ptr::addr_of_mut!((*bin).partial), ptr::addr_of_mut!((*bin).full)] {
+                    let mut run = *list;
+                    while !run.is_null() {
+                        let next = (*run).next;
+                        slab::collect_remote(run);
+                        if (*run).used == 0 {
+                            unlink(list, run);
+                            self.heap.lock().free_run(run, &self.provider, &self.map);
+                        } else if (*run).list == LIST_FULL && slab::refill(run) {
+                            unlink(list, run);
+                            slab::unmark_full(run);
+                            push_front(ptr::addr_of_mut!((*bin).partial), run, LIST_PARTIAL);
+                        }
+                        run = next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up everything `slot`'s arena holds: empty slabs go back to the heap, the rest
+    /// are abandoned and go back when their last block is freed. For a platform's slot
+    /// release (a host thread's exit); the arena stays, empty, for the slot's next holder.
+    ///
+    /// # Safety
+    ///
+    /// The caller has exclusive use of `slot`, as inside the platform's slot closure or its
+    /// slot-release hook, and does not call this from inside another allocator call.
+    pub unsafe fn release_slot(&self, slot: usize) {
+        let arena = self.arenas.get(slot).map_or(ptr::null_mut(), |arena| arena.load(Ordering::Acquire));
+        if arena.is_null() {
+            return;
+        }
+        // SAFETY: exclusive use of the slot (caller): the arena and its slabs are ours.
+        unsafe {
+            self.drain_delayed(slot, arena);
+            for class in 0..CLASS_COUNT {
+                let bin = ptr::addr_of_mut!((*arena).bins[class]);
+                let current = (*bin).current;
+                (*bin).current = empty_run();
+                if current != empty_run() {
+                    self.abandon_or_release(current);
+                }
+                for list in [ptr::addr_of_mut!((*bin).partial), ptr::addr_of_mut!((*bin).full)] {
+                    let mut run = *list;
+                    *list = ptr::null_mut();
+                    while !run.is_null() {
+                        let next = (*run).next;
+                        self.abandon_or_release(run);
+                        run = next;
+                    }
+                }
+            }
+            // Frees that found a slab FULL just before it was abandoned handed their block
+            // here; they are remote frees into abandoned slabs now.
+            self.drain_delayed(slot, arena);
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The caller owns `run` and has taken it off its list.
+    unsafe fn abandon_or_release(&self, run: *mut Run) {
+        // SAFETY: forwarded ownership.
+        unsafe {
+            if !slab::abandon(run) {
+                self.heap.lock().free_run(run, &self.provider, &self.map);
+            }
+        }
+    }
+
+    /// Checks `slot`'s arena: list tags, ownership, and every slab's own bookkeeping.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    pub(crate) unsafe fn check_arena(&self, slot: usize) -> Result<(), &'static str> {
+        let arena = self.arenas[slot].load(Ordering::Relaxed);
+        if arena.is_null() {
+            return Ok(());
+        }
+        // SAFETY: the slot holder owns the arena and its slabs.
+        unsafe {
+            for class in 0..CLASS_COUNT {
+                let bin = ptr::addr_of!((*arena).bins[class]);
+                let current = (*bin).current;
+                let lists =
+                    [(current, LIST_CURRENT), ((*bin).partial, LIST_PARTIAL), ((*bin).full, LIST_FULL)];
+                for (head, tag) in lists {
+                    let mut run = head;
+                    while !run.is_null() && run != empty_run() {
+                        if (*run).kind != RUN_SLAB || (*run).class as usize != class {
+                            return Err("a bin lists a run that is not a slab of its class");
+                        }
+                        if (*run).list != tag {
+                            return Err("a slab's list tag disagrees with the list holding it");
+                        }
+                        if (*run).owner.load(Ordering::Relaxed) as usize != slot {
+                            return Err("a bin lists a slab its slot does not own");
+                        }
+                        slab::check_invariants(run)?;
+                        run = if tag == LIST_CURRENT { ptr::null_mut() } else { (*run).next };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pushes a block on an arena's delayed list.
+///
+/// # Safety
+///
+/// `arena` is a live arena; `block` is a live block being freed, at least 8 bytes long.
+unsafe fn push_delayed(arena: *mut Arena, block: *mut u8) {
+    // SAFETY: the block is ours to overwrite until the push publishes it (release).
+    unsafe {
+        let delayed = &(*arena).delayed.0;
+        let mut head = delayed.load(Ordering::Relaxed);
+        loop {
+            block.cast::<*mut u8>().write_unaligned(head);
+            match delayed.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+}

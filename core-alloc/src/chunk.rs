@@ -1,0 +1,355 @@
+//! The layout of a chunk that holds slabs and large runs: a header at offset 0 describing
+//! its pages and the runs carved from them.
+//!
+//! ```text
+//! chunk (2 MiB, 2 MiB-aligned)
+//! +-----------------+----------------------------------------------------------+
+//! | header (2 pages)| pages 2..512: free, or runs (slabs of blocks, large runs) |
+//! +-----------------+----------------------------------------------------------+
+//! ```
+//!
+//! The header holds one 64-byte [`Run`] descriptor per run (up to 63), a byte per page
+//! naming the run that covers it (0: none), and the central heap's bitmaps of free pages and
+//! of pages that may hold non-zero bytes. A block's run is found with two loads from the
+//! block's address: `chunk = ptr & !CHUNK_MASK`, `run = runs[page_run[page of ptr]]`.
+//!
+//! Huge allocations start at offset 0 of their first chunk and have no header; no block of
+//! a slab or large run can start at offset 0, so `ptr & CHUNK_MASK == 0` tells them apart.
+//!
+//! Concurrency: the page map, the bitmaps and the run descriptors' `kind`, `first_page` and
+//! `pages` are written under the central heap lock when a run is created or destroyed;
+//! nobody else holds a block of a run at those times, so readers who hold a block see stable
+//! values. A slab's free-list fields belong to the arena that owns it (see `slab`); `remote`
+//! and `owner` are atomics shared with other CPUs.
+
+use core::ptr;
+use core::sync::atomic::{AtomicU16, AtomicU64};
+
+use page_provider::bitmap::Bitmap;
+
+use crate::config::{CHUNK_MASK, CHUNK_SIZE, PAGE, PAGE_SHIFT, PAGES_PER_CHUNK, RUNS_PER_CHUNK};
+
+/// A run descriptor that describes nothing.
+pub(crate) const RUN_FREE: u8 = 0;
+/// A slab: `pages` pages carved into blocks of one size class.
+pub(crate) const RUN_SLAB: u8 = 1;
+/// A large allocation: `pages` pages handed out whole.
+pub(crate) const RUN_LARGE: u8 = 2;
+
+/// A slab held by no arena list (being set up, or released).
+pub(crate) const LIST_NONE: u8 = 0;
+/// The slab its bin allocates from.
+pub(crate) const LIST_CURRENT: u8 = 1;
+/// A slab with free blocks, waiting in its bin's partial list.
+pub(crate) const LIST_PARTIAL: u8 = 2;
+/// A slab with no free block the owner knows of, in its bin's full list.
+pub(crate) const LIST_FULL: u8 = 3;
+
+/// The owner value of a slab that no arena owns (abandoned by an exiting thread).
+pub(crate) const NO_OWNER: u16 = u16::MAX;
+
+/// A run descriptor: a slab or a large run. 64 bytes, one cache line.
+#[repr(C, align(64))]
+pub(crate) struct Run {
+    /// Slab: chunk offset of the first block of the allocation free list (0: empty).
+    pub free: u32,
+    /// Slab: chunk offset of the first block the owner freed since `free` was filled.
+    pub local_free: u32,
+    /// Slab: blocks handed out and not on `free` or `local_free` (remote frees not yet
+    /// collected still count).
+    pub used: u32,
+    /// Slab: chunk offset of the first block never handed out.
+    pub bump: u32,
+    /// Slab: chunk offset past the last block.
+    pub end: u32,
+    /// Slab: the block size. Large: the usable size in bytes.
+    pub block_size: u32,
+    /// Slab: the size class.
+    pub class: u8,
+    /// `RUN_FREE`, `RUN_SLAB` or `RUN_LARGE`.
+    pub kind: u8,
+    /// Slab: which list of its owner holds it (`LIST_*`); owner-only.
+    pub list: u8,
+    /// Slab: blocks beyond `bump` read as zero (the pages were clean when carved).
+    pub fresh_zeroed: u8,
+    /// Slab: the slot of the arena that owns it, or `NO_OWNER`.
+    pub owner: AtomicU16,
+    /// The first page of the run.
+    pub first_page: u16,
+    /// The run's length in pages.
+    pub pages: u16,
+    _reserved: u16,
+    /// Slab: blocks freed by other CPUs; see `slab` for the encoding.
+    pub remote: AtomicU64,
+    /// Owner list links (the arena's bins).
+    pub next: *mut Run,
+    /// Owner list links (the arena's bins).
+    pub prev: *mut Run,
+}
+
+static_assertions::const_assert_eq!(core::mem::size_of::<Run>(), 64);
+
+impl Run {
+    /// A descriptor describing nothing, as in a freshly formatted header.
+    pub(crate) const fn unused() -> Self {
+        Self {
+            free: 0,
+            local_free: 0,
+            used: 0,
+            bump: 0,
+            end: 0,
+            block_size: 0,
+            class: 0,
+            kind: RUN_FREE,
+            list: LIST_NONE,
+            fresh_zeroed: 0,
+            owner: AtomicU16::new(NO_OWNER),
+            first_page: 0,
+            pages: 0,
+            _reserved: 0,
+            remote: AtomicU64::new(0),
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+        }
+    }
+}
+
+/// The header at the start of every slab chunk.
+#[repr(C)]
+pub(crate) struct ChunkHeader {
+    /// Run descriptors; index 0 is never used, so a page-map byte of 0 means "no run".
+    pub runs: [Run; RUNS_PER_CHUNK],
+    /// For each page, the index of the run covering it, or 0.
+    pub page_run: [u8; PAGES_PER_CHUNK],
+    /// Pages not in any run (the header's pages are never free).
+    pub free_pages: Bitmap<{ PAGES_PER_CHUNK / 64 }>,
+    /// Pages that may hold non-zero bytes.
+    pub dirty_pages: Bitmap<{ PAGES_PER_CHUNK / 64 }>,
+    /// Bit `i` set: `runs[i]` is unused.
+    pub free_runs: u64,
+    /// The number of free pages.
+    pub free_count: u16,
+    /// The longest run of free pages.
+    pub longest_free: u16,
+    /// The central heap's list this chunk is in (see `heap`).
+    pub bucket: u16,
+    /// Central heap list links.
+    pub next: *mut ChunkHeader,
+    /// Central heap list links.
+    pub prev: *mut ChunkHeader,
+}
+
+/// Pages taken by the header at the start of a slab chunk.
+pub(crate) const HEADER_PAGES: usize = core::mem::size_of::<ChunkHeader>().div_ceil(PAGE);
+/// Pages of a slab chunk that runs can use.
+pub(crate) const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
+
+static_assertions::const_assert!(HEADER_PAGES <= 2);
+static_assertions::const_assert!(RUNS_PER_CHUNK <= 64 && RUNS_PER_CHUNK <= u8::MAX as usize + 1);
+static_assertions::const_assert!(CHUNK_SIZE <= u32::MAX as usize);
+
+/// The chunk containing `address` (for addresses inside slab chunks).
+#[inline(always)]
+pub(crate) fn chunk_of(address: usize) -> *mut ChunkHeader {
+    (address & !CHUNK_MASK) as *mut ChunkHeader
+}
+
+/// The run covering the block at `block` in a slab chunk.
+///
+/// # Safety
+///
+/// `block` points into a page of a live run of a slab chunk.
+#[inline(always)]
+pub(crate) unsafe fn run_of(block: usize) -> *mut Run {
+    let chunk = chunk_of(block);
+    let page = (block & CHUNK_MASK) >> PAGE_SHIFT;
+    // SAFETY: the caller promises a live run covers the page, so the header is initialised
+    // and the page-map byte is stable while the block is held.
+    unsafe {
+        let index = (*chunk).page_run[page] as usize;
+        ptr::addr_of_mut!((*chunk).runs[index])
+    }
+}
+
+/// The address of page `page` of the chunk holding `run`.
+#[inline(always)]
+pub(crate) fn page_address(run: *const Run, page: usize) -> usize {
+    (run as usize & !CHUNK_MASK) + (page << PAGE_SHIFT)
+}
+
+/// The index of `run` in its chunk's descriptor table.
+pub(crate) fn run_index(run: *const Run) -> usize {
+    ((run as usize) & CHUNK_MASK) / core::mem::size_of::<Run>()
+}
+
+/// Sets the page-map bytes of `pages` pages from `first` to `index`, without forming a
+/// reference to the whole map (other CPUs read other bytes of it at the same time).
+///
+/// # Safety
+///
+/// The caller holds the central heap lock and the pages are inside `chunk`.
+unsafe fn set_page_run(chunk: *mut ChunkHeader, first: usize, pages: usize, index: u8) {
+    debug_assert!(first + pages <= PAGES_PER_CHUNK);
+    // SAFETY: the bytes are inside the map (caller), and only the lock holder writes them.
+    unsafe { ptr::addr_of_mut!((*chunk).page_run).cast::<u8>().add(first).write_bytes(index, pages) }
+}
+
+impl ChunkHeader {
+    /// Formats a header at the start of a chunk: all usable pages free, all descriptors
+    /// unused; pages dirty unless `zeroed`.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is the start of a chunk the caller owns, with nothing live in it.
+    pub(crate) unsafe fn init(chunk: *mut ChunkHeader, zeroed: bool) {
+        // SAFETY: the caller owns the chunk; the header fits in its first pages, and all
+        // fields are plain data or atomics for which zero bytes are valid values.
+        unsafe {
+            if !zeroed {
+                ptr::write_bytes(chunk.cast::<u8>(), 0, HEADER_PAGES * PAGE);
+            }
+            (*chunk).free_pages.set_range(HEADER_PAGES, USABLE_PAGES, true);
+            (*chunk).dirty_pages.set_range(0, if zeroed { HEADER_PAGES } else { PAGES_PER_CHUNK }, true);
+            (*chunk).free_runs = if RUNS_PER_CHUNK == 64 { !1 } else { ((1u64 << RUNS_PER_CHUNK) - 1) & !1 };
+            (*chunk).free_count = USABLE_PAGES as u16;
+            (*chunk).longest_free = USABLE_PAGES as u16;
+            (*chunk).bucket = u16::MAX;
+            (*chunk).next = ptr::null_mut();
+            (*chunk).prev = ptr::null_mut();
+        }
+    }
+
+    /// Carves a run of `pages` pages starting at a multiple of `align_pages`; returns the
+    /// descriptor and whether all its pages were clean. The descriptor has its kind, pages
+    /// and first page set; the caller fills in the rest. Pages become dirty.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the central heap lock and `chunk` is a formatted slab chunk.
+    pub(crate) unsafe fn carve(
+        chunk: *mut ChunkHeader,
+        pages: usize,
+        align_pages: usize,
+        kind: u8,
+    ) -> Option<(*mut Run, bool)> {
+        // SAFETY: the caller holds the heap lock, which guards every field used here except
+        // the chosen descriptor, which is unused and so touched by nobody else.
+        unsafe {
+            if (*chunk).free_runs == 0 || ((*chunk).longest_free as usize) < pages {
+                return None;
+            }
+            let first = (*chunk).free_pages.find_set_run(pages, align_pages, PAGES_PER_CHUNK)?;
+            let index = (*chunk).free_runs.trailing_zeros() as usize;
+            (*chunk).free_runs &= !(1u64 << index);
+            (*chunk).free_pages.set_range(first, pages, false);
+            let zeroed = (*chunk).dirty_pages.all_in_range(first, pages, false);
+            (*chunk).dirty_pages.set_range(first, pages, true);
+            set_page_run(chunk, first, pages, index as u8);
+            (*chunk).free_count -= pages as u16;
+            (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
+            let run = ptr::addr_of_mut!((*chunk).runs[index]);
+            (*run).kind = kind;
+            (*run).first_page = first as u16;
+            (*run).pages = pages as u16;
+            Some((run, zeroed))
+        }
+    }
+
+    /// Returns a run's pages to the chunk's free pages and its descriptor to the unused ones.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the central heap lock, and nothing in the run is live or referenced.
+    pub(crate) unsafe fn uncarve(run: *mut Run) {
+        let chunk = chunk_of(run as usize);
+        // SAFETY: as for `carve`; the run belongs to this chunk's descriptor table.
+        unsafe {
+            let (first, pages) = ((*run).first_page as usize, (*run).pages as usize);
+            (*run).kind = RUN_FREE;
+            set_page_run(chunk, first, pages, 0);
+            (*chunk).free_pages.set_range(first, pages, true);
+            (*chunk).free_count += pages as u16;
+            (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
+            (*chunk).free_runs |= 1u64 << run_index(run);
+        }
+    }
+
+    /// Grows or shrinks a large run in place to `pages` pages; returns false (changing
+    /// nothing) when the pages after it are not free.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the central heap lock, and `run` is a live large run.
+    pub(crate) unsafe fn resize_in_place(run: *mut Run, pages: usize) -> bool {
+        let chunk = chunk_of(run as usize);
+        // SAFETY: as for `carve`; the run's owner is the caller.
+        unsafe {
+            let (first, current) = ((*run).first_page as usize, (*run).pages as usize);
+            let index = run_index(run) as u8;
+            if pages > current {
+                let extra = pages - current;
+                if first + pages > PAGES_PER_CHUNK
+                    || !(*chunk).free_pages.all_in_range(first + current, extra, true)
+                {
+                    return false;
+                }
+                (*chunk).free_pages.set_range(first + current, extra, false);
+                (*chunk).dirty_pages.set_range(first + current, extra, true);
+                set_page_run(chunk, first + current, extra, index);
+                (*chunk).free_count -= extra as u16;
+            } else {
+                let spare = current - pages;
+                (*chunk).free_pages.set_range(first + pages, spare, true);
+                set_page_run(chunk, first + pages, spare, 0);
+                (*chunk).free_count += spare as u16;
+            }
+            (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
+            (*run).pages = pages as u16;
+            true
+        }
+    }
+
+    /// Checks the header's bookkeeping against itself; returns a description of the first
+    /// inconsistency.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the central heap lock and `chunk` is a formatted slab chunk.
+    pub(crate) unsafe fn check_invariants(chunk: *const ChunkHeader) -> Result<(), &'static str> {
+        // SAFETY: the heap lock keeps the fields read here still; run descriptors are read
+        // field by field through raw pointers, as their owners may be using other fields.
+        unsafe {
+            let free_pages = &(*chunk).free_pages;
+            if free_pages.count_ones() != (*chunk).free_count as usize {
+                return Err("free page count disagrees with the free page bitmap");
+            }
+            if free_pages.longest_set_run() != (*chunk).longest_free as usize {
+                return Err("cached longest free run is stale");
+            }
+            if free_pages.next_set(0).is_some_and(|page| page < HEADER_PAGES) {
+                return Err("a header page is marked free");
+            }
+            for page in 0..PAGES_PER_CHUNK {
+                let index = (*chunk).page_run[page] as usize;
+                let free = free_pages.get(page);
+                if free && index != 0 {
+                    return Err("a free page is mapped to a run");
+                }
+                if !free && page >= HEADER_PAGES && index == 0 {
+                    return Err("a used page is mapped to no run");
+                }
+                if index != 0 {
+                    let run = ptr::addr_of!((*chunk).runs[index]);
+                    if (*chunk).free_runs & (1 << index) != 0 || (*run).kind == RUN_FREE {
+                        return Err("a page is mapped to an unused descriptor");
+                    }
+                    let first = (*run).first_page as usize;
+                    if page < first || page >= first + (*run).pages as usize {
+                        return Err("a page is mapped to a run that does not cover it");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! A map from every chunk the allocator holds to what it is, over the whole 64-bit address
+//! space (no 48-bit assumption): a four-level radix tree indexed by `address >> 21`, with
+//! 16 KiB nodes allocated from metadata memory as the heap spreads, never freed.
+//!
+//! It answers "is this pointer ours, and what is it" without touching the pointed-to memory:
+//! huge frees (whose first chunk has no header) and checked builds use it. The fast paths
+//! for small and large blocks never do.
+//!
+//! Concurrency: entries and node pointers are atomics. Writers hold the central heap lock
+//! (so node creation never races); readers take no lock and load with acquire ordering.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use crate::config::CHUNK_SHIFT;
+
+/// Bits of chunk index resolved by each interior level and by the leaves.
+const LEVEL_BITS: u32 = 11;
+/// Entries in a node.
+const FANOUT: usize = 1 << LEVEL_BITS;
+/// Bits of chunk index resolved by the root (64 - 21 - 3 * 11 = 10).
+const ROOT_BITS: u32 = usize::BITS - CHUNK_SHIFT - 3 * LEVEL_BITS;
+/// Bytes in an interior node or a leaf.
+pub(crate) const NODE_BYTES: usize = FANOUT * 8;
+
+/// What a chunk is. The low 8 bits of an entry hold the kind; the rest, a count.
+pub(crate) const KIND_SLAB: u64 = 1;
+/// The first chunk of a huge allocation; the count is its number of chunks.
+pub(crate) const KIND_HUGE: u64 = 2;
+/// A later chunk of a huge allocation; the count is its distance from the first.
+pub(crate) const KIND_HUGE_TAIL: u64 = 3;
+
+/// Packs an entry.
+pub(crate) const fn entry(kind: u64, count: usize) -> u64 {
+    kind | (count as u64) << 8
+}
+/// The kind of an entry (0: not ours).
+pub(crate) const fn kind_of(entry: u64) -> u64 {
+    entry & 0xFF
+}
+/// The count of an entry.
+pub(crate) const fn count_of(entry: u64) -> usize {
+    (entry >> 8) as usize
+}
+
+type Interior = [AtomicPtr<()>; FANOUT];
+type Leaf = [AtomicU64; FANOUT];
+
+/// The radix tree; see the module documentation.
+pub(crate) struct ChunkMap {
+    root: [AtomicPtr<()>; 1 << ROOT_BITS],
+}
+
+impl ChunkMap {
+    pub(crate) const fn new() -> Self {
+        Self { root: [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS] }
+    }
+
+    /// The path through the tree for `address`: root, two interior and one leaf index.
+    fn path(address: usize) -> [usize; 4] {
+        let index = address >> CHUNK_SHIFT;
+        let mask = FANOUT - 1;
+        [
+            index >> (3 * LEVEL_BITS),
+            (index >> (2 * LEVEL_BITS)) & mask,
+            (index >> LEVEL_BITS) & mask,
+            index & mask,
+        ]
+    }
+
+    /// The entry of the chunk containing `address`, 0 if the chunk is not ours.
+    pub(crate) fn get(&self, address: usize) -> u64 {
+        let [a, b, c, d] = Self::path(address);
+        let mut node = self.root[a].load(Ordering::Acquire);
+        for index in [b, c] {
+            if node.is_null() {
+                return 0;
+            }
+            // SAFETY: non-null interior pointers point at initialised interior nodes, which
+            // are never freed.
+            node = unsafe { (*node.cast::<Interior>())[index].load(Ordering::Acquire) };
+        }
+        if node.is_null() {
+            return 0;
+        }
+        // SAFETY: the third level holds pointers to leaves, never freed.
+        unsafe { (*node.cast::<Leaf>())[d].load(Ordering::Acquire) }
+    }
+
+    /// Sets the entry of the chunk containing `address`; returns false if a node was
+    /// needed and `new_node` could not provide one (nothing is changed then).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the central heap lock, and `new_node` returns zeroed, 8-byte aligned
+    /// memory of `NODE_BYTES` bytes that lives for as long as the map.
+    pub(crate) unsafe fn set(
+        &self,
+        address: usize,
+        value: u64,
+        new_node: &mut dyn FnMut() -> Option<NonNull<u8>>,
+    ) -> bool {
+        let [a, b, c, d] = Self::path(address);
+        let mut slot = &self.root[a];
+        for index in [b, c] {
+            let mut node = slot.load(Ordering::Acquire);
+            if node.is_null() {
+                let Some(fresh) = new_node() else { return false };
+                node = fresh.as_ptr().cast();
+                // Release: the zeroed node is visible to readers who see the pointer.
+                slot.store(node, Ordering::Release);
+            }
+            // SAFETY: `node` is an interior node (made above or earlier), never freed.
+            slot = unsafe { &(*node.cast::<Interior>())[index] };
+        }
+        let mut leaf = slot.load(Ordering::Acquire);
+        if leaf.is_null() {
+            let Some(fresh) = new_node() else { return false };
+            leaf = fresh.as_ptr().cast();
+            slot.store(leaf, Ordering::Release);
+        }
+        // SAFETY: `leaf` is a leaf node, never freed.
+        unsafe { (*leaf.cast::<Leaf>())[d].store(value, Ordering::Release) };
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::config::CHUNK_SIZE;
+    use std::alloc::{Layout, alloc_zeroed};
+
+    fn node() -> Option<NonNull<u8>> {
+        // SAFETY: a non-zero-sized layout; the node is leaked, as the map requires.
+        NonNull::new(unsafe { alloc_zeroed(Layout::from_size_align(NODE_BYTES, 4096).unwrap()) })
+    }
+
+    #[test]
+    fn entries_round_trip_across_the_whole_address_space() {
+        let map = ChunkMap::new();
+        let addresses =
+            [0usize, CHUNK_SIZE, 0x7fff_ffe0_0000, 0xffff_8000_0000_0000, usize::MAX & !(CHUNK_SIZE - 1)];
+        for (i, &address) in addresses.iter().enumerate() {
+            // SAFETY: single-threaded test; `node` gives zeroed, leaked memory.
+            assert!(unsafe { map.set(address, entry(KIND_HUGE, i + 1), &mut node) });
+        }
+        for (i, &address) in addresses.iter().enumerate() {
+            assert_eq!(map.get(address + 12345), entry(KIND_HUGE, i + 1), "{address:#x}");
+            assert_eq!(count_of(map.get(address)), i + 1);
+        }
+        assert_eq!(map.get(2 * CHUNK_SIZE), 0);
+        assert_eq!(map.get(0x7fff_ffe0_0000 - CHUNK_SIZE), 0);
+        let mut refuse = || None;
+        // SAFETY: as above; the refusing allocator changes nothing.
+        assert!(!unsafe { map.set(0x1234_5600_0000_0000, 7, &mut refuse) });
+        assert_eq!(map.get(0x1234_5600_0000_0000), 0);
+    }
+}

@@ -1,0 +1,39 @@
+//! Every build-time knob of the allocator in one place.
+#![forbid(unsafe_code)]
+
+pub use page_provider::{CHUNK_SHIFT, CHUNK_SIZE};
+
+/// log2 of [`PAGE`].
+pub const PAGE_SHIFT: u32 = 12;
+/// The allocator's page: 4 KiB, the granule of runs inside a chunk. Hardware pages may be
+/// larger (16 or 64 KiB on some AArch64 hosts); that only changes how purges are rounded,
+/// and the provider reports it at run time.
+pub const PAGE: usize = 1 << PAGE_SHIFT;
+/// Pages in a chunk.
+pub const PAGES_PER_CHUNK: usize = CHUNK_SIZE / PAGE;
+/// `ptr & CHUNK_MASK` is a pointer's offset inside its chunk.
+pub const CHUNK_MASK: usize = CHUNK_SIZE - 1;
+
+/// The smallest slab, in pages (64 KiB).
+pub const MIN_SLAB_PAGES: usize = 16;
+/// The largest slab, in pages (256 KiB).
+pub const MAX_SLAB_PAGES: usize = 64;
+
+/// Requests above this many bytes (or aligned beyond it) are huge: whole chunks of their
+/// own rather than page runs inside shared chunks.
+pub const MAX_LARGE: usize = 1 << 20;
+
+/// Run descriptors in a chunk header; one is reserved, so a chunk holds at most
+/// `RUNS_PER_CHUNK - 1` slabs and large runs at once.
+pub const RUNS_PER_CHUNK: usize = 64;
+
+/// Empty chunks kept for reuse are at most `1 + chunks in use / RETAIN_DIVISOR` (at least
+/// one, so that a heap going up and down by a chunk does not map and unmap every time);
+/// the rest go back to the provider.
+pub const RETAIN_DIVISOR: usize = 8;
+/// And never more than this many.
+pub const RETAIN_MAX: usize = 64;
+
+/// Bytes reserved for each arena's block of metadata; arenas start on this boundary too,
+/// which is at least a cache line on every machine we know (128 on some AArch64 servers).
+pub const ARENA_ALIGN: usize = 256;

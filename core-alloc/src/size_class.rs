@@ -1,0 +1,133 @@
+//! Size classes: which block size serves a request, and how big a slab of each class is.
+//!
+//! Classes are 8 bytes, then four per doubling from 16 bytes: 16, 20, 24, 28, 32, 40, 48,
+//! 56, 64, 80, ... up to [`MAX_SMALL`] (32 KiB). A request just above a class boundary,
+//! `4·2^k + 1` bytes, gets a block of `5·2^k`, so the unused tail of a block is always less
+//! than a fifth of it for requests above 16 bytes (a quarter of the request at most).
+//!
+//! A block's alignment is the largest power of two dividing its size, capped at the page
+//! (slabs start on page boundaries): 20- and 28-byte blocks are 4-aligned, 24 is 8-aligned,
+//! 48 is 16-aligned. A request asking for more alignment than its class gives moves up to
+//! the next class that gives enough.
+//!
+//! Each class has a slab size chosen so that blocks tile it with at most 1/64 of it left
+//! over, and at least four blocks for the big classes.
+#![forbid(unsafe_code)]
+
+use crate::config::{MAX_SLAB_PAGES, MIN_SLAB_PAGES, PAGE, PAGE_SHIFT};
+
+/// The largest request served by slabs; larger ones are page runs or whole chunks.
+pub const MAX_SMALL: usize = 32 * 1024;
+
+/// The number of size classes.
+pub const CLASS_COUNT: usize = class_index(MAX_SMALL) + 1;
+
+/// The index of the smallest class of at least `size` bytes (any `size` up to
+/// [`MAX_SMALL`]; 0 counts as 1).
+#[inline(always)]
+pub const fn class_index(size: usize) -> usize {
+    if size <= 8 {
+        return 0;
+    }
+    if size <= 16 {
+        return 1;
+    }
+    // `size` is in (2^b, 2^(b+1)]; classes there are m·2^(b-2) for m in 5..=8.
+    let last = size - 1;
+    let b = (usize::BITS - 1 - last.leading_zeros()) as usize;
+    let m = (last >> (b - 2)) + 1;
+    1 + (b - 4) * 4 + (m - 4)
+}
+
+/// The block size of class `index`.
+#[inline(always)]
+pub const fn class_size(index: usize) -> usize {
+    if index == 0 {
+        return 8;
+    }
+    let k = 2 + (index - 1) / 4;
+    let m = 4 + (index - 1) % 4;
+    m << k
+}
+
+/// The alignment every block of class `index` has.
+#[inline(always)]
+pub const fn class_align(index: usize) -> usize {
+    let size = class_size(index);
+    let lowest_bit = size & size.wrapping_neg();
+    if lowest_bit < PAGE { lowest_bit } else { PAGE }
+}
+
+/// The class serving `size` bytes at alignment `align` (a power of two), or `None` when
+/// the request is for the large path (above [`MAX_SMALL`], or aligned beyond a page).
+#[inline(always)]
+pub fn class_for(size: usize, align: usize) -> Option<usize> {
+    if size > MAX_SMALL || align > PAGE {
+        return None;
+    }
+    let mut index = class_index(if size > align { size } else { align });
+    while class_align(index) < align {
+        // Terminates: the page-sized class (index < CLASS_COUNT) is page-aligned.
+        index += 1;
+    }
+    Some(index)
+}
+
+/// Pages in a slab of class `index`.
+pub const fn slab_pages(index: usize) -> usize {
+    SLAB_PAGES[index] as usize
+}
+
+/// Blocks in a slab of class `index`.
+pub const fn slab_capacity(index: usize) -> usize {
+    (slab_pages(index) << PAGE_SHIFT) / class_size(index)
+}
+
+/// The slab size of every class: the fewest pages from `MIN_SLAB_PAGES` on that hold at
+/// least four blocks and leave at most 1/64 unused; failing that, the least waste.
+const SLAB_PAGES: [u16; CLASS_COUNT] = {
+    let mut table = [0u16; CLASS_COUNT];
+    let mut index = 0;
+    while index < CLASS_COUNT {
+        let size = class_size(index);
+        let mut best = MIN_SLAB_PAGES;
+        let mut best_waste = usize::MAX;
+        let mut pages = MIN_SLAB_PAGES;
+        while pages <= MAX_SLAB_PAGES {
+            let bytes = pages << PAGE_SHIFT;
+            let waste = bytes % size;
+            if bytes / size >= 4 {
+                if waste * 64 <= bytes {
+                    best = pages;
+                    break;
+                }
+                // Compare waste fractions: waste / bytes < best_waste / best_bytes.
+                if best_waste == usize::MAX || waste * (best << PAGE_SHIFT) < best_waste * bytes {
+                    best = pages;
+                    best_waste = waste;
+                }
+            }
+            pages += 1;
+        }
+        table[index] = best as u16;
+        index += 1;
+    }
+    table
+};
+
+// Every class tiles its slab with at most 1/64 unused and at least four blocks.
+const _: () = {
+    let mut index = 0;
+    while index < CLASS_COUNT {
+        let bytes = slab_pages(index) << PAGE_SHIFT;
+        assert!(bytes % class_size(index) * 64 <= bytes);
+        assert!(slab_capacity(index) >= 4);
+        assert!(slab_capacity(index) < 1 << 16);
+        index += 1;
+    }
+};
+static_assertions::const_assert_eq!(class_size(CLASS_COUNT - 1), MAX_SMALL);
+static_assertions::const_assert_eq!(CLASS_COUNT, 46);
+
+#[cfg(test)]
+mod tests;

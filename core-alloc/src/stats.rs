@@ -1,0 +1,138 @@
+//! Statistics: what is live, per size class, and what the heap holds and gave back.
+//!
+//! Each arena counts the blocks it hands out and the blocks freed from its slot (a block
+//! freed on another CPU is counted there), per size class, with plain relaxed loads and
+//! stores: no atomic read-modify-write on the fast path. A snapshot sums the arenas; while
+//! other CPUs allocate it is approximate (a free may be seen before its allocation), and
+//! exact when they are quiet.
+#![forbid(unsafe_code)]
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+pub use crate::heap::HeapCounters;
+use crate::size_class::{CLASS_COUNT, class_size};
+
+/// Adds one to a counter only its owner writes (a relaxed load and store, no locked
+/// instruction).
+#[inline(always)]
+pub(crate) fn count_one(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+/// Counts of one size class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// The block size.
+    pub block_size: usize,
+    /// Blocks handed out since the start.
+    pub allocations: u64,
+    /// Blocks freed since the start.
+    pub frees: u64,
+}
+
+impl ClassStats {
+    /// Blocks live now (0 if a racing snapshot saw more frees than allocations).
+    pub fn live(&self) -> u64 {
+        self.allocations.saturating_sub(self.frees)
+    }
+}
+
+/// A snapshot of the allocator's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Per size class, smallest first.
+    pub classes: [ClassStats; CLASS_COUNT],
+    /// The central heap's counters: large and huge allocations, chunks.
+    pub heap: HeapCounters,
+    /// Arenas created (slots that have allocated or freed).
+    pub arenas: usize,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        let mut classes = [ClassStats::default(); CLASS_COUNT];
+        for (index, class) in classes.iter_mut().enumerate() {
+            class.block_size = class_size(index);
+        }
+        Self { classes, heap: HeapCounters::default(), arenas: 0 }
+    }
+
+    /// Bytes in live small blocks (whole blocks).
+    pub fn small_live_bytes(&self) -> usize {
+        self.classes.iter().map(|class| class.live() as usize * class.block_size).sum()
+    }
+
+    /// Bytes in live blocks of every kind: small blocks, large runs and huge allocations,
+    /// each counted at its rounded-up size.
+    pub fn live_bytes(&self) -> usize {
+        self.small_live_bytes() + self.heap.large_live_bytes + self.heap.huge_live_bytes
+    }
+
+    /// Live allocations of every kind.
+    pub fn live_allocations(&self) -> u64 {
+        let small: u64 = self.classes.iter().map(ClassStats::live).sum();
+        small + (self.heap.large_live + self.heap.huge_live) as u64
+    }
+
+    /// Chunks the allocator holds from its provider: slab chunks, cached empty chunks,
+    /// huge allocations and metadata.
+    pub fn chunks_held(&self) -> usize {
+        self.heap.chunks_obtained - self.heap.chunks_returned
+    }
+
+    /// Bytes given back to the provider since the start.
+    pub fn bytes_returned(&self) -> usize {
+        self.heap.chunks_returned * crate::config::CHUNK_SIZE
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: f64 = (1 << 20) as f64;
+        writeln!(
+            f,
+            "live: {} allocations, {:.2} MiB (small {:.2}, large {} runs {:.2}, huge {} {:.2})",
+            self.live_allocations(),
+            self.live_bytes() as f64 / MIB,
+            self.small_live_bytes() as f64 / MIB,
+            self.heap.large_live,
+            self.heap.large_live_bytes as f64 / MIB,
+            self.heap.huge_live,
+            self.heap.huge_live_bytes as f64 / MIB,
+        )?;
+        writeln!(
+            f,
+            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned; {} arenas; {} refusals",
+            self.chunks_held(),
+            self.heap.slab_chunks,
+            self.heap.cached_chunks,
+            self.heap.meta_chunks,
+            self.heap.chunks_obtained,
+            self.heap.chunks_returned,
+            self.arenas,
+            self.heap.provider_refusals,
+        )?;
+        write!(f, "classes (size: live/allocated):")?;
+        for class in self.classes.iter().filter(|class| class.allocations > 0) {
+            write!(f, " {}: {}/{}", class.block_size, class.live(), class.allocations)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-class counters of one arena.
+pub(crate) struct ArenaCounters {
+    pub allocations: [AtomicU64; CLASS_COUNT],
+    pub frees: [AtomicU64; CLASS_COUNT],
+}
+
+impl ArenaCounters {
+    /// Adds this arena's counts to a snapshot.
+    pub(crate) fn add_to(&self, stats: &mut Stats) {
+        for (index, class) in stats.classes.iter_mut().enumerate() {
+            class.allocations += self.allocations[index].load(Ordering::Relaxed);
+            class.frees += self.frees[index].load(Ordering::Relaxed);
+        }
+    }
+}

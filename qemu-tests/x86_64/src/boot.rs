@@ -1,0 +1,231 @@
+//! From QEMU's PVH entry to Rust: the ELF note, the 32-bit entry that builds the boot page
+//! tables and enters long mode, the GDT every CPU uses, and identity mappings added later.
+//!
+//! The PVH entry runs in 32-bit protected mode with paging off and `ebx` holding the
+//! physical address of `hvm_start_info`. It clears `.bss`, identity-maps the image (from 0
+//! to `__kernel_end`, rounded up to 2 MiB) with 2 MiB pages, enables PAE, long mode and
+//! (when the CPU has it) no-execute, turns paging on, loads the GDT and jumps to 64-bit
+//! code, which calls `kernel_main(start_info)` on the boot stack.
+//!
+//! The boot page tables are Rust statics (atomics: the boot CPU adds entries while other
+//! CPUs walk the tables). Below 4 GiB, four page directories are ready, so
+//! [`identity_map`] can map firmware tables and device registers later by writing one
+//! entry per 2 MiB. The heap window (PML4 entry 1) belongs to `platform`'s `HeapMapper`.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A 4 KiB paging structure of 512 entries.
+#[repr(C, align(4096))]
+pub(crate) struct PageTable(pub(crate) [AtomicU64; 512]);
+
+impl PageTable {
+    const fn new() -> Self {
+        Self([const { AtomicU64::new(0) }; 512])
+    }
+}
+
+/// The top-level table (CR3 on every CPU).
+pub(crate) static BOOT_PML4: PageTable = PageTable::new();
+/// Maps the low 512 GiB; entries 0 to 3 point at [`BOOT_DIRECTORIES`].
+static BOOT_PDPT: PageTable = PageTable::new();
+/// One page directory per GiB below 4 GiB, for identity mappings.
+static BOOT_DIRECTORIES: [PageTable; 4] = [const { PageTable::new() }; 4];
+
+/// Present, writable, 2 MiB page.
+const LARGE_PAGE: u64 = 0x83;
+/// Page-level write-through and cache disable: uncached (device registers).
+const UNCACHED: u64 = 0x18;
+const TWO_MIB: u64 = 2 << 20;
+
+/// The GDT selector of the 64-bit kernel code segment.
+pub(crate) const KERNEL_CODE_SELECTOR: u16 = 0x08;
+
+unsafe extern "C" {
+    /// First byte of the loaded image (linker script).
+    static __kernel_start: u8;
+    /// First byte past the image, `.bss` included (linker script).
+    static __kernel_end: u8;
+}
+
+/// The physical range of the kernel image: `(start, length)`.
+pub(crate) fn kernel_image() -> (u64, u64) {
+    let start = &raw const __kernel_start as u64;
+    let end = &raw const __kernel_end as u64;
+    (start, end - start)
+}
+
+/// The end of the identity mapping the boot code made: the image rounded up to 2 MiB.
+pub(crate) fn boot_identity_end() -> u64 {
+    (&raw const __kernel_end as u64).next_multiple_of(TWO_MIB)
+}
+
+/// Identity-maps the 2 MiB pages covering `[phys, phys + len)`, uncached if `uncached`;
+/// pages mapped already are left as they are. Returns false (mapping nothing) if the range
+/// reaches above 4 GiB.
+///
+/// Entries only go from not present to present, which needs no TLB invalidation on any
+/// CPU.
+pub(crate) fn identity_map(phys: u64, len: u64, uncached: bool) -> bool {
+    let Some(end) = phys.checked_add(len.max(1)) else { return false };
+    if end > 4 << 30 {
+        return false;
+    }
+    let flags = LARGE_PAGE | if uncached { UNCACHED } else { 0 };
+    let mut page = phys & !(TWO_MIB - 1);
+    while page < end {
+        let index = (page / TWO_MIB) as usize;
+        let entry = &BOOT_DIRECTORIES[index / 512].0[index % 512];
+        let _ = entry.compare_exchange(0, page | flags, Ordering::AcqRel, Ordering::Acquire);
+        page += TWO_MIB;
+    }
+    true
+}
+
+// The PVH note (XEN_ELFNOTE_PHYS32_ENTRY = 18): name "Xen", an 8-byte descriptor holding
+// the 32-bit entry's physical address. The section is 4-byte aligned (see linker.ld).
+global_asm!(
+    r#"
+    .section .note.pvh, "a", @note
+    .balign 4
+    .long 4
+    .long 8
+    .long 18
+    .asciz "Xen"
+    .balign 4
+    .quad pvh_entry32
+    "#,
+    options(att_syntax)
+);
+
+// The GDT: null, 64-bit code (0x08), data (0x10). The accessed bits are preset so the CPU
+// never writes to the table; no TSS, as no stack switch is ever needed.
+global_asm!(
+    r#"
+    .section .rodata.x86k_gdt, "a"
+    .balign 16
+    .global x86k_gdt
+x86k_gdt:
+    .quad 0
+    .quad 0x00AF9B000000FFFF
+    .quad 0x00CF93000000FFFF
+x86k_gdt_end:
+    .balign 8
+x86k_gdt_pointer:
+    .word x86k_gdt_end - x86k_gdt - 1
+    .quad x86k_gdt
+
+    .section .bss.x86k_boot_stack, "aw", @nobits
+    .balign 16
+x86k_boot_stack_bottom:
+    .skip 65536
+x86k_boot_stack_top:
+    "#,
+    options(att_syntax)
+);
+
+// The 32-bit PVH entry and the boot CPU's switch to long mode. Registers: esi keeps the
+// start_info address; eax, ebx, ecx, edx, edi are scratch.
+global_asm!(
+    r#"
+    .section .text.boot32, "ax"
+    .code32
+    .global pvh_entry32
+pvh_entry32:
+    cli
+    cld
+    mov %ebx, %esi
+
+    /* Clear .bss (it holds the page tables and the boot stack). */
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+
+    /* PML4[0] -> PDPT; PDPT[0..4] -> the four page directories below 4 GiB. */
+    mov ${pdpt}, %eax
+    or $0x3, %eax
+    mov %eax, {pml4}
+    mov ${directories}, %eax
+    or $0x3, %eax
+    xor %ecx, %ecx
+1:
+    mov %eax, {pdpt}(,%ecx,8)
+    add $0x1000, %eax
+    inc %ecx
+    cmp $4, %ecx
+    jb 1b
+
+    /* Identity-map [0, __kernel_end) with 2 MiB pages. */
+    mov $__kernel_end, %ecx
+    add $0x1fffff, %ecx
+    shr $21, %ecx
+    xor %ebx, %ebx
+    mov $0x83, %eax
+2:
+    mov %eax, {directories}(,%ebx,8)
+    add $0x200000, %eax
+    inc %ebx
+    cmp %ecx, %ebx
+    jb 2b
+
+    mov ${pml4}, %eax
+    mov %eax, %cr3
+
+    /* CR4.PAE */
+    mov %cr4, %eax
+    or $0x20, %eax
+    mov %eax, %cr4
+
+    /* EFER.LME, and EFER.NXE if CPUID 0x80000001 EDX bit 20 says NX exists. */
+    xor %edi, %edi
+    mov $0x80000000, %eax
+    cpuid
+    cmp $0x80000001, %eax
+    jb 3f
+    mov $0x80000001, %eax
+    cpuid
+    bt $20, %edx
+    jnc 3f
+    mov $0x800, %edi
+3:
+    mov $0xC0000080, %ecx
+    rdmsr
+    or $0x100, %eax
+    or %edi, %eax
+    wrmsr
+
+    /* CR0: paging, write protect, protection; caches on (CD and NW clear). */
+    mov %cr0, %eax
+    and $0x9FFFFFFF, %eax
+    or $0x80010001, %eax
+    mov %eax, %cr0
+
+    lgdt x86k_gdt_pointer
+    ljmp $0x08, $x86k_long_mode_entry
+
+    .code64
+x86k_long_mode_entry:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    lea x86k_boot_stack_top(%rip), %rsp
+    xor %ebp, %ebp
+    mov %esi, %edi
+    call {kernel_main}
+4:
+    cli
+    hlt
+    jmp 4b
+    "#,
+    pml4 = sym BOOT_PML4,
+    pdpt = sym BOOT_PDPT,
+    directories = sym BOOT_DIRECTORIES,
+    kernel_main = sym crate::kernel_main,
+    options(att_syntax)
+);
