@@ -65,8 +65,10 @@ global_asm!(
 .macro enter_el1
     mrs     x9, CurrentEL
     lsr     x9, x9, #2
+    cmp     x9, #1
+    b.eq    1f
     cmp     x9, #2
-    b.ne    1f
+    b.ne    unsupported_el              // EL3 (-M virt,secure=on) is not supported
     mov     x9, #(1 << 31)              // HCR_EL2: RW (EL1 is AArch64); VM, IMO, FMO clear
     msr     hcr_el2, x9
     mrs     x9, cnthctl_el2
@@ -123,6 +125,12 @@ _start:
     bl      {boot_main}
 4:  wfe
     b       4b
+
+// Entered at EL3: nothing sensible to do without EL1 set up, so stop here (QEMU's timeout
+// ends the run).
+unsupported_el:
+    wfe
+    b       unsupported_el
 
 .section .text.boot, "ax"
 .global secondary_start

@@ -11,7 +11,7 @@ use platform::arch::aarch64::MAX_CPUS;
 /// Where QEMU puts the device tree for a bare ELF kernel linked above RAM + 2 MiB.
 pub(crate) const DTB_ADDRESS: usize = 0x4000_0000;
 /// Memory and reserved ranges kept (more are dropped, with a warning).
-const MAX_REGIONS: usize = 16;
+pub(crate) const MAX_REGIONS: usize = 16;
 /// The EL1 virtual timer's interrupt on `-M virt` (PPI 11), if the tree does not say.
 const DEFAULT_TIMER_INTID: u32 = 27;
 

@@ -49,7 +49,7 @@ extern "C" fn boot_main() -> ! {
     unsafe { init_cpu(0) };
 
     let image = mmu::kernel_image();
-    let mut exclude = [(0u64, 0u64); 34];
+    let mut exclude = [(0u64, 0u64); 2 + dtb::MAX_REGIONS];
     exclude[0] = (image.start, image.len);
     exclude[1] = (info.dtb.start, info.dtb.len);
     for (slot, region) in exclude[2..].iter_mut().zip(info.reserved.as_slice()) {
