@@ -1,61 +1,30 @@
-//! TEMPORARY global allocator, until core-alloc's `Allocator` is ready: linked_list_allocator's
-//! `Heap` behind a spin lock taken with interrupts masked, over a run of chunks from the
-//! kernel's `FrameProvider`. Kept in this one file so that swapping it is a one-file change.
-//!
-//! Concurrency: one lock for every CPU; interrupts are masked while it is held, so an
-//! interrupt handler that allocates cannot deadlock against its own CPU.
+//! The kernel's global allocator: core-alloc's `Allocator` over the heap frame provider and
+//! [`KernelPlatform`] (the CPU index as the slot, interrupts masked while it is held).
+//! Kept in this one file so that the allocator under test can be swapped in one place.
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::ptr::{self, NonNull};
+use core_alloc::{Allocator, MisuseReport};
+use page_provider::bare_metal::FrameProvider;
+use platform::arch::aarch64::{HeapMapper, KernelPlatform};
 
-use linked_list_allocator::Heap;
-use page_provider::{CHUNK_SIZE, PageProvider};
-use platform::arch::aarch64::InterruptGuard;
+/// The global allocator's type.
+pub(crate) type KernelHeap = Allocator<&'static FrameProvider<HeapMapper>, KernelPlatform>;
 
-/// Chunks (2 MiB each) the heap takes at start-up: 64 MiB.
-const HEAP_CHUNKS: usize = 32;
+/// The global allocator. It takes chunks from [`FRAMES`](crate::FRAMES) on demand, so RAM
+/// must be added there before the first allocation, and every CPU must have called
+/// `init_cpu` before it allocates.
+#[global_allocator]
+pub(crate) static HEAP: KernelHeap =
+    Allocator::new(&crate::FRAMES, KernelPlatform::new()).with_misuse_hook(report_misuse);
 
-/// A locked linked-list heap; empty (every allocation fails) until [`init`](Self::init).
-pub(crate) struct KernelHeap {
-    heap: spin::Mutex<Heap>,
-}
+/// Name of the allocator, for the boot line.
+pub(crate) const NAME: &str = "core-alloc";
 
-impl KernelHeap {
-    pub(crate) const fn new() -> Self {
-        Self { heap: spin::Mutex::new(Heap::empty()) }
-    }
-
-    /// Takes [`HEAP_CHUNKS`] chunks from `provider` for the heap; returns the bytes.
-    ///
-    /// # Panics
-    ///
-    /// If the provider cannot give them, or the heap was already set up.
-    pub(crate) fn init(&self, provider: &impl PageProvider) -> usize {
-        let chunks = provider.alloc_chunks(HEAP_CHUNKS).expect("no RAM for the kernel heap");
-        let size = HEAP_CHUNKS * CHUNK_SIZE;
-        let _masked = InterruptGuard::new();
-        let mut heap = self.heap.lock();
-        assert_eq!(heap.size(), 0, "heap set up twice");
-        // SAFETY: the provider handed out this run for good (it is never given back), mapped
-        // read/write and used by nothing else.
-        unsafe { heap.init(chunks.base.as_ptr(), size) };
-        size
-    }
-}
-
-// SAFETY: every allocation comes from `Heap`, which hands out disjoint blocks that fit the
-// layout, under a lock held with interrupts masked, so no two calls ever run on it at once.
-unsafe impl GlobalAlloc for KernelHeap {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _masked = InterruptGuard::new();
-        self.heap.lock().allocate_first_fit(layout).map_or(ptr::null_mut(), NonNull::as_ptr)
-    }
-
-    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        let _masked = InterruptGuard::new();
-        if let Some(block) = NonNull::new(block) {
-            // SAFETY: GlobalAlloc's caller gives back a block from `alloc` with its layout.
-            unsafe { self.heap.lock().deallocate(block, layout) };
-        }
-    }
+/// A misuse the allocator noticed (double free, foreign pointer, wrong layout) fails the
+/// run: printed without allocating, then QEMU exits with 1.
+fn report_misuse(report: &MisuseReport) {
+    crate::console::emergency_print(format_args!(
+        "aarch64: allocator misuse: {:?} at {:#x}\n",
+        report.kind, report.address
+    ));
+    crate::semihosting::exit(1);
 }

@@ -34,9 +34,6 @@ const RAM_BASE: u64 = 0x4000_0000;
 /// RAM of the heap, in 2 MiB frames mapped at `physical + VIRT_OFFSET`.
 static FRAMES: FrameProvider<HeapMapper> = FrameProvider::new(HeapMapper::new(), RAM_BASE, VIRT_OFFSET);
 
-#[global_allocator]
-static HEAP: heap::KernelHeap = heap::KernelHeap::new();
-
 /// The boot CPU's Rust entry, called by `_start` with the MMU off and interrupts masked.
 extern "C" fn boot_main() -> ! {
     let info = dtb::parse();
@@ -63,13 +60,12 @@ extern "C" fn boot_main() -> ! {
         frames += unsafe { FRAMES.add_ram(region.start, region.len, &exclude, false) };
     }
     let checked = check_heap_window();
-    let heap_bytes = HEAP.init(&FRAMES);
     println!(
         "aarch64: boot: {} MiB of RAM in {frames} frames ({} MiB mapped and unmapped), \
-         {} MiB heap, cache line {} bytes, PSCI {:?}",
+         allocator {}, cache line {} bytes, PSCI {:?}",
         info.memory.as_slice().iter().map(|region| region.len).sum::<u64>() >> 20,
         checked >> 20,
-        heap_bytes >> 20,
+        heap::NAME,
         platform::arch::aarch64::cache_line_size(),
         info.psci,
     );
