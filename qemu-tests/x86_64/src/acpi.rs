@@ -42,7 +42,8 @@ impl Tables {
 
     /// The RSDP: the loader's, else the first valid one in the BIOS area 0xE0000-0xFFFFF.
     fn find_rsdp(&self, hint: u64) -> Option<u64> {
-        let valid = |phys: u64| self.read::<[u8; 8]>(phys, 0) == Some(*b"RSD PTR ") && self.checksum_ok(phys, 20);
+        let valid =
+            |phys: u64| self.read::<[u8; 8]>(phys, 0) == Some(*b"RSD PTR ") && self.checksum_ok(phys, 20);
         if hint != 0 && valid(hint) {
             return Some(hint);
         }
@@ -53,13 +54,17 @@ impl Tables {
     fn find_table(&self, rsdp: u64, signature: &[u8; 4]) -> Option<u64> {
         let revision: u8 = self.read(rsdp, 15)?;
         let xsdt: u64 = if revision >= 2 { self.read(rsdp, 24)? } else { 0 };
-        let (root, entry_size) = if xsdt != 0 { (xsdt, 8) } else { (u64::from(self.read::<u32>(rsdp, 16)?), 4) };
+        let (root, entry_size) =
+            if xsdt != 0 { (xsdt, 8) } else { (u64::from(self.read::<u32>(rsdp, 16)?), 4) };
         let length = u64::from(self.read::<u32>(root, 4)?);
         let entries = length.checked_sub(SDT_HEADER)? / entry_size;
         (0..entries).find_map(|entry| {
             let offset = SDT_HEADER + entry * entry_size;
-            let table =
-                if entry_size == 8 { self.read::<u64>(root, offset)? } else { u64::from(self.read::<u32>(root, offset)?) };
+            let table = if entry_size == 8 {
+                self.read::<u64>(root, offset)?
+            } else {
+                u64::from(self.read::<u32>(root, offset)?)
+            };
             (self.read::<[u8; 4]>(table, 0)? == *signature).then_some(table)
         })
     }
@@ -87,7 +92,9 @@ pub(crate) fn local_apic_ids(rsdp_hint: u64, ids: &mut [u32; MAX_CPUS]) -> Optio
         // Type 0: processor local APIC {uid: u8, apic_id: u8, flags: u32}; bit 0 enabled.
         // Type 9: processor local x2APIC {reserved: u16, x2apic_id: u32, flags: u32, uid}.
         let entry = match kind {
-            0 => Some((u32::from(tables.read::<u8>(madt, offset + 3)?), tables.read::<u32>(madt, offset + 4)?)),
+            0 => {
+                Some((u32::from(tables.read::<u8>(madt, offset + 3)?), tables.read::<u32>(madt, offset + 4)?))
+            }
             9 => Some((tables.read::<u32>(madt, offset + 4)?, tables.read::<u32>(madt, offset + 8)?)),
             _ => None,
         };

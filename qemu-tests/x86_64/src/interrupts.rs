@@ -11,10 +11,10 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use platform::arch::x86_64::current_cpu_racy;
 
+use crate::apic;
 use crate::boot::KERNEL_CODE_SELECTOR;
 use crate::console::println;
 use crate::cpu::{ExitCode, exit, outb};
-use crate::apic;
 
 /// The local APIC timer's vector.
 pub(crate) const TIMER_VECTOR: u8 = 0x40;
@@ -271,10 +271,10 @@ pub(crate) fn init() {
     for vector in 0..256 {
         let handler = match vector {
             0..32 => exceptions[vector],
-            vector if PIC_VECTORS.contains(&vector) => x86k_ignore_stub as usize as u64,
-            vector if vector == usize::from(TIMER_VECTOR) => x86k_timer_stub as usize as u64,
-            vector if vector == usize::from(SPURIOUS_VECTOR) => x86k_ignore_stub as usize as u64,
-            _ => x86k_unknown_stub as usize as u64,
+            vector if PIC_VECTORS.contains(&vector) => x86k_ignore_stub as *const () as u64,
+            vector if vector == usize::from(TIMER_VECTOR) => x86k_timer_stub as *const () as u64,
+            vector if vector == usize::from(SPURIOUS_VECTOR) => x86k_ignore_stub as *const () as u64,
+            _ => x86k_unknown_stub as *const () as u64,
         };
         set_gate(vector, handler);
     }

@@ -34,7 +34,8 @@ pub(crate) fn init(boot: &BootInfo) {
 
     let (image_start, image_len) = kernel_image();
     let [start_info, memmap, cmdline] = boot.boot_data;
-    let excluded = [(0, 1 << 20), (0, boot_identity_end()), (image_start, image_len), start_info, memmap, cmdline];
+    let excluded =
+        [(0, 1 << 20), (0, boot_identity_end()), (image_start, image_len), start_info, memmap, cmdline];
     let mut added = 0;
     for &(start, len) in boot.ram() {
         // SAFETY: the range is usable RAM by the memory map, and everything the kernel or
@@ -42,41 +43,73 @@ pub(crate) fn init(boot: &BootInfo) {
         // (firmware may have used it), so it is added as dirty. Map entries do not overlap.
         added += unsafe { FRAMES.add_ram(start, len, &excluded, false) };
     }
-    println!("x86_64 boot: {added} heap frames of 2 MiB ({} MiB) from {} RAM ranges", added * 2, boot.ram().len());
+    println!(
+        "x86_64 boot: {added} heap frames of 2 MiB ({} MiB) from {} RAM ranges",
+        added * 2,
+        boot.ram().len()
+    );
 }
 
-/// Takes every frame, one at a time, writes and reads back a word at each end through the
-/// heap window, and gives them all back: proves each frame maps where it should. Returns
-/// the number of frames and the highest physical address seen. Boot CPU, before the heap.
+/// Frames between two that get a written stamp (the rest are only read): writing every
+/// frame would make QEMU back all of the guest's RAM with host memory.
+const STAMP_STRIDE: usize = 64;
+
+/// Takes every frame, one at a time, and gives them all back: proves each frame maps where
+/// it should. Every frame is read through the heap window (its entry is present); every
+/// `STAMP_STRIDE`-th frame and the highest one get their physical address written at both
+/// ends and read back (the entry points at the right frame). Returns the number of frames
+/// and the highest physical byte. Boot CPU, before the heap.
 pub(crate) fn check_every_frame() -> (usize, u64) {
-    let mut count = 0;
-    let mut highest = 0;
-    // The frames taken form a list through their first word.
-    let mut list: Option<NonNull<u8>> = None;
-    while let Some(chunks) = FRAMES.alloc_chunks(1) {
-        let base = chunks.base.as_ptr();
-        let phys = (base as usize - VIRT_OFFSET) as u64;
-        let next = list.map_or(0, |frame| frame.as_ptr() as u64);
-        // SAFETY: the provider just mapped this 2 MiB frame for us alone; both words lie
-        // inside it and are 8-byte aligned.
+    // The first frame holds the list of the others (2 MiB: room for 262144 addresses).
+    let Some(list) = FRAMES.alloc_chunks(1) else { return (0, 0) };
+    let list = list.base.as_ptr().cast::<u64>();
+    let capacity = CHUNK_SIZE / 8;
+    let stamp = |frame: *mut u8| {
+        let phys = (frame as usize - VIRT_OFFSET) as u64;
+        // SAFETY: `frame` is a 2 MiB frame the provider mapped for this function alone;
+        // both words lie inside it and are 8-byte aligned.
         unsafe {
-            base.cast::<u64>().write_volatile(next);
-            base.add(CHUNK_SIZE - 8).cast::<u64>().write_volatile(phys);
+            frame.cast::<u64>().write_volatile(phys);
+            frame.add(CHUNK_SIZE - 8).cast::<u64>().write_volatile(!phys);
         }
-        list = Some(chunks.base);
+    };
+    let stamp_holds = |frame: *mut u8| {
+        let phys = (frame as usize - VIRT_OFFSET) as u64;
+        // SAFETY: as for `stamp`.
+        unsafe {
+            frame.cast::<u64>().read_volatile() == phys
+                && frame.add(CHUNK_SIZE - 8).cast::<u64>().read_volatile() == !phys
+        }
+    };
+    let mut count = 0;
+    let mut highest = list as *mut u8;
+    while count < capacity {
+        let Some(chunks) = FRAMES.alloc_chunks(1) else { break };
+        let frame = chunks.base.as_ptr();
+        // SAFETY: `list` is the first frame, ours, with room for `capacity` entries; `frame`
+        // was just mapped for us (reading it proves its entry is present).
+        unsafe {
+            list.add(count).write(frame as u64);
+            frame.cast::<u64>().read_volatile();
+        }
+        if count.is_multiple_of(STAMP_STRIDE) {
+            stamp(frame);
+        }
+        highest = highest.max(frame);
         count += 1;
-        highest = highest.max(phys + CHUNK_SIZE as u64 - 1);
     }
-    while let Some(frame) = list {
-        let base = frame.as_ptr();
-        let phys = (base as usize - VIRT_OFFSET) as u64;
-        // SAFETY: the frame is still mapped and ours (taken above, not given back yet).
-        let (next, stamp) =
-            unsafe { (base.cast::<u64>().read_volatile(), base.add(CHUNK_SIZE - 8).cast::<u64>().read_volatile()) };
-        assert_eq!(stamp, phys, "frame at {phys:#x} reads back another frame's stamp");
-        // SAFETY: one frame of a run this provider handed out, no longer used.
-        unsafe { FRAMES.free_chunks(frame, 1) };
-        list = NonNull::new(next as *mut u8);
+    stamp(highest);
+    for index in 0..count {
+        // SAFETY: entries below `count` were written above.
+        let frame = unsafe { list.add(index).read() } as *mut u8;
+        if index.is_multiple_of(STAMP_STRIDE) || frame == highest {
+            let phys = frame as usize - VIRT_OFFSET;
+            assert!(stamp_holds(frame), "the frame at {phys:#x} reads back another frame's stamp");
+        }
+        // SAFETY: a frame this provider handed out above, no longer used.
+        unsafe { FRAMES.free_chunks(NonNull::new(frame).expect("frames are not null"), 1) };
     }
-    (count, highest)
+    // SAFETY: the list frame, handed out above and no longer used.
+    unsafe { FRAMES.free_chunks(NonNull::new(list.cast()).expect("frames are not null"), 1) };
+    (count + 1, (highest as usize - VIRT_OFFSET + CHUNK_SIZE - 1) as u64)
 }

@@ -72,7 +72,8 @@ pub(crate) unsafe fn parse(start_info: u64) -> BootInfo {
     let mut info = BootInfo { ram: [(0, 0); MAX_RANGES], ram_count: 0, boot_data: [(0, 0); 3], rsdp };
     for entry in 0..u64::from(entries) {
         let base = memmap + entry * ENTRY_SIZE;
-        let (start, size, kind): (u64, u64, u32) = (data.read(base, 0), data.read(base, 8), data.read(base, 16));
+        let (start, size, kind): (u64, u64, u32) =
+            (data.read(base, 0), data.read(base, 8), data.read(base, 16));
         if kind == TYPE_RAM && size > 0 && info.ram_count < MAX_RANGES {
             info.ram[info.ram_count] = (start, size);
             info.ram_count += 1;

@@ -142,7 +142,9 @@ fn install_trampoline() {
     // by the boot code; no secondary runs yet. The fields are inside the copied range.
     unsafe {
         core::ptr::copy_nonoverlapping(start, TRAMPOLINE as *mut u8, len);
-        field(&raw const x86k_trampoline_gdtr).cast::<u16>().write_unaligned(u16::from_le_bytes([gdtr[0], gdtr[1]]));
+        field(&raw const x86k_trampoline_gdtr)
+            .cast::<u16>()
+            .write_unaligned(u16::from_le_bytes([gdtr[0], gdtr[1]]));
         field(&raw const x86k_trampoline_gdtr).add(2).cast::<u32>().write_unaligned(gdt_base as u32);
         field(&raw const x86k_trampoline_cr3).cast::<u32>().write_unaligned(cr3 as u32);
         field(&raw const x86k_trampoline_cr4).cast::<u32>().write_unaligned(cr4 as u32);
@@ -185,15 +187,14 @@ pub(crate) fn start_secondaries(apic_ids: &[u32]) -> usize {
         if expected == MAX_CPUS {
             break;
         }
-        let stack = Box::leak(Box::new_uninit_slice(STACK_SIZE));
+        let stack = Box::leak(Box::<[u8]>::new_uninit_slice(STACK_SIZE));
         AP_INDEX.store(expected, Ordering::Relaxed);
         AP_STACK_TOP.store(stack.as_ptr_range().end as u64 & !0xF, Ordering::Relaxed);
         AP_STARTED.store(false, Ordering::Release);
         let (trampoline, _) = trampoline_page();
         let page = (trampoline >> 12) as u8;
-        let started = apic::send_startup(id, page) && (wait_started(1_000) || {
-            apic::send_startup(id, page) && wait_started(200_000)
-        });
+        let started = apic::send_startup(id, page)
+            && (wait_started(1_000) || { apic::send_startup(id, page) && wait_started(200_000) });
         if !started {
             // Whatever starts later finds no stack and parks itself.
             AP_STACK_TOP.store(0, Ordering::Release);

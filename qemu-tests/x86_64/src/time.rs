@@ -20,8 +20,6 @@ const CALIBRATION_TICKS: u64 = PIT_HZ / 50;
 static TSC_ORIGIN: AtomicU64 = AtomicU64::new(0);
 /// Nanoseconds per TSC tick, as a 32.32 fixed-point number; 0 before calibration.
 static NS_PER_TICK: AtomicU64 = AtomicU64::new(0);
-/// TSC ticks per microsecond, for waits.
-static TICKS_PER_US: AtomicU64 = AtomicU64::new(0);
 
 fn read_pit() -> u16 {
     // SAFETY: the latch command (channel 0) then two reads of channel 0's count, low byte
@@ -66,7 +64,6 @@ pub(crate) fn calibrate() {
     let apic_per_ms = u64::from(apic_start - apic_end) * PIT_HZ / elapsed / 1000;
     apic::set_ticks_per_ms(apic_per_ms as u32);
     NS_PER_TICK.store(((1_000_000_000u128 << 32) / u128::from(tsc_hz.max(1))) as u64, Ordering::Relaxed);
-    TICKS_PER_US.store((tsc_hz / 1_000_000).max(1), Ordering::Relaxed);
     TSC_ORIGIN.store(tsc_start, Ordering::Release);
 }
 
@@ -76,11 +73,6 @@ pub(crate) fn now_ns() -> u64 {
     let per_tick = NS_PER_TICK.load(Ordering::Relaxed);
     let ticks = rdtsc().saturating_sub(origin);
     ((u128::from(ticks) * u128::from(per_tick)) >> 32) as u64
-}
-
-/// TSC ticks per microsecond, as calibrated.
-pub(crate) fn tsc_per_us() -> u64 {
-    TICKS_PER_US.load(Ordering::Relaxed)
 }
 
 /// Waits at least `microseconds` (by the TSC, not by counting loops).

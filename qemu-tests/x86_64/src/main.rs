@@ -1,0 +1,93 @@
+//! The x86-64 test kernel: boots under QEMU through PVH, brings up every CPU, puts the heap
+//! on RAM from the PVH memory map, runs the shared `qemu-suite` tests and exits through
+//! `isa-debug-exit` (status 33 when every test passed, 35 otherwise or on a panic or an
+//! exception).
+//!
+//! Boot order (boot CPU): per-CPU record, console, IDT and PIC, PVH boot data, local APIC
+//! and clock calibration, heap window and frames, heap, MADT, secondaries; then the suite.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod acpi;
+mod apic;
+mod boot;
+mod console;
+mod cpu;
+mod heap;
+mod interrupts;
+mod machine;
+mod memory;
+mod pvh;
+mod smp;
+mod time;
+
+use platform::arch::x86_64::{MAX_CPUS, current_cpu_racy, init_cpu};
+
+use crate::console::println;
+use crate::cpu::{ExitCode, exit};
+
+/// The boot CPU's Rust entry, called by the boot code in long mode with interrupts masked
+/// and `start_info` the PVH `hvm_start_info` physical address.
+extern "C" fn kernel_main(start_info: u32) -> ! {
+    // SAFETY: first thing on the boot CPU, interrupts masked, index 0.
+    unsafe { init_cpu(0) };
+    console::init();
+    interrupts::init();
+    interrupts::load();
+    println!("x86_64 boot: PVH entry, long mode");
+
+    // SAFETY: `start_info` is what the PVH loader passed, and nothing has written low
+    // memory yet.
+    let boot = unsafe { pvh::parse(u64::from(start_info)) };
+    let (trampoline, trampoline_len) = smp::trampoline_page();
+    let trampoline_is_ram = boot
+        .ram()
+        .iter()
+        .any(|&(start, len)| start <= trampoline && trampoline + trampoline_len <= start + len);
+    let trampoline_is_free = boot
+        .boot_data
+        .iter()
+        .all(|&(start, len)| len == 0 || start >= trampoline + trampoline_len || start + len <= trampoline);
+    assert!(
+        trampoline_is_ram && trampoline_is_free,
+        "the SMP trampoline page {trampoline:#x} is not free RAM"
+    );
+
+    apic::init_boot_cpu();
+    time::calibrate();
+    memory::init(&boot);
+    let (frames, highest) = memory::check_every_frame();
+    println!("x86_64 boot: checked {frames} frames through the heap window, highest byte {highest:#x}");
+    heap::init();
+
+    let mut apic_ids = [0; MAX_CPUS];
+    let cpus = match acpi::local_apic_ids(boot.rsdp, &mut apic_ids) {
+        Some(count) if count > 0 => smp::start_secondaries(&apic_ids[..count]),
+        _ => {
+            println!("x86_64 boot: no MADT found; running on the boot CPU only");
+            1
+        }
+    };
+    println!("x86_64 boot: {cpus} CPUs online after {} ms", time::now_ns() / 1_000_000);
+
+    let summary = qemu_suite::run(&machine::X86Machine);
+    exit(if summary.failed == 0 { ExitCode::Success } else { ExitCode::Failure })
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    cpu::disable_interrupts();
+    match info.location() {
+        Some(location) => println!(
+            "x86_64: PANIC on CPU {} at {}:{}: {}",
+            current_cpu_racy(),
+            location.file(),
+            location.line(),
+            info.message()
+        ),
+        None => println!("x86_64: PANIC on CPU {}: {}", current_cpu_racy(), info.message()),
+    }
+    exit(ExitCode::Failure)
+}
