@@ -267,10 +267,12 @@ fn set_gate(vector: usize, handler: u64) {
 /// Fills the IDT (boot CPU, once, before any CPU loads it) and masks the legacy PIC.
 pub(crate) fn init() {
     // SAFETY: the stub table is a read-only array defined in the assembly above.
-    let exceptions = unsafe { &*(&raw const x86k_exception_stubs) };
-    for vector in 0..256 {
+    let exceptions: &[u64; 32] = unsafe { &x86k_exception_stubs };
+    for (vector, &stub) in exceptions.iter().enumerate() {
+        set_gate(vector, stub);
+    }
+    for vector in exceptions.len()..256 {
         let handler = match vector {
-            0..32 => exceptions[vector],
             vector if PIC_VECTORS.contains(&vector) => x86k_ignore_stub as *const () as u64,
             vector if vector == usize::from(TIMER_VECTOR) => x86k_timer_stub as *const () as u64,
             vector if vector == usize::from(SPURIOUS_VECTOR) => x86k_ignore_stub as *const () as u64,
