@@ -11,6 +11,11 @@
 //! CPUs walk the tables). Below 4 GiB, four page directories are ready, so
 //! [`identity_map`] can map firmware tables and device registers later by writing one
 //! entry per 2 MiB. The heap window (PML4 entry 1) belongs to `platform`'s `HeapMapper`.
+//!
+//! The kernel's `global_asm!` blocks (here, in `interrupts` and in `smp`) use AT&T syntax,
+//! their only option: they switch between `.code16`, `.code32` and `.code64` and use far
+//! jumps, which GNU syntax spells unambiguously. Module-level assembly has no operands to
+//! constrain beyond `sym` and `const`.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};

@@ -60,7 +60,11 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     memory::init(&boot);
     let (frames, highest) = memory::check_every_frame();
     println!("x86_64 boot: checked {frames} frames through the heap window, highest byte {highest:#x}");
-    println!("x86_64 boot: global allocator: {}", heap::NAME);
+    println!(
+        "x86_64 boot: global allocator: {}, cache line {} bytes",
+        heap::NAME,
+        platform::arch::x86_64::cache_line_size()
+    );
 
     let mut apic_ids = [0; MAX_CPUS];
     let cpus = match acpi::local_apic_ids(boot.rsdp, &mut apic_ids) {
