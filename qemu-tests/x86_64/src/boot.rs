@@ -2,8 +2,9 @@
 //! tables and enters long mode, the GDT every CPU uses, and identity mappings added later.
 //!
 //! The PVH entry runs in 32-bit protected mode with paging off and `ebx` holding the
-//! physical address of `hvm_start_info`. It clears `.bss`, identity-maps the image (from 0
-//! to `__kernel_end`, rounded up to 2 MiB) with 2 MiB pages, enables PAE, long mode and
+//! physical address of `hvm_start_info`. It clears `.bss`, identity-maps the low memory and
+//! the image (from 4 KiB to `__kernel_end` rounded up to 2 MiB; 4 KiB pages in the first
+//! 2 MiB so that page 0 stays unmapped, 2 MiB pages above), enables PAE, long mode and
 //! (when the CPU has it) no-execute, turns paging on, loads the GDT and jumps to 64-bit
 //! code, which calls `kernel_main(start_info)` on the boot stack.
 //!
@@ -36,6 +37,8 @@ pub(crate) static BOOT_PML4: PageTable = PageTable::new();
 static BOOT_PDPT: PageTable = PageTable::new();
 /// One page directory per GiB below 4 GiB, for identity mappings.
 static BOOT_DIRECTORIES: [PageTable; 4] = [const { PageTable::new() }; 4];
+/// 4 KiB pages for the first 2 MiB, all but page 0: a null pointer access faults.
+static BOOT_FIRST_TABLE: PageTable = PageTable::new();
 
 /// Present, writable, 2 MiB page.
 const LARGE_PAGE: u64 = 0x83;
@@ -66,8 +69,8 @@ pub(crate) fn boot_identity_end() -> u64 {
 }
 
 /// Identity-maps the 2 MiB pages covering `[phys, phys + len)`, uncached if `uncached`;
-/// pages mapped already are left as they are. Returns false (mapping nothing) if the range
-/// reaches above 4 GiB.
+/// pages mapped already are left as they are (the first 2 MiB always are, page 0
+/// excluded). Returns false (mapping nothing) if the range reaches above 4 GiB.
 ///
 /// Entries only go from not present to present, which needs no TLB invalidation on any
 /// CPU.
@@ -85,6 +88,21 @@ pub(crate) fn identity_map(phys: u64, len: u64, uncached: bool) -> bool {
         page += TWO_MIB;
     }
     true
+}
+
+/// Runs `f` with page 0 identity-mapped (read-only), for boot data the loader put there
+/// (QEMU's PVH loader puts the memory map at about 0x500), and unmaps it again. Boot CPU,
+/// before the secondaries run: other CPUs' TLBs need no invalidation then.
+pub(crate) fn with_page_zero<R>(f: impl FnOnce() -> R) -> R {
+    let entry = &BOOT_FIRST_TABLE.0[0];
+    entry.store(0x1, Ordering::Release); // present, read-only, frame 0
+    let result = f();
+    entry.store(0, Ordering::Release);
+    // SAFETY: `invlpg` drops this CPU's cached translation of page 0, so a null access
+    // faults again. Not `nomem`: it must stay after the store (a compiler barrier). No
+    // stack use, no flags changed.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) 0usize, options(nostack, preserves_flags)) };
+    result
 }
 
 // The PVH note (XEN_ELFNOTE_PHYS32_ENTRY = 18): name "Xen", an 8-byte descriptor holding
@@ -162,18 +180,35 @@ pvh_entry32:
     cmp $4, %ecx
     jb 1b
 
-    /* Identity-map [0, __kernel_end) with 2 MiB pages. */
+    /* Identity-map [4 KiB, 2 MiB) with 4 KiB pages: page 0 stays unmapped, so null
+       pointer accesses fault. */
+    mov ${first_table}, %eax
+    or $0x3, %eax
+    mov %eax, {directories}
+    mov $1, %ebx
+    mov $0x1003, %eax
+5:
+    mov %eax, {first_table}(,%ebx,8)
+    add $0x1000, %eax
+    inc %ebx
+    cmp $512, %ebx
+    jb 5b
+
+    /* Identity-map [2 MiB, __kernel_end) with 2 MiB pages. */
     mov $__kernel_end, %ecx
     add $0x1fffff, %ecx
     shr $21, %ecx
-    xor %ebx, %ebx
-    mov $0x83, %eax
+    mov $1, %ebx
+    mov $0x200083, %eax
+    cmp %ecx, %ebx
+    jae 6f
 2:
     mov %eax, {directories}(,%ebx,8)
     add $0x200000, %eax
     inc %ebx
     cmp %ecx, %ebx
     jb 2b
+6:
 
     mov ${pml4}, %eax
     mov %eax, %cr3
@@ -231,6 +266,7 @@ x86k_long_mode_entry:
     pml4 = sym BOOT_PML4,
     pdpt = sym BOOT_PDPT,
     directories = sym BOOT_DIRECTORIES,
+    first_table = sym BOOT_FIRST_TABLE,
     kernel_main = sym crate::kernel_main,
     options(att_syntax)
 );

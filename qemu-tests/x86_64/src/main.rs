@@ -40,7 +40,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     // SAFETY: `start_info` is what the PVH loader passed, and nothing has written low
     // memory yet.
-    let boot = unsafe { pvh::parse(u64::from(start_info)) };
+    let boot = boot::with_page_zero(|| unsafe { pvh::parse(u64::from(start_info)) });
     let (trampoline, trampoline_len) = smp::trampoline_page();
     let trampoline_is_ram = boot
         .ram()

@@ -13,8 +13,10 @@ use crate::cpu::{inb, outb, rdtsc};
 const PIT_HZ: u64 = 1_193_182;
 const PIT_CHANNEL0: u16 = 0x40;
 const PIT_COMMAND: u16 = 0x43;
-/// PIT ticks the calibration measures over: 20 ms.
-const CALIBRATION_TICKS: u64 = PIT_HZ / 50;
+/// PIT ticks in one calibration window: 10 ms.
+const WINDOW_TICKS: u64 = PIT_HZ / 100;
+/// Calibration windows; the slowest TSC rate measured wins (see `calibrate`).
+const WINDOWS: usize = 3;
 
 /// TSC value at calibration: time 0.
 static TSC_ORIGIN: AtomicU64 = AtomicU64::new(0);
@@ -32,17 +34,8 @@ fn read_pit() -> u16 {
     }
 }
 
-/// Measures the TSC and the local APIC timer against the PIT over 20 ms. Boot CPU, once,
-/// with interrupts masked and the local APIC enabled.
-pub(crate) fn calibrate() {
-    // SAFETY: channel 0, low byte then high byte, mode 2 (rate generator), binary, reload
-    // 0 (65536): the count runs down at the PIT rate and wraps every 55 ms. Its IRQ 0 is
-    // masked at the PIC, so it only serves as a counter.
-    unsafe {
-        outb(PIT_COMMAND, 0x34);
-        outb(PIT_CHANNEL0, 0);
-        outb(PIT_CHANNEL0, 0);
-    }
+/// One calibration window: `(PIT ticks, TSC ticks, APIC timer counts)` over about 10 ms.
+fn measure_window() -> (u64, u64, u64) {
     // Start at a count change, so the first interval is a whole tick.
     let first = read_pit();
     let mut previous = first;
@@ -52,19 +45,43 @@ pub(crate) fn calibrate() {
     let apic_start = apic::start_calibration_count();
     let tsc_start = rdtsc();
     let mut elapsed: u64 = 0;
-    while elapsed < CALIBRATION_TICKS {
+    while elapsed < WINDOW_TICKS {
         let now = read_pit();
         elapsed += u64::from(previous.wrapping_sub(now));
         previous = now;
     }
     let tsc_end = rdtsc();
     let apic_end = apic::current_count();
+    (elapsed, tsc_end - tsc_start, u64::from(apic_start - apic_end))
+}
 
-    let tsc_hz = (tsc_end - tsc_start) * PIT_HZ / elapsed;
-    let apic_per_ms = u64::from(apic_start - apic_end) * PIT_HZ / elapsed / 1000;
+/// Measures the TSC and the local APIC timer against the PIT. Boot CPU, once, with
+/// interrupts masked and the local APIC enabled.
+///
+/// The host may stop the virtual CPU in the middle of a window. A pause between two PIT
+/// reads longer than the PIT's 55 ms wrap loses PIT ticks, and a pause between the last PIT
+/// read and the TSC read adds TSC ticks: both make the rate look too high, never too low.
+/// So the window with the lowest TSC rate is kept.
+pub(crate) fn calibrate() {
+    // SAFETY: channel 0, low byte then high byte, mode 2 (rate generator), binary, reload
+    // 0 (65536): the count runs down at the PIT rate and wraps every 55 ms. Its IRQ 0 is
+    // masked at the PIC, so it only serves as a counter.
+    unsafe {
+        outb(PIT_COMMAND, 0x34);
+        outb(PIT_CHANNEL0, 0);
+        outb(PIT_CHANNEL0, 0);
+    }
+    let (elapsed, tsc_ticks, apic_ticks) = (0..WINDOWS)
+        .map(|_| measure_window())
+        .min_by_key(|&(elapsed, tsc_ticks, _)| {
+            u128::from(tsc_ticks) * u128::from(PIT_HZ) / u128::from(elapsed)
+        })
+        .expect("at least one window");
+    let tsc_hz = tsc_ticks * PIT_HZ / elapsed;
+    let apic_per_ms = apic_ticks * PIT_HZ / elapsed / 1000;
     apic::set_ticks_per_ms(apic_per_ms as u32);
     NS_PER_TICK.store(((1_000_000_000u128 << 32) / u128::from(tsc_hz.max(1))) as u64, Ordering::Relaxed);
-    TSC_ORIGIN.store(tsc_start, Ordering::Release);
+    TSC_ORIGIN.store(rdtsc(), Ordering::Release);
 }
 
 /// Nanoseconds since calibration (0 before it).
