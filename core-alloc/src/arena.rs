@@ -366,8 +366,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
-    /// Collects remote frees of every slab of `slot`'s arena and gives empty ones back,
-    /// keeping each bin's current slab.
+    /// Collects remote frees of every slab of `slot`'s arena and gives empty ones back.
     ///
     /// # Safety
     ///
@@ -380,6 +379,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
         unsafe {
             self.drain_delayed(slot, arena);
+            self.release_idle_current(arena, CLASS_COUNT);
             for class in 0..CLASS_COUNT {
                 let bin = ptr::addr_of_mut!((*arena).bins[class]);
                 for list in [ptr::addr_of_mut!((*bin).partial), ptr::addr_of_mut!((*bin).full)] {

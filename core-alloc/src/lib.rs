@@ -16,7 +16,7 @@
 //! behind one lock.
 #![no_std]
 
-#[cfg(any(test, feature = "host"))]
+#[cfg(any(test, feature = "host", feature = "testkit"))]
 extern crate std;
 
 mod allocator;
@@ -31,6 +31,8 @@ mod stats;
 
 #[cfg(feature = "host")]
 pub mod host;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use allocator::{Allocator, Misuse, MisuseHook, MisuseReport};
 pub use stats::{ClassStats, HeapCounters, Stats};

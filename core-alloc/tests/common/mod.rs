@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: a provider wrapper that counts chunks at the
+//! provider boundary and can refuse after a limit, and allocator constructors.
+#![allow(dead_code)] // each test binary uses a different subset
+#![allow(unreachable_pub)] // a test module: `pub` is how the test files reach it
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use core_alloc::Allocator;
+use page_provider::fixed::FixedRegion;
+use page_provider::linux::MmapProvider;
+use page_provider::{CHUNK_SIZE, Capabilities, Chunks, PageProvider};
+use platform::host::HostPlatform;
+
+/// Wraps a provider: counts the chunks it hands out and takes back, and refuses every
+/// request once `limit` chunks would be outstanding.
+pub struct Metered<P> {
+    inner: P,
+    obtained: AtomicUsize,
+    returned: AtomicUsize,
+    refused: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl<P: PageProvider> Metered<P> {
+    pub const fn new(inner: P) -> Self {
+        Self {
+            inner,
+            obtained: AtomicUsize::new(0),
+            returned: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// Refuse requests that would take more than `chunks` chunks out at once.
+    pub fn set_limit(&self, chunks: usize) {
+        self.limit.store(chunks, Ordering::SeqCst);
+    }
+
+    /// Chunks handed out and not taken back.
+    pub fn outstanding(&self) -> usize {
+        self.obtained.load(Ordering::SeqCst) - self.returned.load(Ordering::SeqCst)
+    }
+
+    pub fn obtained(&self) -> usize {
+        self.obtained.load(Ordering::SeqCst)
+    }
+
+    pub fn returned(&self) -> usize {
+        self.returned.load(Ordering::SeqCst)
+    }
+
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+// SAFETY: forwards to the wrapped provider, refusing some requests; refusing is always
+// allowed.
+unsafe impl<P: PageProvider> PageProvider for Metered<P> {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn page_size(&self) -> usize {
+        self.inner.page_size()
+    }
+    fn huge_page_size(&self) -> Option<usize> {
+        self.inner.huge_page_size()
+    }
+    fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
+        if self.outstanding() + count > self.limit.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        let chunks = self.inner.alloc_chunks(count)?;
+        self.obtained.fetch_add(count, Ordering::SeqCst);
+        Some(chunks)
+    }
+    unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
+        assert_eq!(base.as_ptr() as usize % CHUNK_SIZE, 0, "misaligned give-back");
+        self.returned.fetch_add(count, Ordering::SeqCst);
+        // SAFETY: forwarded promise.
+        unsafe { self.inner.free_chunks(base, count) }
+    }
+    unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: forwarded promise.
+        unsafe { self.inner.purge(base, len) }
+    }
+}
+
+pub type MmapHeap = Allocator<Metered<MmapProvider>, HostPlatform>;
+pub type RegionHeap = Allocator<Metered<FixedRegion>, HostPlatform>;
+
+/// A fresh allocator over anonymous mmap, leaked so that threads can share it.
+pub fn mmap_heap() -> &'static MmapHeap {
+    Box::leak(Box::new(Allocator::new(Metered::new(MmapProvider::new()), HostPlatform::new())))
+}
+
+/// A fresh allocator over a fixed region of `chunks` chunks (leaked, zeroed).
+pub fn region_heap(chunks: usize) -> &'static RegionHeap {
+    let bytes = vec![0u8; (chunks + 1) * CHUNK_SIZE].leak();
+    // SAFETY: the leaked, zeroed vector is used by nothing else.
+    let region = unsafe { FixedRegion::new(bytes.as_mut_ptr(), bytes.len(), true) };
+    Box::leak(Box::new(Allocator::new(Metered::new(region), HostPlatform::new())))
+}
+
+/// xorshift64*: deterministic test inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
