@@ -90,6 +90,8 @@ pub(crate) struct BootInfo {
     pub(crate) uart: Region,
     /// The interrupt ID of the EL1 virtual timer.
     pub(crate) timer_intid: u32,
+    /// The machine is QEMU's `virt` board (root compatible `linux,dummy-virt`).
+    pub(crate) qemu_virt: bool,
 }
 
 /// The MPIDR_EL1 bits that identify a CPU (Aff3, Aff2, Aff1, Aff0), as in a cpu node's reg.
@@ -129,7 +131,12 @@ pub(crate) fn parse() -> BootInfo {
         gic_cpu_interface: Region::default(),
         uart: Region { start: crate::console::DEFAULT_UART as u64, len: 0x1000 },
         timer_intid: DEFAULT_TIMER_INTID,
+        qemu_virt: false,
     };
+    info.qemu_virt = fdt
+        .find_node("/")
+        .and_then(|root| root.compatible())
+        .is_some_and(|compatible| compatible.all().any(|name| name == "linux,dummy-virt"));
 
     for node in fdt.all_nodes() {
         if node.property("device_type").and_then(|p| p.as_str()) == Some("memory") {

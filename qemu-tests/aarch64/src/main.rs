@@ -38,6 +38,7 @@ static FRAMES: FrameProvider<HeapMapper> = FrameProvider::new(HeapMapper::new(),
 extern "C" fn boot_main() -> ! {
     let info = dtb::parse();
     smp::set_conduit(info.psci);
+    timer::set_emulated(info.qemu_virt);
     // SAFETY: the device tree names the console PL011; `mmu` maps it as Device memory.
     unsafe { console::set_base(info.uart.start as usize) };
     // SAFETY: first thing after parsing, on the boot CPU, MMU off, no other CPU running.

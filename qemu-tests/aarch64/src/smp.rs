@@ -4,8 +4,9 @@
 //! Concurrency: the job slot is a spin lock holding a copyable description of the current
 //! job; each job has a fresh generation number so that a CPU runs it exactly once, and the
 //! boot CPU does not return (or clear the slot) before every participant has counted itself
-//! done with a release increment of `DONE`. Idle CPUs sleep in `wfe`; the boot CPU's `sev`
-//! wakes them when a job is published.
+//! done with a release increment of `DONE`. Idle CPUs sleep in `wfi` (under QEMU a sleeping
+//! vCPU leaves the host CPU to the others); the boot CPU wakes them with an SGI when it
+//! publishes a job.
 
 use core::alloc::Layout;
 use core::arch::asm;
@@ -129,19 +130,23 @@ pub(crate) extern "C" fn secondary_main(record: &'static SecondaryBoot) -> ! {
     unsafe { init_cpu(index) };
     crate::gic::init_cpu();
     ONLINE.fetch_add(1, Ordering::Release);
+    // Interrupts stay masked here except around work and right after waking: a wake-up SGI
+    // that arrives between the look at the slot and `wfi` stays pending, and a pending
+    // interrupt ends `wfi` even while masked, so no wake-up is lost.
     let mut last_generation = 0;
     loop {
-        let job = {
-            let _masked = InterruptGuard::new();
-            *JOB.lock()
-        };
+        let job = *JOB.lock();
         match job {
             Some(job) if job.generation != last_generation && index < job.cpus => {
                 last_generation = job.generation;
                 with_interrupts_enabled(|| (job.work)(index));
                 DONE.fetch_add(1, Ordering::Release);
             }
-            _ => wait_for_event(),
+            _ => {
+                wait_for_interrupt();
+                // Take (acknowledge and end) whatever woke us.
+                with_interrupts_enabled(|| ());
+            }
         }
     }
 }
@@ -162,7 +167,7 @@ pub(crate) fn run_on_cpus(cpus: usize, work: &(dyn Fn(usize) + Sync)) {
         let _masked = InterruptGuard::new();
         *JOB.lock() = Some(Job { generation, cpus, work });
     }
-    send_event();
+    crate::gic::wake_others();
     with_interrupts_enabled(|| work(0));
     while DONE.load(Ordering::Acquire) < cpus - 1 {
         core::hint::spin_loop();
@@ -217,22 +222,12 @@ fn vbar() -> u64 {
     value
 }
 
-/// Sleeps until an event (another CPU's `sev`, or an exclusive monitor being cleared).
-fn wait_for_event() {
+/// Sleeps until an interrupt is pending (masked or not).
+fn wait_for_interrupt() {
     // SAFETY: waiting changes no state.
     unsafe {
-        // `wfe`: no memory, no stack, flags untouched. It is not `nomem` so that the loop
-        // re-reads the job slot after waking.
-        asm!("wfe", options(nostack, preserves_flags));
-    }
-}
-
-/// Wakes CPUs waiting in `wfe` once the stores before it are visible.
-fn send_event() {
-    // SAFETY: a barrier and an event: no state Rust relies on changes.
-    unsafe {
-        // `dsb ishst` completes the job slot stores for all CPUs before `sev` wakes them.
-        // Not `nomem` (ordering with those stores); no stack, flags untouched.
-        asm!("dsb ishst", "sev", options(nostack, preserves_flags));
+        // `wfi`: no stack, flags untouched. Not `nomem`, so that the loop re-reads the job
+        // slot after waking.
+        asm!("wfi", options(nostack, preserves_flags));
     }
 }

@@ -3,9 +3,16 @@
 //!
 //! Concurrency: each CPU programs only its own timer and its own period slot; the handler
 //! function is one atomic word read in interrupt context.
+//!
+//! Under QEMU's TCG every read of CNTVCT_EL0 is emulated with QEMU's global lock held (the
+//! register is an I/O register to QEMU), and the same lock guards QEMU's timer callbacks. A
+//! few CPUs polling the clock back to back, as the suite's timing loops do, can starve those
+//! callbacks for tens of milliseconds, so timer interrupts stop arriving. On QEMU's `virt`
+//! board [`now_ns`] therefore pauses briefly (a run of `isb`s, which TCG executes without
+//! the lock, about 1 us in all) before each read; elsewhere it reads at once.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use platform::arch::aarch64::{MAX_CPUS, current_cpu_racy};
 
@@ -16,6 +23,16 @@ const CTL_ENABLE: u64 = 1;
 static PERIOD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// The `fn(usize)` timer interrupts call, or null.
 static HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// `isb`s executed before each clock read in [`now_ns`]; 0 = none.
+static POLL_PAUSE: AtomicU32 = AtomicU32::new(0);
+/// The pause used on QEMU's `virt` board (about 1 us under TCG).
+const QEMU_POLL_PAUSE: u32 = 128;
+
+/// Sets whether [`now_ns`] pauses before reading the counter (see the module docs).
+pub(crate) fn set_emulated(emulated: bool) {
+    POLL_PAUSE.store(if emulated { QEMU_POLL_PAUSE } else { 0 }, Ordering::Relaxed);
+}
 
 /// CNTFRQ_EL0: counter ticks per second.
 pub(crate) fn frequency() -> u64 {
@@ -41,6 +58,14 @@ pub(crate) fn counter() -> u64 {
 
 /// Nanoseconds since the counter started.
 pub(crate) fn now_ns() -> u64 {
+    for _ in 0..POLL_PAUSE.load(Ordering::Relaxed) {
+        // SAFETY: a barrier only.
+        unsafe {
+            // `isb`: a context synchronization, used as a pause that QEMU runs without its
+            // global lock. No memory, no stack, flags untouched.
+            asm!("isb", options(nomem, nostack, preserves_flags));
+        }
+    }
     (u128::from(counter()) * 1_000_000_000 / u128::from(frequency().max(1))) as u64
 }
 
