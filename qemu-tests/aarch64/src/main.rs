@@ -4,7 +4,8 @@
 //! otherwise (a panic or a fault also exits with 1).
 //!
 //! Boot order on CPU 0: `boot` (EL2 -> EL1, FP/SIMD, stack, .bss, vectors) -> [`boot_main`]:
-//! device tree, MMU, RAM into the frame provider, heap, GIC and timer, secondary CPUs, suite.
+//! device tree, MMU, RAM into the frame provider (the allocator takes chunks from it on
+//! demand), GIC and timer, secondary CPUs, suite.
 #![no_std]
 #![no_main]
 
@@ -87,6 +88,7 @@ extern "C" fn boot_main() -> ! {
 /// Returns the bytes mapped.
 fn check_heap_window() -> usize {
     let count = FRAMES.free_frames();
+    assert!(count > 0, "no whole 2 MiB frame of RAM outside the kernel and the device tree");
     let run = FRAMES.alloc_chunks(count).expect("the free frames are one contiguous run");
     let base = run.base.as_ptr();
     let probes = (0..count).step_by(128).chain([count - 1]);
