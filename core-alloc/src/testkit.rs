@@ -195,7 +195,12 @@ impl<'a, P: PageProvider, Pl: Platform> Interpreter<'a, P, Pl> {
     }
 
     fn verify(&self, live: &Live) -> Result<(), String> {
-        for offset in checked_offsets(live.size) {
+        self.verify_prefix(live, live.size)
+    }
+
+    /// Checks the pattern of `live` (written over its size) in its first `length` bytes.
+    fn verify_prefix(&self, live: &Live, length: usize) -> Result<(), String> {
+        for offset in checked_offsets(live.size).filter(|&offset| offset < length) {
             // SAFETY: the model's live blocks are live in the heap with `size` bytes.
             let byte = unsafe { *(live.address as *const u8).add(offset) };
             if byte != pattern(live.seed, offset) {
@@ -233,10 +238,9 @@ impl<'a, P: PageProvider, Pl: Platform> Interpreter<'a, P, Pl> {
             return Ok(());
         };
         self.spans.remove(&live.address);
-        let kept = live.size.min(new_size);
-        let moved_live =
-            Live { address: moved.as_ptr() as usize, size: kept, align: live.align, seed: live.seed };
-        self.verify(&moved_live).map_err(|why| format!("after realloc to {new_size}: {why}"))?;
+        let moved_live = Live { address: moved.as_ptr() as usize, ..live };
+        self.verify_prefix(&moved_live, new_size)
+            .map_err(|why| format!("after realloc to {new_size}: {why}"))?;
         if !moved_live.address.is_multiple_of(live.align) {
             return Err(format!("realloc lost alignment {}", live.align));
         }

@@ -1,0 +1,105 @@
+//! Bad input: impossible sizes and alignments return null, zero-size requests behave as
+//! documented, and misuses the allocator can see are reported through its hook rather than
+//! corrupting it.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use core_alloc::{Allocator, Misuse, MisuseReport};
+use page_provider::CHUNK_SIZE;
+use page_provider::linux::MmapProvider;
+use platform::host::HostPlatform;
+
+#[test]
+fn impossible_requests_return_none() {
+    let heap = common::mmap_heap();
+    assert!(heap.allocate(usize::MAX, 8).is_none(), "size overflow");
+    assert!(heap.allocate(isize::MAX as usize, 8).is_none(), "size rounds past isize::MAX");
+    assert!(heap.allocate(isize::MAX as usize - 4096, 4096).is_none(), "more than any machine has");
+    assert!(heap.allocate(16, 3).is_none(), "alignment not a power of two");
+    assert!(heap.allocate(16, 0).is_none(), "alignment zero");
+    assert!(heap.allocate(1, 1 << 62).is_none(), "alignment beyond isize");
+    assert!(heap.allocate_zeroed(usize::MAX / 2, 1 << 20).is_none());
+    let block = heap.allocate(64, 8).unwrap();
+    // SAFETY: a live block; an impossible new size fails and leaves it alone.
+    unsafe {
+        assert!(heap.reallocate(block, 8, usize::MAX).is_none());
+        assert!(heap.reallocate(block, 8, isize::MAX as usize).is_none());
+        heap.free(block);
+    }
+    // GlobalAlloc: a realloc whose new size cannot be had returns null and keeps the block.
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: valid layouts; the realloc size is below isize::MAX rounded to 8.
+    unsafe {
+        let block = heap.alloc(layout);
+        block.write_bytes(7, 64);
+        assert!(heap.realloc(block, layout, isize::MAX as usize - 7).is_null());
+        assert_eq!(*block.add(63), 7);
+        heap.dealloc(block, layout);
+    }
+    assert_eq!(heap.stats().live_allocations(), 0);
+}
+
+#[test]
+fn zero_size_requests_get_unique_freeable_blocks() {
+    let heap = common::mmap_heap();
+    let blocks: Vec<NonNull<u8>> = (0..100).map(|_| heap.allocate(0, 1).unwrap()).collect();
+    let mut addresses: Vec<usize> = blocks.iter().map(|block| block.as_ptr() as usize).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 100, "zero-size blocks must be distinct");
+    let aligned = heap.allocate(0, 4096).unwrap();
+    assert_eq!(aligned.as_ptr() as usize % 4096, 0);
+    // SAFETY: each block is live; usable size is the smallest class, at least one byte.
+    unsafe {
+        assert!(heap.usable_size(blocks[0]) >= 1);
+        for block in blocks {
+            heap.free(block);
+        }
+        heap.deallocate(aligned, 0, 4096);
+    }
+    assert_eq!(heap.stats().live_allocations(), 0);
+}
+
+static REPORTS: Mutex<Vec<MisuseReport>> = Mutex::new(Vec::new());
+
+fn record(report: &MisuseReport) {
+    REPORTS.lock().unwrap().push(*report);
+}
+
+#[test]
+fn misuses_it_can_see_are_reported_and_leave_the_heap_working() {
+    let heap: &'static _ = Box::leak(Box::new(
+        Allocator::new(MmapProvider::new(), HostPlatform::new()).with_misuse_hook(record),
+    ));
+    let keep = heap.allocate(100, 8).unwrap();
+    // A chunk-aligned pointer the allocator never handed out.
+    let foreign = NonNull::new((64 * CHUNK_SIZE) as *mut u8).unwrap();
+    // A large run freed twice, and a pointer into the middle of one.
+    let large = heap.allocate(200_000, 8).unwrap();
+    let other_large = heap.allocate(200_000, 8).unwrap();
+    // SAFETY: deliberately wrong frees that the allocator can recognise without touching
+    // the memory as a block (the huge path's map lookup, the large run's descriptor).
+    unsafe {
+        heap.free(foreign);
+        heap.free(large);
+        heap.free(large);
+        heap.free(NonNull::new(other_large.as_ptr().add(8192)).unwrap());
+    }
+    let kinds: Vec<Misuse> = REPORTS.lock().unwrap().iter().map(|report| report.kind).collect();
+    assert_eq!(kinds, [Misuse::ForeignPointer, Misuse::DoubleFree, Misuse::ForeignPointer]);
+    assert_eq!(REPORTS.lock().unwrap()[0].address, foreign.as_ptr() as usize);
+    // The heap is intact and still serves requests.
+    heap.check_invariants().unwrap();
+    let again = heap.allocate(200_000, 8).unwrap();
+    // SAFETY: live blocks of this heap.
+    unsafe {
+        heap.free(again);
+        heap.free(other_large);
+        heap.free(keep);
+    }
+    assert_eq!(heap.stats().live_allocations(), 0);
+}

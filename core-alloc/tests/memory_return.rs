@@ -1,0 +1,78 @@
+//! Memory goes back: after a multi-threaded workload frees everything, the provider has
+//! received back every chunk but the documented retention, counted at the provider.
+//!
+//! Documented retention (see `heap` and `arena`): the central heap keeps at most
+//! `1 + chunks in use / 8` empty chunks; metadata chunks (arenas, chunk map) are never
+//! returned; a live slot keeps its current slab per size class until its next refill pass,
+//! `collect()`, or its release at thread exit. The allocator here is a process-wide static
+//! whose platform releases a thread's slot when the thread exits, as the host allocator's does.
+
+mod common;
+
+use std::ptr::NonNull;
+
+use common::{Metered, Rng};
+use core_alloc::Allocator;
+use page_provider::linux::MmapProvider;
+use platform::host::HostPlatform;
+
+static HEAP: Allocator<Metered<MmapProvider>, HostPlatform> =
+    Allocator::new(Metered::new(MmapProvider::new()), HostPlatform::with_exit_hook(release));
+
+fn release(slot: usize) {
+    // SAFETY: the exit hook runs with the exiting thread's slot held, outside allocator calls.
+    unsafe { HEAP.release_slot(slot) }
+}
+
+#[test]
+fn freed_memory_goes_back_to_the_provider_on_its_own() {
+    let workers: Vec<_> = (0..4u64)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed + 1);
+                let mut live: Vec<(usize, usize)> = Vec::new();
+                for round in 0..200_000 {
+                    let size = match rng.below(100) {
+                        0 => 64 * 1024 + rng.below(900 * 1024),
+                        1 if round % 64 == 0 => (2 << 20) + rng.below(4 << 20),
+                        _ => 8 + rng.below(2048),
+                    };
+                    let block = HEAP.allocate(size, 8).expect("out of memory");
+                    // SAFETY: the block is live with `size` bytes.
+                    unsafe { block.as_ptr().write_bytes(round as u8, size) };
+                    live.push((block.as_ptr() as usize, size));
+                    if live.len() > 20_000 {
+                        let (address, size) = live.swap_remove(rng.below(live.len()));
+                        // SAFETY: allocated above with this size.
+                        unsafe { HEAP.deallocate(NonNull::new(address as *mut u8).unwrap(), size, 8) };
+                    }
+                }
+                // Hand the rest to the main thread: they are freed after this thread exits.
+                live
+            })
+        })
+        .collect();
+    let leftovers: Vec<Vec<(usize, usize)>> =
+        workers.into_iter().map(|worker| worker.join().unwrap()).collect();
+    let provider = HEAP.provider();
+    let peak = provider.obtained();
+    for (address, size) in leftovers.into_iter().flatten() {
+        // SAFETY: live blocks of HEAP, freed here by another thread than their allocator's.
+        unsafe { HEAP.deallocate(NonNull::new(address as *mut u8).unwrap(), size, 8) };
+    }
+    let stats = HEAP.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    // Workers' slots were released at exit: their slabs are back already. The main thread
+    // only freed: its arena holds no slab of its own. What is left is the empty-chunk
+    // cache (at most 1 + 0 / 8 = 1 chunk) and metadata.
+    let held = provider.outstanding();
+    let allowed = 1 + stats.heap.meta_chunks;
+    assert!(peak > 50, "the workload should have used many chunks, used {peak}");
+    assert!(
+        held <= allowed,
+        "{held} chunks still held after everything was freed (allowed {allowed}); {stats}"
+    );
+    // An explicit collect gives back the cached chunk as well.
+    HEAP.collect();
+    assert_eq!(provider.outstanding(), HEAP.stats().heap.meta_chunks);
+}

@@ -1,0 +1,92 @@
+//! Out of memory: over a provider that refuses after a few chunks, every path returns null
+//! (no panic, no hang), and allocation works again once memory is freed.
+
+mod common;
+
+use std::ptr::NonNull;
+
+use page_provider::CHUNK_SIZE;
+
+/// Allocates `size`-byte blocks until the heap says no; returns them.
+fn exhaust(heap: &common::MmapHeap, size: usize, align: usize) -> Vec<NonNull<u8>> {
+    let mut blocks = Vec::new();
+    while let Some(block) = heap.allocate(size, align) {
+        // SAFETY: the block is live with `size` bytes.
+        unsafe { block.as_ptr().write_bytes(0xAB, size) };
+        blocks.push(block);
+        assert!(blocks.len() < 10_000_000, "the limit is never reached");
+    }
+    blocks
+}
+
+#[test]
+fn every_path_returns_null_when_the_provider_refuses_and_recovers_after_frees() {
+    let heap = common::mmap_heap();
+    heap.provider().set_limit(6);
+    for (size, align) in [(24, 8), (3000, 16), (100_000, 4096), (300_000, 65536), (3 << 20, 8), (8, 1 << 20)]
+    {
+        let blocks = exhaust(heap, size, align);
+        assert!(!blocks.is_empty() || size > 2 * CHUNK_SIZE, "nothing fit for {size}");
+        assert!(heap.provider().refused() > 0);
+        assert!(heap.provider().outstanding() <= 6);
+        // Every other API fails cleanly too while memory is exhausted.
+        assert!(heap.allocate_zeroed(size, align).is_none());
+        if let Some(&first) = blocks.first() {
+            // SAFETY: a live block with this alignment; growth fails, leaving it intact.
+            let grown = unsafe { heap.reallocate(first, align, 64 << 20) };
+            assert!(grown.is_none());
+            // SAFETY: the block is live with `size` bytes.
+            assert_eq!(unsafe { *first.as_ptr().add(size - 1) }, 0xAB, "a failed realloc damaged the block");
+        }
+        let count = blocks.len();
+        for block in blocks {
+            // SAFETY: allocated above with this size and alignment.
+            unsafe { heap.deallocate(block, size, align) };
+        }
+        heap.collect();
+        // The same amount fits again.
+        let again = exhaust(heap, size, align);
+        assert!(again.len() + 2 >= count, "only {} of {count} blocks fit after freeing", again.len());
+        for block in again {
+            // SAFETY: allocated above with this size and alignment.
+            unsafe { heap.deallocate(block, size, align) };
+        }
+        heap.collect();
+    }
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    heap.check_invariants().unwrap();
+}
+
+#[test]
+fn a_provider_that_refuses_everything_gives_null_from_the_start() {
+    let heap = common::mmap_heap();
+    heap.provider().set_limit(0);
+    assert!(heap.allocate(8, 8).is_none());
+    assert!(heap.allocate(100_000, 8).is_none());
+    assert!(heap.allocate(8 << 20, 8).is_none());
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0);
+    heap.provider().set_limit(usize::MAX);
+    let block = heap.allocate(8, 8).expect("allocation after the provider relents");
+    // SAFETY: allocated just above.
+    unsafe { heap.deallocate(block, 8, 8) };
+}
+
+#[test]
+fn a_fixed_region_runs_out_and_recovers() {
+    let heap = common::region_heap(4);
+    let mut blocks = Vec::new();
+    while let Some(block) = heap.allocate(1000, 8) {
+        blocks.push(block);
+    }
+    assert!(blocks.len() > 4000, "a 4-chunk region held only {} blocks of 1000 bytes", blocks.len());
+    for block in blocks.drain(..) {
+        // SAFETY: allocated above.
+        unsafe { heap.free(block) };
+    }
+    heap.collect();
+    let huge = heap.allocate(3 * CHUNK_SIZE, 8).expect("the freed region should hold 3 chunks again");
+    // SAFETY: allocated just above.
+    unsafe { heap.free(huge) };
+}
