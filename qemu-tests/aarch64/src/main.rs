@@ -77,7 +77,9 @@ extern "C" fn boot_main() -> ! {
     let cpus = smp::start_secondaries(&info);
     println!("aarch64: boot: {cpus} of {} CPUs online", info.cpu_count + info.cpus_dropped);
 
-    let summary = qemu_suite::run(&machine::VirtMachine::new());
+    let free_frames = || FRAMES.free_frames();
+    let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };
+    let summary = qemu_suite::run(&machine::VirtMachine::new(), &under_test);
     semihosting::exit(if summary.failed == 0 { 0 } else { 1 })
 }
 

@@ -1,19 +1,25 @@
 //! The tests every bare-metal test kernel runs, written once for both architectures.
 //!
 //! A kernel boots, brings up its CPUs, installs the allocator as `#[global_allocator]`,
-//! implements [`Machine`], and calls [`run`]. Each test prints one line,
-//! `<arch>: test <name> ... ok` or `<arch>: test <name> ... FAILED: <why>`, and the run ends
-//! with `<arch>: suite done: N passed, M failed`; the host-side runner parses these lines.
+//! implements [`Machine`], and calls [`run`] with the allocator and a count of its provider's
+//! free frames. Each test prints one line, `<arch>: test <name> ... ok` or
+//! `<arch>: test <name> ... FAILED: <why>`; the comparison with `linked_list_allocator` and
+//! the allocator's statistics print `<arch>: bench ...` and `<arch>: stats ...` lines; the
+//! run ends with `<arch>: suite done: N passed, M failed`. The host-side runner parses these.
 #![no_std]
 
 extern crate alloc;
 
-use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+mod compare;
+mod heap;
+mod smoke;
+
 use alloc::string::String;
-use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicUsize, Ordering};
+
+use core_alloc::Allocator;
+use page_provider::PageProvider;
+use platform::Platform;
 
 /// What a test kernel provides to the suite.
 pub trait Machine: Sync {
@@ -52,6 +58,14 @@ pub struct Summary {
 /// A test's verdict: `Err` carries the reason it failed.
 pub type Outcome = Result<(), String>;
 
+/// What the allocator tests need besides the machine.
+pub struct HeapUnderTest<'a, P, Pl> {
+    /// The kernel's global allocator.
+    pub allocator: &'a Allocator<P, Pl>,
+    /// The number of 2 MiB frames the allocator's provider has not handed out.
+    pub free_frames: &'a (dyn Fn() -> usize + Sync),
+}
+
 /// Prints one line, prefixed with the architecture, in a single console write.
 pub fn say(machine: &dyn Machine, args: core::fmt::Arguments<'_>) {
     let mut line = String::new();
@@ -82,86 +96,45 @@ macro_rules! ensure {
         }
     };
 }
+pub(crate) use ensure;
+
+/// xorshift64*: deterministic pseudo-random test inputs.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
 
 /// Runs every test and prints the summary line; the kernel exits with success only if
 /// `failed` is zero.
-pub fn run(machine: &dyn Machine) -> Summary {
+pub fn run<P: PageProvider, Pl: Platform>(machine: &dyn Machine, heap: &HeapUnderTest<'_, P, Pl>) -> Summary {
     let mut summary = Summary::default();
-    record(machine, &mut summary, "cpus_online", cpus_online(machine));
-    record(machine, &mut summary, "clock_advances", clock_advances(machine));
-    record(machine, &mut summary, "timer_interrupts_on_every_cpu", timer_interrupts_on_every_cpu(machine));
-    record(machine, &mut summary, "collections_on_every_cpu", collections_on_every_cpu(machine));
+    let mut test = |name: &str, outcome: Outcome| record(machine, &mut summary, name, outcome);
+    test("cpus_online", smoke::cpus_online(machine));
+    test("clock_advances", smoke::clock_advances(machine));
+    test("timer_interrupts_on_every_cpu", smoke::timer_interrupts_on_every_cpu(machine));
+    test("collections_on_every_cpu", smoke::collections_on_every_cpu(machine));
+    test("alignments_up_to_2_mib", heap::alignments_up_to_2_mib(machine, heap));
+    test("huge_allocations_span_chunks", heap::huge_allocations_span_chunks(machine, heap));
+    test("concurrent_stress_with_cross_cpu_frees", heap::concurrent_stress(machine, heap));
+    test("allocation_from_interrupt_context", heap::allocation_from_interrupts(machine, heap));
+    test("out_of_memory_returns_null_and_recovers", heap::out_of_memory(machine, heap));
+    test("memory_returned_to_the_provider", heap::memory_returned(machine, heap));
+    test("compare_with_linked_list_allocator", compare::against_linked_list(machine, heap));
+    test("heap_invariants_on_every_cpu", heap::invariants_on_every_cpu(machine, heap));
+    let stats = heap.allocator.stats();
+    for line in alloc::format!("{stats}").lines() {
+        say(machine, format_args!("stats {line}"));
+    }
     say(machine, format_args!("suite done: {} passed, {} failed", summary.passed, summary.failed));
     summary
-}
-
-fn cpus_online(machine: &dyn Machine) -> Outcome {
-    let cpus = machine.cpu_count();
-    ensure!(cpus >= 1, "no CPU reported");
-    let seen: Vec<AtomicUsize> = (0..cpus).map(|_| AtomicUsize::new(usize::MAX)).collect();
-    machine.run_on_cpus(cpus, &|cpu| {
-        seen[cpu].store(machine.current_cpu(), Ordering::Relaxed);
-    });
-    for (cpu, reported) in seen.iter().enumerate() {
-        let reported = reported.load(Ordering::Relaxed);
-        ensure!(reported == cpu, "work for CPU {cpu} ran on CPU {reported}");
-    }
-    say(machine, format_args!("{cpus} CPUs online"));
-    Ok(())
-}
-
-fn clock_advances(machine: &dyn Machine) -> Outcome {
-    let start = machine.now_ns();
-    let mut spins = 0u64;
-    while machine.now_ns() < start + 1_000_000 {
-        spins += 1;
-        ensure!(spins < 1 << 32, "the clock did not advance by 1 ms");
-    }
-    Ok(())
-}
-
-static TICKS: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
-
-fn count_tick(cpu: usize) {
-    TICKS[cpu % 64].fetch_add(1, Ordering::Relaxed);
-}
-
-fn timer_interrupts_on_every_cpu(machine: &dyn Machine) -> Outcome {
-    let cpus = machine.cpu_count();
-    machine.set_timer_handler(Some(count_tick));
-    machine.run_on_cpus(cpus, &|_| {
-        machine.start_timer(1000);
-        let start = machine.now_ns();
-        while machine.now_ns() < start + 30_000_000 {
-            core::hint::spin_loop();
-        }
-        machine.stop_timer();
-    });
-    machine.set_timer_handler(None);
-    for (cpu, ticks) in TICKS.iter().enumerate().take(cpus) {
-        let ticks = ticks.load(Ordering::Relaxed);
-        ensure!(ticks > 0, "no timer interrupt on CPU {cpu} in 30 ms at 1 kHz");
-    }
-    Ok(())
-}
-
-fn collections_on_every_cpu(machine: &dyn Machine) -> Outcome {
-    let failures = AtomicUsize::new(0);
-    machine.run_on_cpus(machine.cpu_count(), &|cpu| {
-        let mut map = BTreeMap::new();
-        let mut numbers = Vec::new();
-        for i in 0..2000usize {
-            numbers.push(i * cpu);
-            map.insert(i, alloc::format!("cpu {cpu} item {i}"));
-        }
-        let boxed = Box::new([cpu as u8; 100]);
-        let ok = numbers.iter().enumerate().all(|(i, &n)| n == i * cpu)
-            && map.get(&1999).is_some_and(|text| text.ends_with("item 1999"))
-            && boxed.iter().all(|&byte| byte == cpu as u8);
-        if !ok {
-            failures.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    ensure!(failures.load(Ordering::Relaxed) == 0, "collections held wrong contents");
-    Ok(())
 }

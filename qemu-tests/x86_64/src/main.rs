@@ -76,7 +76,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     };
     println!("x86_64 boot: {cpus} CPUs online after {} ms", time::now_ns() / 1_000_000);
 
-    let summary = qemu_suite::run(&machine::X86Machine);
+    let free_frames = || memory::FRAMES.free_frames();
+    let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };
+    let summary = qemu_suite::run(&machine::X86Machine, &under_test);
     exit(if summary.failed == 0 { ExitCode::Success } else { ExitCode::Failure })
 }
 

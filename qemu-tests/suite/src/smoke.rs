@@ -1,0 +1,89 @@
+//! The machine works: CPUs, clock, timer interrupts, and `alloc` collections on every CPU.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::{Machine, Outcome, ensure, say};
+
+pub(crate) fn cpus_online(machine: &dyn Machine) -> Outcome {
+    let cpus = machine.cpu_count();
+    ensure!(cpus >= 1, "no CPU reported");
+    let seen: Vec<AtomicUsize> = (0..cpus).map(|_| AtomicUsize::new(usize::MAX)).collect();
+    machine.run_on_cpus(cpus, &|cpu| {
+        seen[cpu].store(machine.current_cpu(), Ordering::Relaxed);
+    });
+    for (cpu, reported) in seen.iter().enumerate() {
+        let reported = reported.load(Ordering::Relaxed);
+        ensure!(reported == cpu, "work for CPU {cpu} ran on CPU {reported}");
+    }
+    say(machine, format_args!("{cpus} CPUs online"));
+    Ok(())
+}
+
+pub(crate) fn clock_advances(machine: &dyn Machine) -> Outcome {
+    let start = machine.now_ns();
+    let mut spins = 0u64;
+    while machine.now_ns() < start + 1_000_000 {
+        spins += 1;
+        ensure!(spins < 1 << 32, "the clock did not advance by 1 ms");
+    }
+    Ok(())
+}
+
+static TICKS: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+
+fn count_tick(cpu: usize) {
+    TICKS[cpu % 64].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waits on every CPU until its timer has fired a few times. The deadline is generous:
+/// under emulation on a busy host, vCPUs lose their host CPU and ticks arrive late.
+pub(crate) fn timer_interrupts_on_every_cpu(machine: &dyn Machine) -> Outcome {
+    const WANTED: usize = 3;
+    const DEADLINE_NS: u64 = 5_000_000_000;
+    let cpus = machine.cpu_count();
+    machine.set_timer_handler(Some(count_tick));
+    machine.run_on_cpus(cpus, &|cpu| {
+        machine.start_timer(1000);
+        let start = machine.now_ns();
+        while TICKS[cpu].load(Ordering::Relaxed) < WANTED && machine.now_ns() < start + DEADLINE_NS {
+            core::hint::spin_loop();
+        }
+        machine.stop_timer();
+    });
+    machine.set_timer_handler(None);
+    for (cpu, ticks) in TICKS.iter().enumerate().take(cpus) {
+        let ticks = ticks.load(Ordering::Relaxed);
+        ensure!(ticks >= WANTED, "CPU {cpu} saw {ticks} timer interrupts in 5 s at 1 kHz");
+    }
+    Ok(())
+}
+
+pub(crate) fn collections_on_every_cpu(machine: &dyn Machine) -> Outcome {
+    let failures = AtomicUsize::new(0);
+    machine.run_on_cpus(machine.cpu_count(), &|cpu| {
+        let mut map = BTreeMap::new();
+        let mut numbers = Vec::new();
+        let mut text = String::new();
+        for i in 0..2000usize {
+            numbers.push(i * cpu);
+            map.insert(i, alloc::format!("cpu {cpu} item {i}"));
+            if i % 100 == 0 {
+                text.push_str(&alloc::format!("{i},"));
+            }
+        }
+        let boxed = Box::new([cpu as u8; 100]);
+        let ok = numbers.iter().enumerate().all(|(i, &n)| n == i * cpu)
+            && map.get(&1999).is_some_and(|text| text.ends_with("item 1999"))
+            && text.starts_with("0,100,200,")
+            && boxed.iter().all(|&byte| byte == cpu as u8);
+        if !ok {
+            failures.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    ensure!(failures.load(Ordering::Relaxed) == 0, "collections held wrong contents");
+    Ok(())
+}
