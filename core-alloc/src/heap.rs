@@ -175,7 +175,7 @@ impl Heap {
         provider: &P,
         map: &ChunkMap,
     ) -> Option<(*mut Run, bool)> {
-        debug_assert!(pages >= 1 && pages <= USABLE_PAGES && align_pages.is_power_of_two());
+        debug_assert!((1..=USABLE_PAGES).contains(&pages) && align_pages.is_power_of_two());
         for bucket in bucket_of(pages)..BUCKETS {
             let mut chunk = self.buckets[bucket];
             let mut scanned = 0;

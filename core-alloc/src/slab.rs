@@ -391,7 +391,7 @@ pub(crate) unsafe fn check_invariants(run: *const Run) -> Result<(), &'static st
     unsafe {
         let start = ((*run).first_page as usize) << PAGE_SHIFT;
         let (bump, end, size) = ((*run).bump as usize, (*run).end as usize, (*run).block_size as usize);
-        if !(start..=end).contains(&bump) || (bump - start) % size != 0 {
+        if !(start..=end).contains(&bump) || !(bump - start).is_multiple_of(size) {
             return Err("bump pointer outside the slab or off a block boundary");
         }
         let carved = (bump - start) / size;
@@ -400,7 +400,7 @@ pub(crate) unsafe fn check_invariants(run: *const Run) -> Result<(), &'static st
         for head in [(*run).free, (*run).local_free] {
             let mut offset = head as usize;
             while offset != 0 {
-                if offset < start || offset >= bump || (offset - start) % size != 0 {
+                if offset < start || offset >= bump || !(offset - start).is_multiple_of(size) {
                     return Err("a free-list link points outside the carved blocks");
                 }
                 listed += 1;

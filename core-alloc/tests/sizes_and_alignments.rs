@@ -94,13 +94,10 @@ fn every_size_and_alignment_is_aligned_usable_and_disjoint() {
 fn free_all(heap: &common::MmapHeap, live: &mut BTreeMap<usize, (usize, usize, u64)>) {
     for (address, (size, align, tag)) in std::mem::take(live) {
         let word = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let first = (word ^ 0).to_le_bytes();
+        let first = word.to_le_bytes();
         // SAFETY: the block is live with at least one byte.
-        assert_eq!(
-            unsafe { *(address as *const u8) },
-            first[0],
-            "block {address:#x} overwritten before its free"
-        );
+        let found = unsafe { *(address as *const u8) };
+        assert_eq!(found, first[0], "block {address:#x} overwritten before its free");
         // SAFETY: allocated above with this size and alignment, not freed yet.
         unsafe { heap.deallocate(NonNull::new(address as *mut u8).unwrap(), size, align) };
     }
