@@ -1,0 +1,352 @@
+//! Builds the bare-metal test kernels, boots each under QEMU with a timeout, and turns
+//! their serial output and exit status into results.
+//!
+//! A kernel passes only if it prints its `<arch>: suite done: N passed, 0 failed` line and
+//! QEMU exits with that architecture's success status (x86-64: 33, from `isa-debug-exit`;
+//! AArch64: 0, from semihosting). A hang, a fault, a triple fault (QEMU exits with 0 and no
+//! summary under `-no-reboot`) or a missing summary line counts as one more failure, shown
+//! with the last lines of serial output.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A test kernel and how to boot it.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// The architecture name, as in the kernel's result lines.
+    pub arch: &'static str,
+    /// The kernel crate's directory under `qemu-tests/`.
+    pub directory: &'static str,
+    /// The kernel's binary name.
+    pub binary: &'static str,
+    /// The bare-metal target it builds for.
+    pub target: &'static str,
+    /// The QEMU system emulator.
+    pub qemu: &'static str,
+    /// QEMU's arguments before `-kernel`.
+    pub arguments: &'static [&'static str],
+    /// QEMU's exit status when every test passed.
+    pub success_status: i32,
+}
+
+/// Both test kernels.
+pub const KERNELS: [Kernel; 2] = [
+    Kernel {
+        arch: "x86_64",
+        directory: "x86_64",
+        binary: "x86_64-test-kernel",
+        target: "x86_64-unknown-none",
+        qemu: "qemu-system-x86_64",
+        arguments: &[
+            "-accel",
+            "tcg",
+            "-machine",
+            "q35",
+            "-cpu",
+            "max",
+            "-smp",
+            "4",
+            "-m",
+            "4G",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ],
+        success_status: 33,
+    },
+    Kernel {
+        arch: "aarch64",
+        directory: "aarch64",
+        binary: "aarch64-test-kernel",
+        target: "aarch64-unknown-none",
+        qemu: "qemu-system-aarch64",
+        arguments: &[
+            "-accel",
+            "tcg",
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a72",
+            "-smp",
+            "4",
+            "-m",
+            "4G",
+            "-semihosting",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ],
+        success_status: 0,
+    },
+];
+
+/// How long a boot may take before it counts as a hang.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The outcome of building and booting one kernel.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The architecture.
+    pub arch: String,
+    /// Tests that printed `ok`.
+    pub passed: usize,
+    /// Tests that printed `FAILED`, plus one if the boot itself went wrong.
+    pub failed: usize,
+    /// Why the boot went wrong, if it did (build failure, hang, crash, missing summary).
+    pub problem: Option<String>,
+    /// Every line the kernel printed.
+    pub serial: Vec<String>,
+}
+
+impl Report {
+    /// The summary line: exactly `<arch>: N passed, M failed`.
+    pub fn summary(&self) -> String {
+        format!("{}: {} passed, {} failed", self.arch, self.passed, self.failed)
+    }
+
+    /// What to show when the kernel failed: the failed tests, the problem, and the last
+    /// lines of serial output.
+    pub fn details(&self) -> String {
+        let mut text = String::new();
+        for line in self.serial.iter().filter(|line| line.contains(" ... FAILED")) {
+            text.push_str(&format!("  {line}\n"));
+        }
+        if let Some(problem) = &self.problem {
+            text.push_str(&format!("  {}: {problem}\n  last lines of serial output:\n", self.arch));
+            let tail = self.serial.len().saturating_sub(25);
+            for line in &self.serial[tail..] {
+                text.push_str(&format!("    | {line}\n"));
+            }
+        }
+        text
+    }
+}
+
+/// The repository's `qemu-tests` directory.
+pub fn qemu_tests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runner lives in qemu-tests/").to_path_buf()
+}
+
+fn succeeds(program: &str, arguments: &[&str]) -> bool {
+    Command::new(program)
+        .args(arguments)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure both QEMU system emulators are installed, installing them from Debian
+/// packages when they are missing and this process may (root with apt-get); otherwise says
+/// exactly what to run.
+pub fn ensure_qemu() -> Result<(), String> {
+    let missing = |kernel: &Kernel| !succeeds(kernel.qemu, &["--version"]);
+    if !KERNELS.iter().any(missing) {
+        return Ok(());
+    }
+    const PACKAGES: [&str; 2] = ["qemu-system-x86", "qemu-system-arm"];
+    let hint = format!("QEMU is missing: install it with `sudo apt-get install -y {}`", PACKAGES.join(" "));
+    let is_root =
+        Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.trim_ascii() == b"0");
+    if !is_root || !succeeds("apt-get", &["--version"]) {
+        return Err(hint);
+    }
+    eprintln!("qemu-runner: installing {} (Debian packages)", PACKAGES.join(" "));
+    let apt = |arguments: &[&str]| {
+        Command::new("apt-get")
+            .args(arguments)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let installed = apt(&["update", "-qq"])
+        && apt(&["install", "-y", "-qq", "--no-install-recommends", PACKAGES[0], PACKAGES[1]]);
+    if !installed || KERNELS.iter().any(missing) {
+        return Err(format!("installing QEMU failed; {hint}"));
+    }
+    Ok(())
+}
+
+/// Builds a kernel in release mode from its own directory; returns the ELF's path.
+pub fn build(kernel: &Kernel) -> Result<PathBuf, String> {
+    let directory = qemu_tests_dir().join(kernel.directory);
+    let target_dir = directory.join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&directory)
+        .args(["build", "--release", "--target", kernel.target])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer cargo's settings must not leak into the kernel's build.
+    for variable in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        command.env_remove(variable);
+    }
+    let output = command.output().map_err(|error| format!("could not run cargo: {error}"))?;
+    if !output.status.success() {
+        let log = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!("building the {} kernel failed:\n{}", kernel.arch, tail.join("\n")));
+    }
+    Ok(target_dir.join(kernel.target).join("release").join(kernel.binary))
+}
+
+/// Boots a built kernel and parses what it prints; `echo` streams its serial output.
+pub fn boot(kernel: &Kernel, elf: &Path, echo: bool) -> Report {
+    let mut report = Report { arch: kernel.arch.to_string(), ..Report::default() };
+    let spawned = Command::new(kernel.qemu)
+        .args(kernel.arguments)
+        .arg("-kernel")
+        .arg(elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            report.failed = 1;
+            report.problem = Some(format!("could not start {}: {error}", kernel.qemu));
+            return report;
+        }
+    };
+    let (lines, receiver) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if echo {
+                println!("{line}");
+            }
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() > BOOT_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    let _ = reader.join();
+    report.serial = receiver.try_iter().collect();
+    let qemu_errors = errors.join().unwrap_or_default();
+    parse(kernel, &mut report);
+    let summary_line = report.serial.iter().rev().find_map(|line| summary_counts(kernel.arch, line));
+    let problem = match (status, summary_line) {
+        (None, _) => Some(format!("no exit within {} s (a hang)", BOOT_TIMEOUT.as_secs())),
+        (Some(status), None) => Some(format!(
+            "QEMU exited with {status} and no summary line (a fault, a panic or a triple fault){}",
+            if qemu_errors.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; QEMU said: {}", qemu_errors.trim())
+            }
+        )),
+        (Some(status), Some((passed, failed))) => {
+            if passed != report.passed || failed != report.failed {
+                Some(format!(
+                    "the summary says {passed} passed, {failed} failed but {} and {} lines were printed",
+                    report.passed, report.failed
+                ))
+            } else if failed == 0 && status.code() != Some(kernel.success_status) {
+                Some(format!("all tests passed but QEMU exited with {status}, not {}", kernel.success_status))
+            } else {
+                None
+            }
+        }
+    };
+    if problem.is_some() {
+        report.failed += 1;
+        report.problem = problem;
+    }
+    report
+}
+
+/// Counts the `test ... ok` and `test ... FAILED` lines.
+fn parse(kernel: &Kernel, report: &mut Report) {
+    let prefix = format!("{}: test ", kernel.arch);
+    for line in &report.serial {
+        let Some(rest) = line.strip_prefix(&prefix) else { continue };
+        if rest.ends_with(" ... ok") {
+            report.passed += 1;
+        } else if rest.contains(" ... FAILED") {
+            report.failed += 1;
+        }
+    }
+}
+
+/// The counts of a `<arch>: suite done: N passed, M failed` line.
+fn summary_counts(arch: &str, line: &str) -> Option<(usize, usize)> {
+    let rest = line.strip_prefix(arch)?.strip_prefix(": suite done: ")?;
+    let (passed, failed) = rest.split_once(" passed, ")?;
+    Some((passed.parse().ok()?, failed.strip_suffix(" failed")?.parse().ok()?))
+}
+
+/// Builds and boots one kernel.
+pub fn build_and_boot(kernel: &Kernel, echo: bool) -> Report {
+    match build(kernel) {
+        Ok(elf) => boot(kernel, &elf, echo),
+        Err(why) => {
+            Report { arch: kernel.arch.to_string(), failed: 1, problem: Some(why), ..Report::default() }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_result_and_summary_lines() {
+        let kernel = KERNELS[0];
+        let mut report = Report {
+            arch: "x86_64".into(),
+            serial: vec![
+                "x86_64: test a ... ok".into(),
+                "x86_64: test b ... FAILED: why".into(),
+                "aarch64: test c ... ok".into(),
+                "x86_64: suite done: 1 passed, 1 failed".into(),
+            ],
+            ..Report::default()
+        };
+        parse(&kernel, &mut report);
+        assert_eq!((report.passed, report.failed), (1, 1));
+        assert_eq!(summary_counts("x86_64", &report.serial[3]), Some((1, 1)));
+        assert_eq!(summary_counts("aarch64", &report.serial[3]), None);
+        assert_eq!(report.summary(), "x86_64: 1 passed, 1 failed");
+    }
+}

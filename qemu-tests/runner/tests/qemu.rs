@@ -1,0 +1,19 @@
+//! The bare-metal tests as part of `cargo test`: both kernels built and booted under QEMU
+//! with 4 CPUs; every test in each must pass.
+
+use qemu_runner::{KERNELS, build_and_boot, ensure_qemu};
+
+#[test]
+fn both_kernels_pass_every_test_under_qemu() {
+    ensure_qemu().unwrap_or_else(|why| panic!("{why}"));
+    let reports: Vec<_> = KERNELS.iter().map(|kernel| build_and_boot(kernel, false)).collect();
+    for report in &reports {
+        println!("{}", report.summary());
+    }
+    let failures: String =
+        reports.iter().filter(|report| report.failed > 0).map(|report| report.details()).collect();
+    assert!(failures.is_empty(), "bare-metal failures:\n{failures}");
+    for report in &reports {
+        assert!(report.passed >= 12, "{} ran only {} tests", report.arch, report.passed);
+    }
+}
