@@ -194,6 +194,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         };
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
         let block = self.platform.with_slot(|slot| unsafe { self.alloc_small(slot, class) });
+        #[cfg(feature = "checked")]
+        if !block.is_null() {
+            self.mark_live(block);
+        }
         if zeroed && !block.is_null() {
             // SAFETY: the block is at least `layout.size()` bytes, ours to write.
             unsafe { ptr::write_bytes(block, 0, layout.size()) };
@@ -228,6 +232,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         };
         match found {
             Some((block, clean)) => {
+                #[cfg(feature = "checked")]
+                self.mark_live(block);
                 if zeroed && !clean {
                     // SAFETY: a fresh allocation of at least `size` bytes.
                     unsafe { ptr::write_bytes(block, 0, size) };

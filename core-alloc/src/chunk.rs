@@ -137,7 +137,14 @@ pub(crate) struct ChunkHeader {
     pub next: *mut ChunkHeader,
     /// Central heap list links.
     pub prev: *mut ChunkHeader,
+    /// Checked builds: one bit per 8-byte granule, set where a live block starts.
+    #[cfg(feature = "checked")]
+    pub live_bits: *mut core::sync::atomic::AtomicU64,
 }
+
+/// Checked builds: bytes of a chunk's side table of live-block bits.
+#[cfg(feature = "checked")]
+pub(crate) const LIVE_BITS_BYTES: usize = CHUNK_SIZE / 8 / 8;
 
 /// Pages taken by the header at the start of a slab chunk.
 pub(crate) const HEADER_PAGES: usize = core::mem::size_of::<ChunkHeader>().div_ceil(PAGE);

@@ -73,6 +73,10 @@ pub(crate) struct Heap {
     meta_cursor: usize,
     meta_end: usize,
     meta_zeroed: bool,
+    /// Checked builds: side tables of chunks given back, kept for reuse (linked through
+    /// their first word).
+    #[cfg(feature = "checked")]
+    spare_live_bits: *mut u8,
     pub(crate) counters: HeapCounters,
 }
 
@@ -89,6 +93,8 @@ impl Heap {
             meta_cursor: 0,
             meta_end: 0,
             meta_zeroed: false,
+            #[cfg(feature = "checked")]
+            spare_live_bits: ptr::null_mut(),
             counters: HeapCounters {
                 large_live: 0,
                 large_live_bytes: 0,
@@ -320,7 +326,10 @@ impl Heap {
             self.counters.cached_chunks -= 1;
             self.forget_chunks(chunk as usize, 1, map);
             // SAFETY: the chunk came from the provider and nothing in it is live.
-            unsafe { provider.free_chunks(NonNull::new_unchecked(chunk.cast()), 1) };
+            unsafe {
+                self.unformat_slab_chunk(chunk);
+                provider.free_chunks(NonNull::new_unchecked(chunk.cast()), 1);
+            }
             self.counters.chunks_returned += 1;
         }
     }
@@ -348,8 +357,74 @@ impl Heap {
             return None;
         }
         // SAFETY: a fresh chunk, ours alone.
-        unsafe { ChunkHeader::init(chunk, fresh.zeroed) };
+        if !unsafe { self.format_slab_chunk(chunk, fresh.zeroed, provider) } {
+            self.forget_chunks(chunk as usize, 1, map);
+            // SAFETY: just obtained and unused.
+            unsafe { provider.free_chunks(fresh.base, 1) };
+            self.counters.chunks_returned += 1;
+            return None;
+        }
         Some(chunk)
+    }
+
+    /// Formats `chunk` as an empty slab chunk (and, in checked builds, gives it a cleared
+    /// table of live-block bits). Returns false, changing nothing, when out of metadata.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `chunk`, and nothing in it is live.
+    unsafe fn format_slab_chunk<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        zeroed: bool,
+        provider: &P,
+    ) -> bool {
+        #[cfg(feature = "checked")]
+        let bits = {
+            let spare = self.spare_live_bits;
+            let bits = if spare.is_null() {
+                match self.meta_alloc(crate::chunk::LIVE_BITS_BYTES, 8, provider) {
+                    Some(bits) => bits.as_ptr(),
+                    None => return false,
+                }
+            } else {
+                // SAFETY: spare tables are linked through their first word.
+                self.spare_live_bits = unsafe { spare.cast::<*mut u8>().read() };
+                spare
+            };
+            // SAFETY: a table of LIVE_BITS_BYTES bytes nobody else uses.
+            unsafe { ptr::write_bytes(bits, 0, crate::chunk::LIVE_BITS_BYTES) };
+            bits
+        };
+        #[cfg(not(feature = "checked"))]
+        let _ = provider;
+        // SAFETY: the caller owns the chunk.
+        unsafe {
+            ChunkHeader::init(chunk, zeroed);
+            #[cfg(feature = "checked")]
+            {
+                (*chunk).live_bits = bits.cast();
+            }
+        }
+        true
+    }
+
+    /// Takes a slab chunk's checked-build side table back for reuse, as the chunk stops
+    /// being a slab chunk.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is an empty formatted slab chunk in no list.
+    unsafe fn unformat_slab_chunk(&mut self, chunk: *mut ChunkHeader) {
+        #[cfg(feature = "checked")]
+        // SAFETY: the table belongs to the chunk, which has nothing live.
+        unsafe {
+            let bits = (*chunk).live_bits.cast::<u8>();
+            bits.cast::<*mut u8>().write(self.spare_live_bits);
+            self.spare_live_bits = bits;
+        }
+        #[cfg(not(feature = "checked"))]
+        let _ = chunk;
     }
 
     /// Records `value` for the chunk at `address`, making map nodes from metadata memory.
@@ -374,6 +449,8 @@ impl Heap {
             && let Some(chunk) = self.take_empty()
         {
             if self.record(chunk as usize, entry(KIND_HUGE, 1), provider, map) {
+                // SAFETY: an empty cached chunk, taken out of the cache.
+                unsafe { self.unformat_slab_chunk(chunk) };
                 self.counters.huge_live += 1;
                 self.counters.huge_live_bytes += CHUNK_SIZE;
                 return NonNull::new(chunk.cast()).map(|base| (base, false));
@@ -440,13 +517,15 @@ impl Heap {
         self.counters.huge_live_bytes -= count * CHUNK_SIZE;
         if count == 1 && self.counters.cached_chunks < self.retain_limit() {
             let chunk = base as *mut ChunkHeader;
-            if self.record(base, entry(KIND_SLAB, 0), provider, map) {
-                // SAFETY: the chunk is ours and unused (caller).
-                unsafe {
-                    ChunkHeader::init(chunk, false);
-                    self.push_empty(chunk);
+            // SAFETY: the chunk is ours and unused (caller).
+            if unsafe { self.format_slab_chunk(chunk, false, provider) } {
+                if self.record(base, entry(KIND_SLAB, 0), provider, map) {
+                    // SAFETY: formatted just above, in no list.
+                    unsafe { self.push_empty(chunk) };
+                    return;
                 }
-                return;
+                // SAFETY: formatted just above, in no list.
+                unsafe { self.unformat_slab_chunk(chunk) };
             }
         }
         // SAFETY: the chunks came from the provider and nothing uses them (caller).

@@ -21,6 +21,8 @@ extern crate std;
 
 mod allocator;
 mod arena;
+#[cfg(feature = "checked")]
+mod checked;
 mod chunk;
 mod chunk_map;
 pub mod config;

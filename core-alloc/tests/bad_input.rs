@@ -103,3 +103,52 @@ fn misuses_it_can_see_are_reported_and_leave_the_heap_working() {
     }
     assert_eq!(heap.stats().live_allocations(), 0);
 }
+
+static CHECKED_REPORTS: Mutex<Vec<MisuseReport>> = Mutex::new(Vec::new());
+
+fn record_checked(report: &MisuseReport) {
+    CHECKED_REPORTS.lock().unwrap().push(*report);
+}
+
+/// Checked builds see every misuse of a free: double frees and wrong layouts of small
+/// blocks, interior and stack pointers. The heap stays intact and the blocks involved stay
+/// live (they are leaked rather than risk corruption).
+#[cfg(feature = "checked")]
+#[test]
+fn checked_builds_report_every_bad_free() {
+    let heap: &'static _ = Box::leak(Box::new(
+        Allocator::new(MmapProvider::new(), HostPlatform::new()).with_misuse_hook(record_checked),
+    ));
+    let small = heap.allocate(48, 8).unwrap();
+    let other = heap.allocate(48, 8).unwrap();
+    let large = heap.allocate(100_000, 8).unwrap();
+    let on_stack = 0u64;
+    // SAFETY: deliberately wrong frees; checked builds validate before touching anything.
+    unsafe {
+        heap.deallocate(small, 48, 8);
+        heap.deallocate(small, 48, 8);
+        heap.deallocate(other, 4000, 8);
+        heap.free(NonNull::new(other.as_ptr().add(16)).unwrap());
+        heap.free(NonNull::from(&on_stack).cast());
+        heap.deallocate(large, 300_000, 8);
+    }
+    let kinds: Vec<Misuse> = CHECKED_REPORTS.lock().unwrap().iter().map(|report| report.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            Misuse::DoubleFree,
+            Misuse::WrongLayout,
+            Misuse::ForeignPointer,
+            Misuse::ForeignPointer,
+            Misuse::WrongLayout
+        ]
+    );
+    heap.check_invariants().unwrap();
+    // SAFETY: the blocks whose bad frees were refused are still live.
+    unsafe {
+        heap.deallocate(other, 48, 8);
+        heap.deallocate(large, 100_000, 8);
+    }
+    assert_eq!(heap.stats().live_allocations(), 0);
+    assert_eq!(CHECKED_REPORTS.lock().unwrap().len(), 5, "correct frees were reported");
+}

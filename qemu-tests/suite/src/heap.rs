@@ -258,7 +258,7 @@ fn allocate_in_interrupt(cpu: usize) {
     let mut bytes: Vec<u8> = Vec::with_capacity(size);
     bytes.resize(size, run as u8);
     let boxed = Box::new([cpu as u64; 4]);
-    let large = (run % 16 == 0).then(|| alloc::vec![0x5Au8; 100_000]);
+    let large = run.is_multiple_of(16).then(|| alloc::vec![0x5Au8; 100_000]);
     let intact = bytes.iter().all(|&byte| byte == run as u8)
         && boxed.iter().all(|&word| word == cpu as u64)
         && large.as_ref().is_none_or(|large| large[99_999] == 0x5A);
@@ -379,7 +379,7 @@ pub(crate) fn out_of_memory<P: PageProvider, Pl: Platform>(
         format_args!(
             "out of memory after {count} blocks, {} MiB (provider had {} MiB free); {refusals} null returns",
             taken >> 20,
-            free_at_start * CHUNK_SIZE >> 20
+            (free_at_start * CHUNK_SIZE) >> 20
         ),
     );
     ensure!(refusals == 5, "not every size ran out ({refusals} of 5): the record filled up first");
