@@ -422,6 +422,27 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         self.platform.with_slot(|_| self.heap.lock().trim(0, &self.provider, &self.map));
     }
 
+    /// Takes the allocator's central lock and keeps it, so that no other thread is inside
+    /// the central heap while the process forks: call it from a `pthread_atfork` prepare
+    /// handler (after the platform's own fork preparation, which takes the slot locks that
+    /// come first in the lock order).
+    pub fn lock_for_fork(&self) {
+        core::mem::forget(self.heap.lock());
+    }
+
+    /// Releases the lock [`lock_for_fork`](Self::lock_for_fork) took, in the parent and in
+    /// the child after `fork`.
+    ///
+    /// # Safety
+    ///
+    /// Called once after `lock_for_fork`, by the thread that called it (or its copy in the
+    /// child).
+    pub unsafe fn unlock_after_fork(&self) {
+        // SAFETY: `lock_for_fork` took the lock and forgot its guard; the caller is its
+        // holder (or the holder's copy in the child).
+        unsafe { self.heap.force_unlock() }
+    }
+
     /// Checks the central heap's bookkeeping and the current slot's arena; returns a
     /// description of the first inconsistency. For tests, at quiet moments.
     pub fn check_invariants(&self) -> Result<(), &'static str> {

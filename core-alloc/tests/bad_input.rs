@@ -104,8 +104,10 @@ fn misuses_it_can_see_are_reported_and_leave_the_heap_working() {
     assert_eq!(heap.stats().live_allocations(), 0);
 }
 
+#[cfg(feature = "checked")]
 static CHECKED_REPORTS: Mutex<Vec<MisuseReport>> = Mutex::new(Vec::new());
 
+#[cfg(feature = "checked")]
 fn record_checked(report: &MisuseReport) {
     CHECKED_REPORTS.lock().unwrap().push(*report);
 }

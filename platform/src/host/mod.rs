@@ -126,6 +126,30 @@ impl HostPlatform {
     }
 }
 
+/// Takes every shared-slot lock, so that no thread is inside a shared slot while the
+/// process forks (`pthread_atfork`'s prepare handler). Exclusive slots need nothing: in the
+/// child, the slots of threads that did not survive the fork stay owned and are never used
+/// again, so arenas they left mid-operation are never touched.
+pub fn lock_shared_slots_for_fork() {
+    for lock in &SHARED {
+        while lock.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Releases the locks [`lock_shared_slots_for_fork`] took, in the parent and in the child.
+///
+/// # Safety
+///
+/// Called once after [`lock_shared_slots_for_fork`], by the thread that called it (or, in
+/// the child, its copy).
+pub unsafe fn unlock_shared_slots_after_fork() {
+    for lock in &SHARED {
+        lock.0.store(false, Ordering::Release);
+    }
+}
+
 impl Default for HostPlatform {
     fn default() -> Self {
         Self::new()
