@@ -213,6 +213,11 @@ pub fn build(kernel: &Kernel) -> Result<PathBuf, String> {
 
 /// Boots a built kernel and parses what it prints; `echo` streams its serial output.
 pub fn boot(kernel: &Kernel, elf: &Path, echo: bool) -> Report {
+    boot_within(kernel, elf, echo, BOOT_TIMEOUT)
+}
+
+/// As [`boot`], counting the boot as a hang after `timeout`.
+pub fn boot_within(kernel: &Kernel, elf: &Path, echo: bool, timeout: Duration) -> Report {
     let mut report = Report { arch: kernel.arch.to_string(), ..Report::default() };
     let spawned = Command::new(kernel.qemu)
         .args(kernel.arguments)
@@ -252,7 +257,7 @@ pub fn boot(kernel: &Kernel, elf: &Path, echo: bool) -> Report {
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() > BOOT_TIMEOUT => {
+            Ok(None) if started.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -267,7 +272,7 @@ pub fn boot(kernel: &Kernel, elf: &Path, echo: bool) -> Report {
     parse(kernel, &mut report);
     let summary_line = report.serial.iter().rev().find_map(|line| summary_counts(kernel.arch, line));
     let problem = match (status, summary_line) {
-        (None, _) => Some(format!("no exit within {} s (a hang)", BOOT_TIMEOUT.as_secs())),
+        (None, _) => Some(format!("no exit within {} s (a hang)", timeout.as_secs_f64())),
         (Some(status), None) => Some(format!(
             "QEMU exited with {status} and no summary line (a fault, a panic or a triple fault){}",
             if qemu_errors.trim().is_empty() {
@@ -348,5 +353,60 @@ mod tests {
         assert_eq!(summary_counts("x86_64", &report.serial[3]), Some((1, 1)));
         assert_eq!(summary_counts("aarch64", &report.serial[3]), None);
         assert_eq!(report.summary(), "x86_64: 1 passed, 1 failed");
+    }
+
+    /// A stand-in for QEMU: `sh -c <script>`, which ignores the `-kernel <elf>` arguments.
+    fn fake(script: &'static str, success_status: i32) -> Kernel {
+        Kernel {
+            qemu: "sh",
+            arguments: Box::leak(Box::new(["-c", script, "fake-qemu"])),
+            success_status,
+            ..KERNELS[0]
+        }
+    }
+
+    fn run_fake(script: &'static str, success_status: i32) -> Report {
+        boot_within(&fake(script, success_status), Path::new("/nonexistent"), false, Duration::from_secs(2))
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let report = run_fake(
+            "echo 'x86_64: test a ... ok'; echo 'x86_64: suite done: 1 passed, 0 failed'; exit 33",
+            33,
+        );
+        assert_eq!((report.passed, report.failed, report.problem), (1, 0, None));
+    }
+
+    #[test]
+    fn a_crash_without_summary_is_a_failure_with_the_last_lines() {
+        // A triple fault under -no-reboot: QEMU exits with 0 and the kernel says nothing more.
+        let report = run_fake("echo 'x86_64: test a ... ok'; echo 'x86_64: PANIC somewhere'; exit 0", 33);
+        assert_eq!((report.passed, report.failed), (1, 1));
+        assert!(report.problem.as_deref().is_some_and(|why| why.contains("no summary line")));
+        assert!(report.details().contains("| x86_64: PANIC somewhere"), "{}", report.details());
+    }
+
+    #[test]
+    fn a_hang_is_a_failure() {
+        let report = run_fake("echo 'x86_64: test a ... ok'; exec sleep 30", 33);
+        assert_eq!((report.passed, report.failed), (1, 1));
+        assert!(report.problem.as_deref().is_some_and(|why| why.contains("hang")));
+    }
+
+    #[test]
+    fn a_wrong_exit_status_or_a_lying_summary_is_a_failure() {
+        let report = run_fake(
+            "echo 'x86_64: test a ... ok'; echo 'x86_64: suite done: 1 passed, 0 failed'; exit 0",
+            33,
+        );
+        assert_eq!(report.failed, 1, "exit 0 is not the x86-64 success status");
+        let report = run_fake("echo 'x86_64: suite done: 5 passed, 0 failed'; exit 33", 33);
+        assert_eq!(report.failed, 1, "a summary without the test lines it counts");
+        let report = run_fake(
+            "echo 'x86_64: test a ... FAILED: why'; echo 'x86_64: suite done: 0 passed, 1 failed'; exit 35",
+            33,
+        );
+        assert_eq!((report.passed, report.failed, report.problem), (0, 1, None));
     }
 }
