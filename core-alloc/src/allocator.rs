@@ -16,10 +16,10 @@ use page_provider::PageProvider;
 use platform::{MAX_SLOTS, Platform};
 
 use crate::arena::Arena;
-use crate::chunk::{RUN_LARGE, RUN_SLAB, page_address, run_of};
+use crate::chunk::{ChunkHeader, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, MAX_LARGE, PAGE, PAGE_SHIFT};
-use crate::heap::Heap;
+use crate::heap::{Heap, Release};
 use crate::size_class::{CLASS_COUNT, class_for};
 use crate::stats::Stats;
 
@@ -213,22 +213,16 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let pages = size.div_ceil(PAGE).max(1);
             let align_pages = (align / PAGE).max(1);
             self.platform.with_slot(|_| {
+                let (run, clean) = self.take_run(pages, align_pages, RUN_LARGE)?;
+                // SAFETY: a fresh large run, ours alone.
+                let first = unsafe { (*run).first_page as usize };
                 let mut heap = self.heap.lock();
-                let (run, clean) =
-                    heap.alloc_run(pages, align_pages, RUN_LARGE, &self.provider, &self.map)?;
                 heap.counters.large_live += 1;
                 heap.counters.large_live_bytes += pages * PAGE;
-                // SAFETY: a fresh large run, ours under the lock.
-                let first = unsafe { (*run).first_page as usize };
                 Some((page_address(run, first) as *mut u8, clean))
             })
         } else {
-            let count = size.div_ceil(CHUNK_SIZE);
-            self.platform.with_slot(|_| {
-                let mut heap = self.heap.lock();
-                heap.alloc_huge(count, align, &self.provider, &self.map)
-                    .map(|(base, clean)| (base.as_ptr(), clean))
-            })
+            self.platform.with_slot(|_| self.alloc_huge(size.div_ceil(CHUNK_SIZE), align))
         };
         match found {
             Some((block, clean)) => {
@@ -281,7 +275,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     ///
     /// `address` is in a slab chunk and was handed out by this allocator.
     #[cold]
-    unsafe fn free_large(&self, run: *mut crate::chunk::Run, address: usize) {
+    unsafe fn free_large(&self, run: *mut Run, address: usize) {
         self.platform.with_slot(|_| {
             let mut heap = self.heap.lock();
             // SAFETY: the caller vouches for the address; the kind and first page are
@@ -297,7 +291,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
                 heap.counters.large_live -= 1;
                 heap.counters.large_live_bytes -= ((*run).pages as usize) << PAGE_SHIFT;
-                heap.free_run(run, &self.provider, &self.map);
+                let release = heap.free_run(run, &self.map);
+                drop(heap);
+                self.give_back(release);
             }
         });
     }
@@ -314,7 +310,20 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let count = Heap::huge_chunks(address, &self.map)?;
             // SAFETY: a live huge allocation of `count` chunks starts there (the map says
             // so), and the caller is done with it.
-            unsafe { heap.free_huge(address, count, &self.provider, &self.map) };
+            let cache = unsafe { heap.free_huge(address, count, &self.map) };
+            drop(heap);
+            let chunk = address as *mut ChunkHeader;
+            // SAFETY: the chunks are ours and unused; the header is formatted (touched)
+            // outside the lock before the cache takes the chunk.
+            unsafe {
+                if cache {
+                    ChunkHeader::init(chunk, false);
+                    if self.heap.lock().cache_chunk(chunk, &self.provider, &self.map) {
+                        return Some(());
+                    }
+                }
+                self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), count);
+            }
             Some(())
         });
         if known.is_none() {
@@ -343,7 +352,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     }
                     if wanted < count {
                         // SAFETY: the chunks past `wanted` hold no byte of the new size.
-                        unsafe { heap.shrink_huge(address, count, wanted, &self.provider, &self.map) };
+                        unsafe {
+                            heap.shrink_huge(address, count, wanted, &self.provider, &self.map);
+                            drop(heap);
+                            let spare = (address + wanted * CHUNK_SIZE) as *mut u8;
+                            self.provider.free_chunks(NonNull::new_unchecked(spare), count - wanted);
+                        }
                     }
                     Some(())
                 });
@@ -392,6 +406,96 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         moved
     }
 
+    /// Carves a page run from the central heap, getting a new chunk from the provider
+    /// (outside the lock) when no chunk the heap holds has room. Call inside a slot closure.
+    pub(crate) fn take_run(&self, pages: usize, align_pages: usize, kind: u8) -> Option<(*mut Run, bool)> {
+        if let Some(found) = self.heap.lock().alloc_run(pages, align_pages, kind) {
+            return Some(found);
+        }
+        let Some(fresh) = self.provider.alloc_chunks(1) else {
+            self.heap.lock().counters.provider_refusals += 1;
+            return None;
+        };
+        let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
+        // SAFETY: a fresh chunk, known to nobody else: formatting it here, outside the lock,
+        // takes its first page fault (a whole huge page) without holding up other CPUs.
+        unsafe { ChunkHeader::init(chunk, fresh.zeroed) };
+        // SAFETY: the chunk came from the provider, is formatted and known to nobody else.
+        let adopted =
+            unsafe { self.heap.lock().adopt(chunk, pages, align_pages, kind, &self.provider, &self.map) };
+        adopted.unwrap_or_else(|()| {
+            // SAFETY: the heap did not take the chunk; it is unused.
+            unsafe { self.provider.free_chunks(fresh.base, 1) };
+            None
+        })
+    }
+
+    /// Gives a run back to the central heap, and what the heap lets go of to the provider.
+    ///
+    /// # Safety
+    ///
+    /// `run` is a live run of this allocator with nothing in it live; call inside a slot
+    /// closure.
+    pub(crate) unsafe fn release_run(&self, run: *mut Run) {
+        // SAFETY: the caller's promise.
+        let release = unsafe { self.heap.lock().free_run(run, &self.map) };
+        self.give_back(release);
+    }
+
+    /// Hands chunks the heap let go of back to the provider (outside the heap lock).
+    pub(crate) fn give_back(&self, release: Release) {
+        let mut chunk = release.chunks;
+        while !chunk.is_null() {
+            // SAFETY: released chunks are ours, unused, linked through their headers; the
+            // link is read before the chunk is given away.
+            unsafe {
+                let next = (*chunk).next;
+                self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), 1);
+                chunk = next;
+            }
+        }
+    }
+
+    /// A huge allocation of `count` chunks aligned to `align`: a cached chunk when one
+    /// chunk will do, else fresh chunks from the provider (obtained outside the lock).
+    /// Returns the first byte and whether it is zeroed. Call inside a slot closure.
+    fn alloc_huge(&self, count: usize, align: usize) -> Option<(*mut u8, bool)> {
+        let align_chunks = align.div_ceil(CHUNK_SIZE).max(1);
+        if count == 1
+            && align_chunks == 1
+            && let Some(base) = self.heap.lock().huge_from_cache(&self.provider, &self.map)
+        {
+            return Some((base.as_ptr(), false));
+        }
+        let extra = align_chunks - 1;
+        let Some(fresh) = count.checked_add(extra).and_then(|total| self.provider.alloc_chunks(total)) else {
+            self.heap.lock().counters.provider_refusals += 1;
+            return None;
+        };
+        let base = fresh.base.as_ptr() as usize;
+        let aligned = base.next_multiple_of(align_chunks * CHUNK_SIZE);
+        let head = (aligned - base) / CHUNK_SIZE;
+        let tail = extra - head;
+        // SAFETY: the head and tail chunks are parts of the fresh run nobody uses.
+        unsafe {
+            if head > 0 {
+                self.provider.free_chunks(fresh.base, head);
+            }
+            if tail > 0 {
+                self.provider
+                    .free_chunks(NonNull::new_unchecked((aligned + count * CHUNK_SIZE) as *mut u8), tail);
+            }
+        }
+        let recorded =
+            self.heap.lock().record_huge(aligned, count, count + extra, extra, &self.provider, &self.map);
+        if !recorded {
+            // SAFETY: the run is unused and was not recorded.
+            unsafe { self.provider.free_chunks(NonNull::new_unchecked(aligned as *mut u8), count) };
+            return None;
+        }
+        Some((aligned as *mut u8, fresh.zeroed))
+    }
+
     /// A snapshot of the statistics.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::new();
@@ -419,7 +523,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // SAFETY: the platform lends the idle slot exclusively for the closure.
             self.platform.try_with_idle_slot(slot, || unsafe { self.release_slot(slot) });
         }
-        self.platform.with_slot(|_| self.heap.lock().trim(0, &self.provider, &self.map));
+        self.platform.with_slot(|_| {
+            let release = self.heap.lock().trim(0, &self.map);
+            self.give_back(release);
+        });
     }
 
     /// Takes the allocator's central lock and keeps it, so that no other thread is inside

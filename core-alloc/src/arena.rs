@@ -182,9 +182,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     (*bin).current = partial;
                     continue;
                 }
-                let fresh =
-                    self.heap.lock().alloc_run(slab_pages(class), 1, RUN_SLAB, &self.provider, &self.map);
-                let Some((run, zeroed)) = fresh else { return ptr::null_mut() };
+                let Some((run, zeroed)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
+                    return ptr::null_mut();
+                };
                 slab::init(run, class, slot, zeroed);
                 (*run).list = LIST_CURRENT;
                 (*bin).current = run;
@@ -215,7 +215,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 if (*run).used == 0 {
                     (*bin).current = empty_run();
                     (*run).list = LIST_NONE;
-                    self.heap.lock().free_run(run, &self.provider, &self.map);
+                    self.release_run(run);
                 }
             }
         }
@@ -317,7 +317,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     ptr::addr_of_mut!((*bin).partial)
                 };
                 unlink(holder, run);
-                self.heap.lock().free_run(run, &self.provider, &self.map);
+                self.release_run(run);
             } else if list == LIST_FULL {
                 unlink(ptr::addr_of_mut!((*bin).full), run);
                 slab::unmark_full(run);
@@ -343,7 +343,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             RemoteFree::LastOfAbandoned => {
                 // SAFETY: the slab has no live block and no owner: it is ours to release.
-                unsafe { self.heap.lock().free_run(run, &self.provider, &self.map) };
+                unsafe { self.release_run(run) };
             }
         }
     }
@@ -389,7 +389,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                         slab::collect_remote(run);
                         if (*run).used == 0 {
                             unlink(list, run);
-                            self.heap.lock().free_run(run, &self.provider, &self.map);
+                            self.release_run(run);
                         } else if (*run).list == LIST_FULL && slab::refill(run) {
                             unlink(list, run);
                             slab::unmark_full(run);
@@ -448,7 +448,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // SAFETY: forwarded ownership.
         unsafe {
             if !slab::abandon(run) {
-                self.heap.lock().free_run(run, &self.provider, &self.map);
+                self.release_run(run);
             }
         }
     }

@@ -18,7 +18,11 @@
 //!
 //! Concurrency: everything here runs under the one central lock, taken inside the
 //! platform's slot closure (interrupts masked on kernels), never while holding another
-//! allocator lock, and it calls only the provider.
+//! allocator lock. The provider is called outside the lock wherever it can take long: new
+//! chunks are obtained and their headers first touched (a huge-page fault) by the caller
+//! before [`Heap::adopt`]; chunks let go come back as a [`Release`] to give back after the
+//! lock is dropped. Only metadata chunks are obtained under the lock (rarely: one per 2 MiB
+//! of arenas and chunk-map nodes).
 
 use core::ptr::{self, NonNull};
 
@@ -62,6 +66,20 @@ pub struct HeapCounters {
     pub chunks_returned: usize,
     /// Requests the provider refused.
     pub provider_refusals: usize,
+}
+
+/// Chunks the heap let go of, to be given back to the provider by the caller once the
+/// heap lock is dropped (a provider call can be a system call, and must not hold up other
+/// CPUs waiting for the lock).
+#[must_use]
+pub(crate) struct Release {
+    /// Single chunks, linked through their headers' `next`.
+    pub(crate) chunks: *mut ChunkHeader,
+}
+
+impl Release {
+    /// Nothing to give back.
+    pub(crate) const NOTHING: Self = Self { chunks: ptr::null_mut() };
 }
 
 /// The central heap's state; see the module documentation.
@@ -170,16 +188,15 @@ impl Heap {
         }
     }
 
-    /// Carves a run of `pages` pages aligned to `align_pages` pages, from the fullest chunk
-    /// that fits, or from a new chunk. Returns the descriptor (kind, first page and pages
-    /// set) and whether its pages are all clean.
-    pub(crate) fn alloc_run<P: PageProvider>(
+    /// Carves a run of `pages` pages aligned to `align_pages` pages from the fullest chunk
+    /// that fits, or from a cached empty chunk. Returns the descriptor (kind, first page and
+    /// pages set) and whether its pages are all clean; `None` when no chunk the heap holds
+    /// has room: the caller then makes a chunk outside the lock and calls [`adopt`](Self::adopt).
+    pub(crate) fn alloc_run(
         &mut self,
         pages: usize,
         align_pages: usize,
         kind: u8,
-        provider: &P,
-        map: &ChunkMap,
     ) -> Option<(*mut Run, bool)> {
         debug_assert!((1..=USABLE_PAGES).contains(&pages) && align_pages.is_power_of_two());
         for bucket in bucket_of(pages)..BUCKETS {
@@ -197,36 +214,95 @@ impl Heap {
                 scanned += 1;
             }
         }
-        let chunk = match self.take_empty() {
-            Some(chunk) => chunk,
-            None => self.new_slab_chunk(provider, map)?,
-        };
-        // SAFETY: a formatted slab chunk in no list; the lock is held.
+        let chunk = self.take_empty()?;
+        // SAFETY: a formatted empty slab chunk in no list; the lock is held.
+        unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) }
+    }
+
+    /// Carves from an empty chunk just taken out of the cache (or adopted), and files it.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a formatted empty slab chunk in no list, recorded in the chunk map.
+    unsafe fn carve_from_empty(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        pages: usize,
+        align_pages: usize,
+        kind: u8,
+    ) -> Option<(*mut Run, bool)> {
+        // SAFETY: the caller's promise; the lock is held.
         unsafe {
-            let found = ChunkHeader::carve(chunk, pages, align_pages, kind);
-            self.counters.slab_chunks += 1;
-            self.link(chunk);
-            if found.is_none() {
-                // A request no chunk can hold (alignment beyond what fits): undo.
-                self.release_if_empty(chunk, provider, map);
+            match ChunkHeader::carve(chunk, pages, align_pages, kind) {
+                Some(found) => {
+                    self.counters.slab_chunks += 1;
+                    self.link(chunk);
+                    Some(found)
+                }
+                None => {
+                    // A request no chunk can hold (alignment beyond what fits): keep the chunk.
+                    self.push_empty(chunk);
+                    None
+                }
             }
-            found
         }
     }
 
-    /// Gives a run's pages back to its chunk; an emptied chunk goes to the empty cache.
+    /// Takes in a chunk the caller got from the provider and formatted outside the lock,
+    /// and carves the run from it. `Err(())` when the chunk could not be recorded (no
+    /// metadata memory): the caller gives it back. `Ok(None)` when even an empty chunk
+    /// cannot hold the request (it stays cached).
+    ///
+    /// # Safety
+    ///
+    /// `chunk` came from the provider, is formatted by `ChunkHeader::init`, and is known to
+    /// nobody else.
+    pub(crate) unsafe fn adopt<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        pages: usize,
+        align_pages: usize,
+        kind: u8,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> Result<Option<(*mut Run, bool)>, ()> {
+        self.counters.chunks_obtained += 1;
+        // SAFETY: the caller's promise; the lock is held.
+        if !unsafe { self.attach_live_bits(chunk, provider) } {
+            self.counters.chunks_returned += 1;
+            return Err(());
+        }
+        if !self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) {
+            // SAFETY: attached just above; the chunk holds nothing.
+            unsafe { self.detach_live_bits(chunk) };
+            self.counters.chunks_returned += 1;
+            return Err(());
+        }
+        // SAFETY: formatted, recorded, in no list.
+        Ok(unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) })
+    }
+
+    /// Gives a run's pages back to its chunk; an emptied chunk goes to the empty cache, and
+    /// cached chunks beyond the retention limit are returned for the caller to give back to
+    /// the provider once the lock is dropped.
     ///
     /// # Safety
     ///
     /// `run` is a live run of a slab chunk of this heap, with nothing in it live.
-    pub(crate) unsafe fn free_run<P: PageProvider>(&mut self, run: *mut Run, provider: &P, map: &ChunkMap) {
+    pub(crate) unsafe fn free_run(&mut self, run: *mut Run, map: &ChunkMap) -> Release {
         let chunk = chunk_of(run as usize);
         // SAFETY: the caller's promise; the lock is held.
         unsafe {
             ChunkHeader::uncarve(run);
             self.rebucket(chunk);
-            self.release_if_empty(chunk, provider, map);
+            if (*chunk).free_count as usize != USABLE_PAGES {
+                return Release::NOTHING;
+            }
+            self.unlink(chunk);
+            self.counters.slab_chunks -= 1;
+            self.push_empty(chunk);
         }
+        self.trim(self.retain_limit(), map)
     }
 
     /// Resizes a live large run in place; returns false when it cannot grow there.
@@ -243,30 +319,6 @@ impl Heap {
             }
             resized
         }
-    }
-
-    /// Moves a chunk with no run left from its bucket to the empty cache, and trims the
-    /// cache to its limit.
-    ///
-    /// # Safety
-    ///
-    /// `chunk` is a formatted slab chunk in its bucket.
-    unsafe fn release_if_empty<P: PageProvider>(
-        &mut self,
-        chunk: *mut ChunkHeader,
-        provider: &P,
-        map: &ChunkMap,
-    ) {
-        // SAFETY: the lock is held; the chunk is in its bucket (caller).
-        unsafe {
-            if (*chunk).free_count as usize != USABLE_PAGES {
-                return;
-            }
-            self.unlink(chunk);
-            self.counters.slab_chunks -= 1;
-            self.push_empty(chunk);
-        }
-        self.trim(self.retain_limit(), provider, map);
     }
 
     /// Puts an empty formatted chunk at the head of the empty cache.
@@ -310,8 +362,10 @@ impl Heap {
         Some(chunk)
     }
 
-    /// Gives the oldest cached empty chunks back to the provider until at most `keep` remain.
-    pub(crate) fn trim<P: PageProvider>(&mut self, keep: usize, provider: &P, map: &ChunkMap) {
+    /// Takes the oldest cached empty chunks out until at most `keep` remain, and returns
+    /// them for the caller to give back to the provider once the lock is dropped.
+    pub(crate) fn trim(&mut self, keep: usize, map: &ChunkMap) -> Release {
+        let mut release = Release::NOTHING;
         while self.counters.cached_chunks > keep {
             let chunk = self.empty_tail;
             // SAFETY: a non-empty cache has a tail, a formatted slab chunk of this heap.
@@ -322,16 +376,15 @@ impl Heap {
                 } else {
                     (*self.empty_tail).next = ptr::null_mut();
                 }
+                self.detach_live_bits(chunk);
+                (*chunk).next = release.chunks;
             }
+            release.chunks = chunk;
             self.counters.cached_chunks -= 1;
             self.forget_chunks(chunk as usize, 1, map);
-            // SAFETY: the chunk came from the provider and nothing in it is live.
-            unsafe {
-                self.unformat_slab_chunk(chunk);
-                provider.free_chunks(NonNull::new_unchecked(chunk.cast()), 1);
-            }
             self.counters.chunks_returned += 1;
         }
+        release
     }
 
     /// Clears the chunk-map entries of `count` chunks from `base`.
@@ -342,45 +395,15 @@ impl Heap {
         }
     }
 
-    /// Gets a chunk from the provider, formats it as a slab chunk and records it.
-    fn new_slab_chunk<P: PageProvider>(&mut self, provider: &P, map: &ChunkMap) -> Option<*mut ChunkHeader> {
-        let Some(fresh) = provider.alloc_chunks(1) else {
-            self.counters.provider_refusals += 1;
-            return None;
-        };
-        self.counters.chunks_obtained += 1;
-        let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
-        if !self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) {
-            // SAFETY: just obtained and unused.
-            unsafe { provider.free_chunks(fresh.base, 1) };
-            self.counters.chunks_returned += 1;
-            return None;
-        }
-        // SAFETY: a fresh chunk, ours alone.
-        if !unsafe { self.format_slab_chunk(chunk, fresh.zeroed, provider) } {
-            self.forget_chunks(chunk as usize, 1, map);
-            // SAFETY: just obtained and unused.
-            unsafe { provider.free_chunks(fresh.base, 1) };
-            self.counters.chunks_returned += 1;
-            return None;
-        }
-        Some(chunk)
-    }
-
-    /// Formats `chunk` as an empty slab chunk (and, in checked builds, gives it a cleared
-    /// table of live-block bits). Returns false, changing nothing, when out of metadata.
+    /// Checked builds: gives a slab chunk a cleared table of live-block bits. Returns
+    /// false when out of metadata memory.
     ///
     /// # Safety
     ///
-    /// The caller owns `chunk`, and nothing in it is live.
-    unsafe fn format_slab_chunk<P: PageProvider>(
-        &mut self,
-        chunk: *mut ChunkHeader,
-        zeroed: bool,
-        provider: &P,
-    ) -> bool {
+    /// `chunk` is a formatted slab chunk with nothing live, known only to the caller.
+    unsafe fn attach_live_bits<P: PageProvider>(&mut self, chunk: *mut ChunkHeader, provider: &P) -> bool {
         #[cfg(feature = "checked")]
-        let bits = {
+        {
             let spare = self.spare_live_bits;
             let bits = if spare.is_null() {
                 match self.meta_alloc(crate::chunk::LIVE_BITS_BYTES, 8, provider) {
@@ -392,30 +415,25 @@ impl Heap {
                 self.spare_live_bits = unsafe { spare.cast::<*mut u8>().read() };
                 spare
             };
-            // SAFETY: a table of LIVE_BITS_BYTES bytes nobody else uses.
-            unsafe { ptr::write_bytes(bits, 0, crate::chunk::LIVE_BITS_BYTES) };
-            bits
-        };
-        #[cfg(not(feature = "checked"))]
-        let _ = provider;
-        // SAFETY: the caller owns the chunk.
-        unsafe {
-            ChunkHeader::init(chunk, zeroed);
-            #[cfg(feature = "checked")]
-            {
+            // SAFETY: a table of LIVE_BITS_BYTES bytes nobody else uses, and the caller's
+            // chunk.
+            unsafe {
+                ptr::write_bytes(bits, 0, crate::chunk::LIVE_BITS_BYTES);
                 (*chunk).live_bits = bits.cast();
             }
         }
+        #[cfg(not(feature = "checked"))]
+        let _ = (chunk, provider);
         true
     }
 
-    /// Takes a slab chunk's checked-build side table back for reuse, as the chunk stops
-    /// being a slab chunk.
+    /// Checked builds: takes a slab chunk's table of live-block bits back for reuse, as the
+    /// chunk stops being a slab chunk.
     ///
     /// # Safety
     ///
     /// `chunk` is an empty formatted slab chunk in no list.
-    unsafe fn unformat_slab_chunk(&mut self, chunk: *mut ChunkHeader) {
+    unsafe fn detach_live_bits(&mut self, chunk: *mut ChunkHeader) {
         #[cfg(feature = "checked")]
         // SAFETY: the table belongs to the chunk, which has nothing live.
         unsafe {
@@ -434,63 +452,50 @@ impl Heap {
         unsafe { map.set(address, value, &mut new_node) }
     }
 
-    /// Allocates `count` whole chunks aligned to `align` bytes for a huge allocation;
-    /// returns the first byte and whether the memory is zeroed.
-    pub(crate) fn alloc_huge<P: PageProvider>(
+    /// A single-chunk huge allocation from the empty cache, if it has a chunk.
+    pub(crate) fn huge_from_cache<P: PageProvider>(
         &mut self,
-        count: usize,
-        align: usize,
         provider: &P,
         map: &ChunkMap,
-    ) -> Option<(NonNull<u8>, bool)> {
-        let align_chunks = align.div_ceil(CHUNK_SIZE).max(1);
-        if count == 1
-            && align_chunks == 1
-            && let Some(chunk) = self.take_empty()
-        {
-            if self.record(chunk as usize, entry(KIND_HUGE, 1), provider, map) {
-                // SAFETY: an empty cached chunk, taken out of the cache.
-                unsafe { self.unformat_slab_chunk(chunk) };
-                self.counters.huge_live += 1;
-                self.counters.huge_live_bytes += CHUNK_SIZE;
-                return NonNull::new(chunk.cast()).map(|base| (base, false));
-            }
+    ) -> Option<NonNull<u8>> {
+        let chunk = self.take_empty()?;
+        if !self.record(chunk as usize, entry(KIND_HUGE, 1), provider, map) {
             // SAFETY: it was cached a moment ago and is unchanged.
             unsafe { self.push_empty(chunk) };
-        }
-        let extra = align_chunks - 1;
-        let Some(fresh) = count.checked_add(extra).and_then(|total| provider.alloc_chunks(total)) else {
-            self.counters.provider_refusals += 1;
             return None;
-        };
-        self.counters.chunks_obtained += count + extra;
-        let base = fresh.base.as_ptr() as usize;
-        let aligned = base.next_multiple_of(align_chunks * CHUNK_SIZE);
-        let head = (aligned - base) / CHUNK_SIZE;
-        let tail = extra - head;
-        // SAFETY: the head and tail chunks are parts of the fresh run nobody uses.
-        unsafe {
-            if head > 0 {
-                provider.free_chunks(fresh.base, head);
-            }
-            if tail > 0 {
-                provider.free_chunks(NonNull::new_unchecked((aligned + count * CHUNK_SIZE) as *mut u8), tail);
-            }
         }
-        self.counters.chunks_returned += extra;
+        // SAFETY: an empty cached chunk, out of the cache now.
+        unsafe { self.detach_live_bits(chunk) };
+        self.counters.huge_live += 1;
+        self.counters.huge_live_bytes += CHUNK_SIZE;
+        NonNull::new(chunk.cast())
+    }
+
+    /// Records a huge allocation of `count` chunks at `base`, which the caller got from the
+    /// provider (`obtained` chunks in all, `returned` of them already given back). Returns
+    /// false, recording nothing, when out of metadata memory: the caller gives it back.
+    pub(crate) fn record_huge<P: PageProvider>(
+        &mut self,
+        base: usize,
+        count: usize,
+        obtained: usize,
+        returned: usize,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> bool {
+        self.counters.chunks_obtained += obtained;
+        self.counters.chunks_returned += returned;
         for index in 0..count {
             let value = if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) };
-            if !self.record(aligned + index * CHUNK_SIZE, value, provider, map) {
-                self.forget_chunks(aligned, index, map);
-                // SAFETY: the run is unused.
-                unsafe { provider.free_chunks(NonNull::new_unchecked(aligned as *mut u8), count) };
+            if !self.record(base + index * CHUNK_SIZE, value, provider, map) {
+                self.forget_chunks(base, index, map);
                 self.counters.chunks_returned += count;
-                return None;
+                return false;
             }
         }
         self.counters.huge_live += 1;
         self.counters.huge_live_bytes += count * CHUNK_SIZE;
-        NonNull::new(aligned as *mut u8).map(|first| (first, fresh.zeroed))
+        true
     }
 
     /// The number of chunks of the huge allocation starting at `address`, or `None` if no
@@ -500,40 +505,54 @@ impl Heap {
         (address & CHUNK_MASK == 0 && kind_of(found) == KIND_HUGE).then(|| count_of(found))
     }
 
-    /// Frees the huge allocation of `count` chunks at `base`.
+    /// Forgets the huge allocation of `count` chunks at `base`. Returns true when the empty
+    /// cache wants the (single) chunk: the caller formats it outside the lock and hands it
+    /// to [`cache_chunk`](Self::cache_chunk); otherwise the caller gives the chunks back.
     ///
     /// # Safety
     ///
     /// A live huge allocation of `count` chunks starts at `base` and nothing uses it.
-    pub(crate) unsafe fn free_huge<P: PageProvider>(
-        &mut self,
-        base: usize,
-        count: usize,
-        provider: &P,
-        map: &ChunkMap,
-    ) {
+    pub(crate) unsafe fn free_huge(&mut self, base: usize, count: usize, map: &ChunkMap) -> bool {
         self.forget_chunks(base, count, map);
         self.counters.huge_live -= 1;
         self.counters.huge_live_bytes -= count * CHUNK_SIZE;
-        if count == 1 && self.counters.cached_chunks < self.retain_limit() {
-            let chunk = base as *mut ChunkHeader;
-            // SAFETY: the chunk is ours and unused (caller).
-            if unsafe { self.format_slab_chunk(chunk, false, provider) } {
-                if self.record(base, entry(KIND_SLAB, 0), provider, map) {
-                    // SAFETY: formatted just above, in no list.
-                    unsafe { self.push_empty(chunk) };
-                    return;
-                }
-                // SAFETY: formatted just above, in no list.
-                unsafe { self.unformat_slab_chunk(chunk) };
-            }
+        let keep = count == 1 && self.counters.cached_chunks < self.retain_limit();
+        if !keep {
+            self.counters.chunks_returned += count;
         }
-        // SAFETY: the chunks came from the provider and nothing uses them (caller).
-        unsafe { provider.free_chunks(NonNull::new_unchecked(base as *mut u8), count) };
-        self.counters.chunks_returned += count;
+        keep
     }
 
-    /// Shrinks the huge allocation at `base` from `count` to `keep` chunks (at least one).
+    /// Caches an empty chunk formatted by the caller (a freed single-chunk huge allocation).
+    /// Returns false when it could not be recorded: the caller gives it back.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is ours, formatted by `ChunkHeader::init`, and known to nobody else.
+    pub(crate) unsafe fn cache_chunk<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> bool {
+        // SAFETY: the caller's promise; the lock is held.
+        let recorded = unsafe { self.attach_live_bits(chunk, provider) }
+            && (self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) || {
+                // SAFETY: attached just above.
+                unsafe { self.detach_live_bits(chunk) };
+                false
+            });
+        if recorded {
+            // SAFETY: formatted, recorded, in no list.
+            unsafe { self.push_empty(chunk) };
+        } else {
+            self.counters.chunks_returned += 1;
+        }
+        recorded
+    }
+
+    /// Shrinks the records of the huge allocation at `base` from `count` to `keep` chunks
+    /// (at least one); the caller gives the spare chunks back.
     ///
     /// # Safety
     ///
@@ -548,12 +567,9 @@ impl Heap {
         map: &ChunkMap,
     ) {
         debug_assert!(keep >= 1 && keep < count);
-        let spare = base + keep * CHUNK_SIZE;
-        self.forget_chunks(spare, count - keep, map);
+        self.forget_chunks(base + keep * CHUNK_SIZE, count - keep, map);
         // The head entry already has its node: rewriting it cannot fail.
         self.record(base, entry(KIND_HUGE, keep), provider, map);
-        // SAFETY: the spare chunks are unused (caller).
-        unsafe { provider.free_chunks(NonNull::new_unchecked(spare as *mut u8), count - keep) };
         self.counters.chunks_returned += count - keep;
         self.counters.huge_live_bytes -= (count - keep) * CHUNK_SIZE;
     }
