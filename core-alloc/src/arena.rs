@@ -182,6 +182,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     (*bin).current = partial;
                     continue;
                 }
+                if let Some(adopted) = self.heap.lock().adopt_orphan(class, slot) {
+                    (*adopted).list = LIST_CURRENT;
+                    (*bin).current = adopted;
+                    continue;
+                }
                 let Some((run, zeroed)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
                     return ptr::null_mut();
                 };
@@ -342,8 +347,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 unsafe { push_delayed(owner_arena, block) };
             }
             RemoteFree::LastOfAbandoned => {
-                // SAFETY: the slab has no live block and no owner: it is ours to release.
-                unsafe { self.release_run(run) };
+                let mut heap = self.heap.lock();
+                // SAFETY: the slab has no live block and no owner (and can no longer be
+                // adopted): it is ours to release, off the orphan list first.
+                unsafe {
+                    heap.unlink_orphan(run);
+                    let release = heap.free_run(run, &self.map);
+                    drop(heap);
+                    self.give_back(release);
+                }
             }
         }
     }
@@ -445,10 +457,17 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     ///
     /// The caller owns `run` and has taken it off its list.
     unsafe fn abandon_or_release(&self, run: *mut Run) {
-        // SAFETY: forwarded ownership.
+        // The lock is held across the abandonment, so that the free of the slab's last
+        // block, which releases it under the same lock, finds it on the orphan list.
+        let mut heap = self.heap.lock();
+        // SAFETY: forwarded ownership; the lock is held.
         unsafe {
-            if !slab::abandon(run) {
-                self.release_run(run);
+            if slab::abandon(run) {
+                heap.push_orphan(run);
+            } else {
+                let release = heap.free_run(run, &self.map);
+                drop(heap);
+                self.give_back(release);
             }
         }
     }

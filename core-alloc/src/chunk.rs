@@ -44,6 +44,9 @@ pub(crate) const LIST_CURRENT: u8 = 1;
 pub(crate) const LIST_PARTIAL: u8 = 2;
 /// A slab with no free block the owner knows of, in its bin's full list.
 pub(crate) const LIST_FULL: u8 = 3;
+/// An abandoned slab on the central heap's orphan list of its class, waiting for adoption
+/// or for its last block to be freed; touched only under the central lock.
+pub(crate) const LIST_ORPHAN: u8 = 4;
 
 /// The owner value of a slab that no arena owns (abandoned by an exiting thread).
 pub(crate) const NO_OWNER: u16 = u16::MAX;

@@ -28,11 +28,13 @@ use core::ptr::{self, NonNull};
 
 use page_provider::PageProvider;
 
-use crate::chunk::{ChunkHeader, HEADER_PAGES, Run, USABLE_PAGES, chunk_of};
+use crate::chunk::{ChunkHeader, HEADER_PAGES, LIST_NONE, LIST_ORPHAN, Run, USABLE_PAGES, chunk_of};
 use crate::chunk_map::{
     ChunkMap, KIND_HUGE, KIND_HUGE_TAIL, KIND_SLAB, NODE_BYTES, count_of, entry, kind_of,
 };
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, PAGE, RETAIN_DIVISOR, RETAIN_MAX};
+use crate::size_class::CLASS_COUNT;
+use crate::slab;
 
 /// Buckets by longest free run: 0 (full), then 1, 2-3, 4-7, ... 256-510 pages.
 const BUCKETS: usize = 10;
@@ -60,6 +62,8 @@ pub struct HeapCounters {
     pub cached_chunks: usize,
     /// Chunks of allocator metadata.
     pub meta_chunks: usize,
+    /// Abandoned slabs (of exited threads) with live blocks, waiting for adoption.
+    pub orphan_slabs: usize,
     /// Chunks obtained from the provider since the start.
     pub chunks_obtained: usize,
     /// Chunks given back to the provider since the start.
@@ -85,6 +89,9 @@ impl Release {
 /// The central heap's state; see the module documentation.
 pub(crate) struct Heap {
     buckets: [*mut ChunkHeader; BUCKETS],
+    /// Abandoned slabs with live blocks, per size class, waiting for adoption (doubly
+    /// linked through `Run::next`/`prev`, tagged `LIST_ORPHAN`).
+    orphans: [*mut Run; CLASS_COUNT],
     /// Empty slab chunks, newest at the head, oldest at the tail.
     empty_head: *mut ChunkHeader,
     empty_tail: *mut ChunkHeader,
@@ -106,6 +113,7 @@ impl Heap {
     pub(crate) const fn new() -> Self {
         Self {
             buckets: [ptr::null_mut(); BUCKETS],
+            orphans: [ptr::null_mut(); CLASS_COUNT],
             empty_head: ptr::null_mut(),
             empty_tail: ptr::null_mut(),
             meta_cursor: 0,
@@ -121,6 +129,7 @@ impl Heap {
                 slab_chunks: 0,
                 cached_chunks: 0,
                 meta_chunks: 0,
+                orphan_slabs: 0,
                 chunks_obtained: 0,
                 chunks_returned: 0,
                 provider_refusals: 0,
@@ -303,6 +312,73 @@ impl Heap {
             self.push_empty(chunk);
         }
         self.trim(self.retain_limit(), map)
+    }
+
+    /// Files an abandoned slab on the orphan list of its class.
+    ///
+    /// # Safety
+    ///
+    /// `run` was just abandoned by a caller who held this lock since before it published
+    /// the abandonment, so no free of its last block can have released it yet.
+    pub(crate) unsafe fn push_orphan(&mut self, run: *mut Run) {
+        // SAFETY: the lock guards orphan lists; the slab is on no other list.
+        unsafe {
+            let head = ptr::addr_of_mut!(self.orphans[(*run).class as usize]);
+            (*run).prev = ptr::null_mut();
+            (*run).next = *head;
+            if !(*head).is_null() {
+                (**head).prev = run;
+            }
+            *head = run;
+            (*run).list = LIST_ORPHAN;
+        }
+        self.counters.orphan_slabs += 1;
+    }
+
+    /// Takes a slab off the orphan list it is on, if it is on one.
+    ///
+    /// # Safety
+    ///
+    /// `run` is a slab of this heap.
+    pub(crate) unsafe fn unlink_orphan(&mut self, run: *mut Run) {
+        // SAFETY: the lock guards orphan lists and their tags.
+        unsafe {
+            if (*run).list != LIST_ORPHAN {
+                return;
+            }
+            let (prev, next) = ((*run).prev, (*run).next);
+            if prev.is_null() {
+                self.orphans[(*run).class as usize] = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*run).list = LIST_NONE;
+        }
+        self.counters.orphan_slabs -= 1;
+    }
+
+    /// Adopts an orphan of `class` for `slot`: its free blocks become the slot's to
+    /// allocate. Orphans whose last block is being freed are left for their freer.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    pub(crate) unsafe fn adopt_orphan(&mut self, class: usize, slot: usize) -> Option<*mut Run> {
+        let mut run = self.orphans[class];
+        while !run.is_null() {
+            // SAFETY: listed orphans are live slabs kept by the list; the lock is held.
+            unsafe {
+                if slab::adopt(run, slot) {
+                    self.unlink_orphan(run);
+                    return Some(run);
+                }
+                run = (*run).next;
+            }
+        }
+        None
     }
 
     /// Resizes a live large run in place; returns false when it cannot grow there.
@@ -654,6 +730,23 @@ impl Heap {
         }
         if cached != self.counters.cached_chunks {
             return Err("cached chunk count disagrees with the cache");
+        }
+        let mut orphans = 0;
+        for (class, &head) in self.orphans.iter().enumerate() {
+            let mut run = head;
+            while !run.is_null() {
+                // SAFETY: listed orphans are live slabs; the lock is held.
+                unsafe {
+                    if (*run).list != LIST_ORPHAN || (*run).class as usize != class {
+                        return Err("an orphan list holds a slab not tagged as its orphan");
+                    }
+                    run = (*run).next;
+                }
+                orphans += 1;
+            }
+        }
+        if orphans != self.counters.orphan_slabs {
+            return Err("orphan count disagrees with the orphan lists");
         }
         if HEADER_PAGES * PAGE > CHUNK_SIZE {
             return Err("header larger than a chunk");

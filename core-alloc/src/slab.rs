@@ -22,7 +22,8 @@
 //!   remote free turns it ACTIVE and hands its block to the owner arena's delayed list
 //!   instead (see `arena`), which tells the owner the slab has space again.
 //! - ABANDONED: no arena owns the slab (its thread exited); the count is the number of live
-//!   blocks, and whoever frees the last one releases the slab.
+//!   blocks, freed blocks are still linked on the list, and whoever frees the last one
+//!   releases the slab, unless an arena adopts it first (turning it ACTIVE again).
 //!
 //! Orderings: a push publishes the block's link with release; the owner takes the list with
 //! acquire. A state change by the owner (to FULL or ABANDONED) is a compare-exchange that
@@ -320,6 +321,49 @@ pub(crate) unsafe fn abandon(run: *mut Run) -> bool {
     }
 }
 
+/// Takes ownership of an abandoned slab that still has live blocks, for `slot`: the
+/// blocks freed since it was abandoned join its local free list. Returns false, changing
+/// nothing, if its last block has been freed (whoever freed it releases the slab).
+///
+/// # Safety
+///
+/// The caller holds `slot` and the central lock, and `run` is on an orphan list.
+pub(crate) unsafe fn adopt(run: *mut Run, slot: usize) -> bool {
+    // SAFETY: the orphan list (under the caller's lock) keeps the slab from being released;
+    // the acquire exchange orders the abandoning owner's and the freers' writes before ours.
+    unsafe {
+        let remote = &(*run).remote;
+        let mut word = remote.load(Ordering::Relaxed);
+        loop {
+            if state_of(word) != ABANDONED || count_of(word) == 0 {
+                return false;
+            }
+            match remote.compare_exchange_weak(word, pack(0, 0, ACTIVE), Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(current) => word = current,
+            }
+        }
+        let head = head_of(word);
+        if head != 0 {
+            let base = base_of(run);
+            let mut last = base + head as usize;
+            loop {
+                let next = read_link(last);
+                if next == 0 {
+                    break;
+                }
+                last = base + next as usize;
+            }
+            write_link(last, (*run).local_free);
+            (*run).local_free = head;
+        }
+        (*run).used = count_of(word) as u32;
+        (*run).owner.store(slot as u16, Ordering::Relaxed);
+        true
+    }
+}
+
 /// What a free from another CPU did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RemoteFree {
@@ -365,10 +409,12 @@ pub(crate) unsafe fn push_remote(run: *mut Run, first: *mut u8, last: *mut u8, c
                     (pack(rest, count as u64 - 1, ACTIVE), RemoteFree::WasFull(owner))
                 }
                 _ => {
+                    // Linked too, so that a slab adopted later gets these blocks back.
+                    write_link(last as usize, head_of(word));
                     let live = count_of(word) - count as u64;
                     let outcome =
                         if live == 0 { RemoteFree::LastOfAbandoned } else { RemoteFree::CountedOut };
-                    (pack(0, live, ABANDONED), outcome)
+                    (pack(first_offset, live, ABANDONED), outcome)
                 }
             };
             match remote.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Relaxed) {

@@ -103,7 +103,7 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned; {} arenas; {} refusals",
+            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned; {} arenas; {} orphan slabs; {} refusals",
             self.chunks_held(),
             self.heap.slab_chunks,
             self.heap.cached_chunks,
@@ -111,6 +111,7 @@ impl fmt::Display for Stats {
             self.heap.chunks_obtained,
             self.heap.chunks_returned,
             self.arenas,
+            self.heap.orphan_slabs,
             self.heap.provider_refusals,
         )?;
         write!(f, "classes (size: live/allocated):")?;
