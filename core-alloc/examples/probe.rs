@@ -111,7 +111,38 @@ fn live_set<A: GlobalAlloc + Sync>(heap: &A, threads: usize) -> f64 {
     (threads * 2_000_000) as f64 / start.elapsed().as_micros() as f64
 }
 
+/// Workload 7: a vector of u64 pushed to 64 Mi elements (512 MiB); milliseconds.
+fn vec_growth<A: GlobalAlloc>(heap: &A) -> f64 {
+    let start = Instant::now();
+    let mut capacity = 4usize;
+    // SAFETY: layouts of non-zero size; the block is reallocated with its current layout.
+    unsafe {
+        let mut block = heap.alloc(Layout::array::<u64>(capacity).unwrap()).cast::<u64>();
+        for index in 0..64usize << 20 {
+            if index == capacity {
+                let old = Layout::array::<u64>(capacity).unwrap();
+                capacity *= 2;
+                block = heap.realloc(block.cast(), old, capacity * 8).cast();
+            }
+            block.add(index).write(index as u64);
+        }
+        assert_eq!(block.add(12345).read(), 12345);
+        heap.dealloc(block.cast(), Layout::array::<u64>(capacity).unwrap());
+    }
+    start.elapsed().as_secs_f64() * 1e3
+}
+
 fn main() {
+    if std::env::args().any(|argument| argument == "--growth") {
+        for _ in 0..3 {
+            println!(
+                "W7 vec growth to 512 MiB: core-alloc {:.0} ms, glibc {:.0} ms",
+                vec_growth(&HostAlloc),
+                vec_growth(&System)
+            );
+        }
+        return;
+    }
     if std::env::args().any(|argument| argument == "--scaling") {
         for _ in 0..5 {
             let (ours_one, ours_two) = (live_set(&HostAlloc, 1), live_set(&HostAlloc, 2));

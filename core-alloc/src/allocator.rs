@@ -348,7 +348,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     let count = Heap::huge_chunks(address, &self.map)?;
                     let wanted = new_size.div_ceil(CHUNK_SIZE);
                     if wanted > count {
-                        return None;
+                        drop(heap);
+                        // SAFETY: a live huge allocation of `count` chunks, the caller's.
+                        return unsafe { self.grow_huge(address, count, wanted) };
                     }
                     if wanted < count {
                         // SAFETY: the chunks past `wanted` hold no byte of the new size.
@@ -359,10 +361,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                             self.provider.free_chunks(NonNull::new_unchecked(spare), count - wanted);
                         }
                     }
-                    Some(())
+                    Some(block)
                 });
-                if resized.is_some() {
-                    return block;
+                if let Some(resized) = resized {
+                    return resized;
                 }
             }
         } else {
@@ -494,6 +496,39 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return None;
         }
         Some((aligned as *mut u8, fresh.zeroed))
+    }
+
+    /// Grows a huge allocation by remapping its pages (no copy), when the provider can.
+    /// Returns the new address, or `None` (the block untouched) to fall back to copying.
+    ///
+    /// # Safety
+    ///
+    /// A live huge allocation of `count` chunks starts at `address`, and nothing else uses
+    /// it during the call; call inside a slot closure.
+    unsafe fn grow_huge(&self, address: usize, count: usize, wanted: usize) -> Option<*mut u8> {
+        if !self.provider.capabilities().contains(page_provider::Capabilities::REMAP)
+            || wanted > crate::heap::MAX_REMAP_CHUNKS
+            || !self.heap.lock().reserve_meta(crate::heap::REMAP_META_BYTES, &self.provider)
+        {
+            return None;
+        }
+        // SAFETY: the run is a huge allocation the provider handed out as one run (or its
+        // aligned middle), now the caller's; `wanted > count`.
+        let moved =
+            unsafe { self.provider.remap(NonNull::new_unchecked(address as *mut u8), count, wanted)? };
+        // SAFETY: the allocation moved to `moved`; metadata was reserved above, and the lock
+        // was not needed by anybody for this block meanwhile (it is the caller's).
+        unsafe {
+            self.heap.lock().rehome_huge(
+                address,
+                count,
+                moved.as_ptr() as usize,
+                wanted,
+                &self.provider,
+                &self.map,
+            );
+        }
+        Some(moved.as_ptr())
     }
 
     /// A snapshot of the statistics.

@@ -36,6 +36,13 @@ use crate::config::{CHUNK_MASK, CHUNK_SIZE, PAGE, RETAIN_DIVISOR, RETAIN_MAX};
 use crate::size_class::CLASS_COUNT;
 use crate::slab;
 
+/// The largest huge allocation grown by remapping rather than copying, in chunks (4 GiB):
+/// its records fit in the metadata reserved before the move.
+pub(crate) const MAX_REMAP_CHUNKS: usize = 2048;
+/// Metadata reserved before a remap: recording a run of up to `MAX_REMAP_CHUNKS` chunks
+/// needs at most two nodes per level of the chunk map (six), plus alignment.
+pub(crate) const REMAP_META_BYTES: usize = 6 * NODE_BYTES + PAGE;
+
 /// Buckets by longest free run: 0 (full), then 1, 2-3, 4-7, ... 256-510 pages.
 const BUCKETS: usize = 10;
 /// Chunks looked at in the first bucket, whose runs may be a little short, before moving on.
@@ -648,6 +655,42 @@ impl Heap {
         self.record(base, entry(KIND_HUGE, keep), provider, map);
         self.counters.chunks_returned += count - keep;
         self.counters.huge_live_bytes -= (count - keep) * CHUNK_SIZE;
+    }
+
+    /// Makes sure at least `bytes` of metadata can be handed out without asking the
+    /// provider, so that the chunk-map records that follow cannot fail. Returns false when
+    /// the provider refuses a metadata chunk.
+    pub(crate) fn reserve_meta<P: PageProvider>(&mut self, bytes: usize, provider: &P) -> bool {
+        if self.meta_cursor != 0 && self.meta_end - self.meta_cursor >= bytes {
+            return true;
+        }
+        // Start a new metadata chunk by allocating nothing from it.
+        self.meta_cursor = self.meta_end;
+        self.meta_alloc(0, 1, provider).is_some()
+    }
+
+    /// Moves the records of a huge allocation that the provider moved (and grew) from
+    /// `old_count` chunks at `old` to `new_count` chunks at `new`.
+    ///
+    /// # Safety
+    ///
+    /// A live huge allocation of `old_count` chunks started at `old` and now lives at `new`;
+    /// [`reserve_meta`](Self::reserve_meta) made room for [`REMAP_META_BYTES`] just before.
+    pub(crate) unsafe fn rehome_huge<P: PageProvider>(
+        &mut self,
+        old: usize,
+        old_count: usize,
+        new: usize,
+        new_count: usize,
+        provider: &P,
+        map: &ChunkMap,
+    ) {
+        self.forget_chunks(old, old_count, map);
+        self.counters.chunks_returned += old_count;
+        self.counters.huge_live -= 1;
+        self.counters.huge_live_bytes -= old_count * CHUNK_SIZE;
+        let recorded = self.record_huge(new, new_count, new_count, 0, provider, map);
+        debug_assert!(recorded, "the metadata reserved for a remap ran out");
     }
 
     /// Bump-allocates zeroed metadata memory (arenas, chunk-map nodes), never freed.

@@ -44,6 +44,8 @@ bitflags::bitflags! {
         /// [`PageProvider::free_chunks`] gives memory back to the system rather than to a
         /// pool of the provider's own.
         const RELEASE = 1 << 3;
+        /// [`PageProvider::remap`] grows a run without copying its bytes.
+        const REMAP = 1 << 4;
     }
 }
 
@@ -108,6 +110,21 @@ pub unsafe trait PageProvider: Sync {
         let _ = (base, len);
         false
     }
+
+    /// Grows the run of `old_count` chunks at `base` to `new_count` chunks without copying
+    /// its bytes (moving page-table entries, where it has to move). On success the old run
+    /// is gone and the returned run's first `old_count` chunks hold its contents; the rest
+    /// reads as zero. `None` leaves the old run untouched. Providers without
+    /// [`Capabilities::REMAP`] return `None`.
+    ///
+    /// # Safety
+    ///
+    /// The `old_count` chunks at `base` are one run handed out by this provider (or a part
+    /// of one starting at its first chunk), and `new_count > old_count`.
+    unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
+        let _ = (base, old_count, new_count);
+        None
+    }
 }
 
 // SAFETY: forwards every call to the referenced provider, which keeps the promises.
@@ -131,5 +148,9 @@ unsafe impl<P: PageProvider> PageProvider for &P {
     unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: the caller's promises are the referenced provider's preconditions.
         unsafe { (**self).purge(base, len) }
+    }
+    unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promises are the referenced provider's preconditions.
+        unsafe { (**self).remap(base, old_count, new_count) }
     }
 }

@@ -140,7 +140,7 @@ fn read_thp_size() -> Option<usize> {
 // `munmap` gives them back; purging never unmaps. The page sizes are read once and cached.
 unsafe impl PageProvider for MmapProvider {
     fn capabilities(&self) -> Capabilities {
-        let mut capabilities = Capabilities::PURGE | Capabilities::RELEASE;
+        let mut capabilities = Capabilities::PURGE | Capabilities::RELEASE | Capabilities::REMAP;
         if self.purge_mode == PurgeMode::DontNeed {
             capabilities |= Capabilities::PURGE_ZEROES;
         }
@@ -213,6 +213,69 @@ unsafe impl PageProvider for MmapProvider {
         self.chunks_unmapped.fetch_add(count, Ordering::Relaxed);
     }
 
+    unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
+        let old_len = old_count.checked_mul(CHUNK_SIZE)?;
+        let new_len = new_count.checked_mul(CHUNK_SIZE).filter(|&len| len <= isize::MAX as usize / 2)?;
+        let old = base.as_ptr().cast::<libc::c_void>();
+        // Grow in place when the address space after the run is free.
+        // SAFETY: the caller's run is a mapping of this provider; without MREMAP_MAYMOVE the
+        // kernel either extends it where it is or changes nothing.
+        let grown = unsafe { libc::mremap(old, old_len, new_len, 0) };
+        if grown != libc::MAP_FAILED {
+            self.chunks_mapped.fetch_add(new_count - old_count, Ordering::Relaxed);
+            return Some(base);
+        }
+        // Otherwise reserve an aligned range and move the run's pages there.
+        let reserve = new_len + CHUNK_SIZE;
+        // SAFETY: a fresh inaccessible reservation at an address of the kernel's choosing.
+        let reserved = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                reserve,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if reserved == libc::MAP_FAILED {
+            return None;
+        }
+        let start = reserved as usize;
+        let target = start.next_multiple_of(CHUNK_SIZE);
+        // SAFETY: MREMAP_FIXED replaces part of our own reservation with the caller's run,
+        // moving its page-table entries; on failure the run is untouched.
+        let moved = unsafe {
+            libc::mremap(
+                old,
+                old_len,
+                new_len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target as *mut libc::c_void,
+            )
+        };
+        // SAFETY: the unaligned head and the tail past the new run are parts of the
+        // reservation nothing uses (all of it, if the move failed).
+        unsafe {
+            if moved == libc::MAP_FAILED {
+                libc::munmap(reserved, reserve);
+                return None;
+            }
+            if target > start {
+                libc::munmap(reserved, target - start);
+            }
+            let end = target + new_len;
+            if start + reserve > end {
+                libc::munmap(end as *mut libc::c_void, start + reserve - end);
+            }
+            if self.capabilities().contains(Capabilities::HUGE_PAGES) {
+                libc::madvise(target as *mut libc::c_void, new_len, libc::MADV_HUGEPAGE);
+            }
+        }
+        self.chunks_mapped.fetch_add(new_count - old_count, Ordering::Relaxed);
+        NonNull::new(target as *mut u8)
+    }
+
     unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
         let address = base.as_ptr().cast::<libc::c_void>();
         let mut status = -1;
@@ -257,6 +320,37 @@ mod tests {
         let stats = provider.stats();
         assert_eq!((stats.chunks_mapped, stats.chunks_unmapped), (3, 3));
         assert_eq!(stats.bytes_purged, CHUNK_SIZE);
+    }
+
+    #[test]
+    fn remap_grows_a_run_keeping_its_bytes_and_alignment() {
+        let provider = MmapProvider::new();
+        let run = provider.alloc_chunks(2).unwrap();
+        // Occupy the address space right after the run, so the growth must move it.
+        // SAFETY: fresh memory of this test; mmap with a hint never replaces mappings.
+        let blocker = unsafe {
+            libc::mmap(
+                run.base.as_ptr().add(2 * CHUNK_SIZE).cast(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        // SAFETY: the run is ours; remap's contract is met (new count larger).
+        unsafe {
+            run.base.as_ptr().write_bytes(0x5A, 2 * CHUNK_SIZE);
+            let grown = provider.remap(run.base, 2, 5).expect("mremap failed");
+            let bytes = grown.as_ptr();
+            assert_eq!(bytes as usize % CHUNK_SIZE, 0, "the grown run lost its alignment");
+            assert_eq!(*bytes, 0x5A);
+            assert_eq!(*bytes.add(2 * CHUNK_SIZE - 1), 0x5A);
+            assert_eq!(*bytes.add(2 * CHUNK_SIZE), 0, "the new part is not zeroed");
+            assert_eq!(*bytes.add(5 * CHUNK_SIZE - 1), 0);
+            provider.free_chunks(grown, 5);
+            libc::munmap(blocker, 4096);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct Metered<P> {
     obtained: AtomicUsize,
     returned: AtomicUsize,
     refused: AtomicUsize,
+    remapped: AtomicUsize,
     limit: AtomicUsize,
 }
 
@@ -29,6 +30,7 @@ impl<P: PageProvider> Metered<P> {
             obtained: AtomicUsize::new(0),
             returned: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
+            remapped: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
         }
     }
@@ -53,6 +55,11 @@ impl<P: PageProvider> Metered<P> {
 
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Runs grown by remapping.
+    pub fn remapped(&self) -> usize {
+        self.remapped.load(Ordering::SeqCst)
     }
 }
 
@@ -86,6 +93,18 @@ unsafe impl<P: PageProvider> PageProvider for Metered<P> {
     unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded promise.
         unsafe { self.inner.purge(base, len) }
+    }
+    unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
+        if self.outstanding() + new_count - old_count > self.limit.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        // SAFETY: forwarded promise.
+        let moved = unsafe { self.inner.remap(base, old_count, new_count)? };
+        self.obtained.fetch_add(new_count, Ordering::SeqCst);
+        self.returned.fetch_add(old_count, Ordering::SeqCst);
+        self.remapped.fetch_add(1, Ordering::SeqCst);
+        Some(moved)
     }
 }
 
