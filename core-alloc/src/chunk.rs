@@ -174,12 +174,16 @@ pub(crate) unsafe fn run_of(block: usize) -> *mut Run {
     let chunk = chunk_of(block);
     let page = (block & CHUNK_MASK) >> PAGE_SHIFT;
     // SAFETY: the caller promises a live run covers the page, so the header is initialised
-    // and the page-map byte is stable while the block is held.
+    // and the page-map byte is stable while the block is held; it names one of the
+    // descriptors, which start at offset 0 of the header (checked below).
     unsafe {
         let index = (*chunk).page_run[page] as usize;
-        ptr::addr_of_mut!((*chunk).runs[index])
+        debug_assert!(index < RUNS_PER_CHUNK);
+        (chunk as usize + index * core::mem::size_of::<Run>()) as *mut Run
     }
 }
+
+static_assertions::const_assert_eq!(core::mem::offset_of!(ChunkHeader, runs), 0);
 
 /// The address of page `page` of the chunk holding `run`.
 #[inline(always)]

@@ -65,13 +65,41 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if size > MAX_SMALL || align > PAGE {
         return None;
     }
-    let mut index = class_index(if size > align { size } else { align });
-    while class_align(index) < align {
+    let size = if size > align { size } else { align };
+    let mut index =
+        if size <= LOOKUP_LIMIT { SMALL_CLASS[size.div_ceil(4)] as usize } else { class_index(size) };
+    while (CLASS_ALIGN[index as u8 as usize] as usize) < align {
         // Terminates: the page-sized class (index < CLASS_COUNT) is page-aligned.
         index += 1;
     }
     Some(index)
 }
+
+/// Sizes up to this many bytes find their class in a table rather than by arithmetic.
+const LOOKUP_LIMIT: usize = 1024;
+
+/// The class of each size up to `LOOKUP_LIMIT`, by the size in 4-byte steps, rounded up.
+const SMALL_CLASS: [u8; LOOKUP_LIMIT / 4 + 1] = {
+    let mut table = [0u8; LOOKUP_LIMIT / 4 + 1];
+    let mut step = 0;
+    while step < table.len() {
+        table[step] = class_index(step * 4) as u8;
+        step += 1;
+    }
+    table
+};
+
+/// The alignment of every block of each class ([`class_align`] as a table), padded to 256
+/// entries so that indexing it with a class number needs no bounds check.
+const CLASS_ALIGN: [u16; 256] = {
+    let mut table = [u16::MAX; 256];
+    let mut index = 0;
+    while index < CLASS_COUNT {
+        table[index] = class_align(index) as u16;
+        index += 1;
+    }
+    table
+};
 
 /// Pages in a slab of class `index`.
 pub const fn slab_pages(index: usize) -> usize {
