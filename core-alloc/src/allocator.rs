@@ -165,6 +165,18 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
+    /// Whether `ptr` lies in memory this allocator holds for blocks: a slab chunk or a huge
+    /// allocation. A lookup in the chunk map that never touches the memory at `ptr`, so it
+    /// is safe for any address; a pointer for which it is false was not handed out by this
+    /// allocator (and freeing it would be a misuse).
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        let found = self.map.get(ptr as usize);
+        let kind = crate::chunk_map::kind_of(found);
+        kind == crate::chunk_map::KIND_SLAB
+            || kind == crate::chunk_map::KIND_HUGE
+            || kind == crate::chunk_map::KIND_HUGE_TAIL
+    }
+
     /// The bytes usable in the block at `ptr` (at least what was asked for).
     ///
     /// # Safety

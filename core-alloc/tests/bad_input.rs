@@ -91,6 +91,16 @@ fn misuses_it_can_see_are_reported_and_leave_the_heap_working() {
     }
     let kinds: Vec<Misuse> = REPORTS.lock().unwrap().iter().map(|report| report.kind).collect();
     assert_eq!(kinds, [Misuse::ForeignPointer, Misuse::DoubleFree, Misuse::ForeignPointer]);
+    // `owns` tells the allocator's memory from anything else without touching it.
+    let on_stack = 0u8;
+    assert!(heap.owns(keep.as_ptr()) && heap.owns(other_large.as_ptr()));
+    assert!(!heap.owns(foreign.as_ptr()) && !heap.owns(&on_stack) && !heap.owns(std::ptr::null()));
+    let huge = heap.allocate(5 << 20, 8).unwrap();
+    // SAFETY: pointer arithmetic inside a live 5 MiB block.
+    assert!(heap.owns(unsafe { huge.as_ptr().add(4 << 20) }));
+    // SAFETY: a live block of this heap.
+    unsafe { heap.free(huge) };
+    assert!(!heap.owns(huge.as_ptr()), "a freed huge block is still owned");
     assert_eq!(REPORTS.lock().unwrap()[0].address, foreign.as_ptr() as usize);
     // The heap is intact and still serves requests.
     heap.check_invariants().unwrap();
