@@ -7,5 +7,4 @@ extern crate std;
 
 pub mod c_api;
 mod process;
-mod registry;
 mod report;

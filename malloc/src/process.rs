@@ -31,17 +31,18 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use core_alloc::{Allocator, Misuse, MisuseReport};
+use page_provider::linux::MmapProvider;
 use platform::host::HostPlatform;
 
-use crate::registry::TrackedMmap;
 use crate::report::{Stderr, abort_with};
 
-/// The allocator type behind the C API.
-pub(crate) type Heap = Allocator<TrackedMmap, HostPlatform>;
+/// The allocator type behind the C API: anonymous mmap with transparent huge pages, and
+/// per-thread slots.
+pub(crate) type Heap = Allocator<MmapProvider, HostPlatform>;
 
 /// The process-wide allocator.
 pub(crate) static HEAP: Heap =
-    Allocator::new(TrackedMmap::new(), HostPlatform::with_exit_hook(release_exiting_slot))
+    Allocator::new(MmapProvider::new(), HostPlatform::with_exit_hook(release_exiting_slot))
         .with_misuse_hook(abort_on_misuse);
 
 /// The host platform's thread-exit hook.
@@ -159,7 +160,7 @@ extern "C" fn on_unload() {
 /// Writes the statistics to standard error, every line starting with `corealloc: `.
 fn print_stats() {
     let stats = HEAP.stats();
-    let mmap = HEAP.provider().mmap_stats();
+    let mmap = HEAP.provider().stats();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let mut out = Prefixed { inner: Stderr::new(), line_start: true };
