@@ -1,5 +1,5 @@
 //! The library's own set-up and what surrounds it: allocation before `main`, memory that
-//! libc allocates and the program frees, thread-local storage set up while modules with
+//! libc allocates and the program frees, glibc's allocator never used, thread-local storage set up while modules with
 //! TLS are loaded (glibc then allocates from inside `__tls_get_addr`), and the statistics
 //! printed at exit on request.
 
@@ -16,6 +16,12 @@ fn allocation_in_a_constructor_before_main() {
 #[test]
 fn blocks_allocated_inside_libc_are_freed_by_the_program() {
     common::run_c_test("init", &["libc-internal"], Duration::from_secs(30));
+}
+
+/// Nothing in the process, the library included, ever calls glibc's own allocator.
+#[test]
+fn glibc_malloc_is_never_used() {
+    common::run_c_test("init", &["glibc-malloc-unused"], Duration::from_secs(30));
 }
 
 #[test]

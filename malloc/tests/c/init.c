@@ -112,6 +112,49 @@ static void libc_internal(void) {
     free(entries);
 }
 
+/* ---- glibc-malloc-unused: after threads, stdio, libc's own allocations and a fork, glibc's
+ * allocator (whose statistics mallinfo2 reports; it is not replaced) has never been used:
+ * every allocation of the process, the library's own included, went to the preloaded one. */
+
+static void *strdup_thread(void *argument) { return strdup(argument); }
+
+static void glibc_untouched(const char *where) {
+    struct mallinfo2 info = mallinfo2();
+    if (info.arena != 0 || info.hblkhd != 0 || info.uordblks != 0) {
+        fprintf(stderr, "%s: glibc's malloc was used: arena %zu, mmapped %zu, in use %zu\n", where, info.arena,
+                info.hblkhd, info.uordblks);
+        exit(1);
+    }
+}
+
+static void glibc_malloc_unused(void) {
+    for (int i = 0; i < 1000; i++) free(malloc((size_t)i * 1000));
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) CHECK(pthread_create(&threads[i], NULL, strdup_thread, "copied in a thread") == 0);
+    for (int i = 0; i < 4; i++) {
+        void *copy = NULL;
+        CHECK(pthread_join(threads[i], &copy) == 0);
+        free(copy);
+    }
+    char *formatted = NULL;
+    CHECK(asprintf(&formatted, "%s %d", "formatted", 42) > 0);
+    free(formatted);
+    FILE *file = tmpfile();
+    CHECK(file != NULL);
+    fprintf(file, "buffered output\n");
+    fclose(file);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        free(malloc(100000));
+        glibc_untouched("child");
+        exit(0);
+    }
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    glibc_untouched("parent");
+}
+
 /* ---- tls-modules: a thread started early allocates while the main thread loads modules
  * with thread-local storage and the thread then touches each module's TLS. */
 
@@ -176,6 +219,8 @@ int main(int argc, char **argv) {
         atfork_handlers();
     } else if (strcmp(argv[1], "libc-internal") == 0) {
         libc_internal();
+    } else if (strcmp(argv[1], "glibc-malloc-unused") == 0) {
+        glibc_malloc_unused();
     } else if (strcmp(argv[1], "tls-modules") == 0 && argc == 3) {
         tls_modules(argv[2]);
     } else {
