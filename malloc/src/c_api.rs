@@ -5,7 +5,7 @@
 //!
 //! C semantics, as glibc gives them:
 //! - failure returns null with `errno = ENOMEM` (`posix_memalign` returns the error
-//!   instead and leaves `errno` alone); bad alignments give `EINVAL`;
+//!   instead and leaves `errno` as it was); bad alignments give `EINVAL`;
 //! - `calloc` and `reallocarray` check `count * size` for overflow; sizes above
 //!   `PTRDIFF_MAX` fail;
 //! - `malloc(0)` returns a unique pointer to free like any other; `free(NULL)` does
@@ -20,7 +20,7 @@ use core::ffi::{c_int, c_void};
 use core::ptr::{self, NonNull};
 
 use crate::process::{HEAP, ensure_setup};
-use crate::report::{abort_with, set_errno};
+use crate::report::{abort_with, errno, set_errno};
 
 /// What `malloc` aligns blocks of at least this many bytes to: `alignof(max_align_t)`.
 const MAX_ALIGN: usize = align_of::<libc::max_align_t>();
@@ -176,13 +176,18 @@ pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, alignment: usi
         return libc::EINVAL;
     }
     ensure_setup();
+    // A refused mmap underneath sets errno; posix_memalign reports through its result.
+    let saved_errno = errno();
     match HEAP.allocate(size, alignment.max(natural_align(size))) {
         Some(block) => {
             // SAFETY: the caller promises `memptr` is writable.
             unsafe { memptr.write(block.as_ptr().cast()) };
             0
         }
-        None => libc::ENOMEM,
+        None => {
+            set_errno(saved_errno);
+            libc::ENOMEM
+        }
     }
 }
 

@@ -22,6 +22,21 @@ static size_t natural_alignment(size_t size) { return size >= 16 ? 16 : 8; }
 
 static size_t page(void) { return (size_t)sysconf(_SC_PAGESIZE); }
 
+/* Whether the kernel refuses a mapping larger than all memory (overcommit mode 0 or 2; in
+ * mode 1 it hands out any amount of address space). */
+static int kernel_refuses_huge_mappings(void) {
+    FILE *file = fopen("/proc/sys/vm/overcommit_memory", "r");
+    int mode = 0;
+    if (file != NULL) {
+        if (fscanf(file, "%d", &mode) != 1) mode = 0;
+        fclose(file);
+    }
+    return mode != 1;
+}
+
+/* 64 TiB: more than any test machine has, but a size the allocator asks the kernel for. */
+#define TOO_MUCH ((size_t)1 << 46)
+
 static void check_block(void *block, size_t size, size_t alignment) {
     CHECK(block != NULL);
     CHECK(ALIGNED(block, alignment));
@@ -65,6 +80,13 @@ static void test_malloc(void) {
     CHECK(malloc(ptrdiff_max_v) == NULL && errno == ENOMEM);
     errno = 0;
     CHECK(malloc(ptrdiff_max_v / 2) == NULL && errno == ENOMEM);
+    if (kernel_refuses_huge_mappings()) {
+        /* The kernel says no: NULL with ENOMEM, and nothing is left half-done. */
+        errno = 0;
+        CHECK(malloc(hide(TOO_MUCH)) == NULL && errno == ENOMEM);
+        errno = 0;
+        CHECK(calloc(hide(TOO_MUCH), 1) == NULL && errno == ENOMEM);
+    }
     void *after = malloc(100);
     check_block(after, 100, 16);
     free(after);
@@ -265,11 +287,16 @@ static void test_posix_memalign(void) {
     errno = 777;
     CHECK(posix_memalign(&block, size_max_v, 64) == EINVAL && block == sentinel && errno == 777);
 
-    /* Out of memory: ENOMEM returned, *memptr untouched. */
+    /* Out of memory: ENOMEM returned, *memptr and errno untouched. */
     block = sentinel;
+    errno = 777;
     CHECK(posix_memalign(&block, 64, size_max_v) == ENOMEM && block == sentinel);
     CHECK(posix_memalign(&block, 64, ptrdiff_max_v / 2) == ENOMEM && block == sentinel);
     CHECK(posix_memalign(&block, size_max_v / 2 + 1, 1) == ENOMEM && block == sentinel);
+    if (kernel_refuses_huge_mappings()) {
+        CHECK(posix_memalign(&block, 4096, hide(TOO_MUCH)) == ENOMEM && block == sentinel);
+    }
+    CHECK(errno == 777);
 }
 
 static void test_aligned_alloc(void) {
