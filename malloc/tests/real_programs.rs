@@ -47,16 +47,6 @@ fn assert_same<'a>(what: &str, without: &Outcome, with: &'a Outcome) -> Vec<&'a 
     ours
 }
 
-/// The number of allocations the allocator's statistics report, summed over processes.
-fn allocations(ours: &[&str]) -> u64 {
-    ours.iter()
-        .filter_map(|line| line.strip_prefix("corealloc: classes (size: live/allocated): "))
-        .flat_map(|classes| {
-            classes.split_whitespace().filter_map(|pair| pair.split('/').nth(1)?.parse::<u64>().ok())
-        })
-        .sum()
-}
-
 fn program_script(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(file)
 }
@@ -78,7 +68,10 @@ fn python_threads(pymalloc: bool) {
     let ours = assert_same(what, &without, &with);
     assert_eq!(without.stdout.lines().count(), 9, "{what}: unexpected output:\n{}", without.stdout);
     let minimum = if pymalloc { 10_000 } else { 1_000_000 };
-    assert!(allocations(&ours) > minimum, "{what}: too few allocations reached the allocator: {ours:#?}");
+    assert!(
+        common::allocations(&ours) > minimum,
+        "{what}: too few allocations reached the allocator: {ours:#?}"
+    );
 }
 
 #[test]
@@ -131,7 +124,7 @@ fn sqlite3_inserts_and_queries_300_thousand_rows() {
     let ours = assert_same("sqlite3", &without, &with);
     assert!(without.stdout.starts_with("250000|"), "unexpected output:\n{}", without.stdout);
     assert!(without.stdout.trim_end().ends_with("\nok"), "integrity check failed:\n{}", without.stdout);
-    assert!(allocations(&ours) > 1_000_000, "too few allocations reached the allocator: {ours:#?}");
+    assert!(common::allocations(&ours) > 1_000_000, "too few allocations reached the allocator: {ours:#?}");
 }
 
 /// Runs each git step in turn in `directory`, with the allocator preloaded (and statistics

@@ -226,3 +226,15 @@ pub(crate) fn stat(lines: &[&str], label: &str) -> Option<u64> {
         words.windows(2).find(|pair| pair[1] == label).and_then(|pair| pair[0].parse().ok())
     })
 }
+
+/// The number of allocations the allocator's statistics report, summed over every process
+/// that printed them.
+pub(crate) fn allocations(lines: &[&str]) -> u64 {
+    lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("corealloc: classes (size: live/allocated): "))
+        .flat_map(|classes| {
+            classes.split_whitespace().filter_map(|pair| pair.split('/').nth(1)?.parse::<u64>().ok())
+        })
+        .sum()
+}
