@@ -2,23 +2,24 @@
 //! life: loading, the first allocation, `fork`, thread exit, misuse and exit.
 //!
 //! - **Loading** (a constructor in `.init_array`): installs a panic hook that aborts without
-//!   allocating, and reads `CORE_ALLOC_STATS`.
-//! - **First allocation** (lazily, outside any lock of ours): registers the `pthread_atfork`
-//!   handlers. Registering at the first allocation rather than at load makes them the
-//!   earliest registered in practice (the dynamic linker and libc allocate before any
-//!   library constructor runs), and glibc runs prepare handlers in reverse order of
-//!   registration and the parent and child handlers in order: ours then take the
-//!   allocator's locks after every other library's prepare handler, which may allocate, and
-//!   give them back before any other parent or child handler runs. A call made while the
-//!   registration is in progress (glibc may allocate to grow its handler list) just goes
-//!   on without it, so there is no recursion.
+//!   allocating, reads `CORE_ALLOC_STATS`, and registers the `pthread_atfork` handlers,
+//!   unless an allocation came first and did it (another library's constructor may
+//!   allocate before ours runs: the program's own libraries are initialised before a
+//!   preloaded one). glibc runs prepare handlers in reverse order of registration and the
+//!   parent and child handlers in order, so registering this early means ours take the
+//!   allocator's locks after the prepare handlers of everything registered later (which
+//!   may allocate) and give them back before their parent and child handlers run. The
+//!   registration happens outside any lock of ours; an allocation made while it is in
+//!   progress (glibc may allocate to grow its handler list) goes on without it, so there
+//!   is no recursion.
 //! - **fork**: prepare takes the shared-slot locks, then the central heap lock (the core's
 //!   lock order); parent and child release them in reverse order. A child of a
 //!   multi-threaded parent finds no lock held; the slots of threads that did not survive
 //!   the fork stay owned and unused, so their half-finished arena operations are never seen.
 //! - **Thread exit**: the host platform's key destructor calls the exit hook with the
 //!   exiting thread's slot; the hook gives the slot's cached slabs back (empty ones to the
-//!   heap, the others when their last block is freed) and the slot goes to the next thread.
+//!   central heap, partly used ones for other threads to adopt) and the slot goes to the
+//!   next thread.
 //! - **Misuse** (a double free in checked builds, a pointer that starts no block we handed
 //!   out): one line on standard error and `abort()`, as C allocators do.
 //! - **Exit** (a destructor in `.fini_array`): with `CORE_ALLOC_STATS` set, the statistics go
@@ -72,8 +73,8 @@ const SETTING_UP: u8 = 1;
 const SET_UP: u8 = 2;
 static SETUP: AtomicU8 = AtomicU8::new(NOT_SET_UP);
 
-/// Registers the fork handlers if that is not done yet; called by every allocating entry
-/// point (one relaxed load when it is done).
+/// Registers the fork handlers if that is not done yet; called by the library constructor
+/// and by every allocating entry point (one relaxed load once it is done).
 #[inline(always)]
 pub(crate) fn ensure_setup() {
     if SETUP.load(Ordering::Relaxed) != SET_UP {
