@@ -148,14 +148,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         unsafe { self.free_inner(ptr.as_ptr(), Some((size.max(1), align))) }
     }
 
-    /// Resizes a block to `new_size` bytes, in place when it can, keeping its alignment and
-    /// contents up to the smaller size. Returns `None` (the block is untouched) when out of
-    /// memory or the request is impossible.
+    /// Resizes a block to `new_size` bytes, in place when it can, keeping its contents up
+    /// to the smaller size; the result is aligned to `align` (which need not be the
+    /// alignment the block was allocated with: C's `realloc` passes its default). Returns
+    /// `None` (the block is untouched) when out of memory or the request is impossible.
     ///
     /// # Safety
     ///
-    /// `ptr` came from this allocator with alignment `align` and is not freed; nothing else
-    /// uses the block during the call.
+    /// `ptr` came from this allocator and is not freed; nothing else uses the block during
+    /// the call.
     pub unsafe fn reallocate(&self, ptr: NonNull<u8>, align: usize, new_size: usize) -> Option<NonNull<u8>> {
         let layout = Layout::from_size_align(new_size.max(1), align).ok()?;
         // SAFETY: the caller's promise.
@@ -169,6 +170,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// allocation. A lookup in the chunk map that never touches the memory at `ptr`, so it
     /// is safe for any address; a pointer for which it is false was not handed out by this
     /// allocator (and freeing it would be a misuse).
+    #[inline]
     pub fn owns(&self, ptr: *const u8) -> bool {
         let found = self.map.get(ptr as usize);
         let kind = crate::chunk_map::kind_of(found);

@@ -69,6 +69,7 @@ impl ChunkMap {
     }
 
     /// The entry of the chunk containing `address`, 0 if the chunk is not ours.
+    #[inline]
     pub(crate) fn get(&self, address: usize) -> u64 {
         let [a, b, c, d] = Self::path(address);
         let mut node = self.root[a].load(Ordering::Acquire);
