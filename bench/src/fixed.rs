@@ -4,8 +4,10 @@
 //!
 //! Every heap here is made on first use (the Rust runtime allocates before `main`, and the
 //! arena is an anonymous mapping made then), so each can serve as the global allocator.
-//! Concurrency: each heap is behind its own `spinning_top` spin lock (talc's `TalcLock` uses
-//! the same raw lock); the first use races through a `std::sync::Once`-free spin `Once`.
+//!
+//! Concurrency: each heap is behind its own `spinning_top` spin lock (talc's `TalcLock` over
+//! the same raw lock) and is made under that lock, or in a `spin::Once` for talc and
+//! core-alloc; nothing here allocates from the global allocator.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ptr::{self, NonNull};

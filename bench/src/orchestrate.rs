@@ -63,6 +63,9 @@ pub struct Results {
     pub seconds: f64,
     /// `--quick`.
     pub quick: bool,
+    /// Two threads' throughput over one thread's on an allocation-free loop: what the
+    /// machine allows workload 3's scaling to reach.
+    pub compute_scaling: Option<f64>,
 }
 
 impl Results {
@@ -73,12 +76,8 @@ impl Results {
             match fields.as_slice() {
                 ["result", workload, threads, metric, value] => {
                     let (Ok(threads), Ok(value)) = (threads.parse(), value.parse()) else { continue };
-                    let key = Key {
-                        workload: workload.to_string(),
-                        peer,
-                        threads,
-                        metric: metric.to_string(),
-                    };
+                    let key =
+                        Key { workload: workload.to_string(), peer, threads, metric: metric.to_string() };
                     self.values.entry(key).or_default().push(value);
                 }
                 ["series", phase, progress, resident] => {
@@ -186,7 +185,9 @@ fn plan(options: &Options) -> Vec<Unit> {
     units.extend([Unit::ProducerConsumer, Unit::Large, Unit::Fragmentation, Unit::ReallocGrowth]);
     units.extend(thread_counts().into_iter().map(Unit::RandomActions));
     units.push(Unit::HeapEfficiency);
-    units.retain(|unit| options.families.as_ref().is_none_or(|families| families.iter().any(|f| f == unit.family())));
+    units.retain(|unit| {
+        options.families.as_ref().is_none_or(|families| families.iter().any(|f| f == unit.family()))
+    });
     units
 }
 
@@ -194,9 +195,10 @@ fn plan(options: &Options) -> Vec<Unit> {
 pub fn run(options: &Options) -> ExitCode {
     let start = Instant::now();
     let runs = options.runs.unwrap_or(if options.quick { 1 } else { 5 });
-    let limit = Duration::from_secs(if options.quick { 20 } else { 300 });
+    let limit = Duration::from_secs(if options.quick { 10 } else { 300 });
     let units = plan(options);
-    let mut results = Results { runs, quick: options.quick, ..Results::default() };
+    let compute_scaling = Some(compute_scaling(if options.quick { 20_000_000 } else { 100_000_000 }));
+    let mut results = Results { runs, quick: options.quick, compute_scaling, ..Results::default() };
     eprintln!(
         "bench: {} allocators x {} workload units x {runs} run(s){}",
         options.peers.len(),
@@ -211,6 +213,9 @@ pub fn run(options: &Options) -> ExitCode {
             let unit_start = Instant::now();
             let mut slowest = (0.0, Peer::CoreAlloc);
             for peer in order.into_iter().filter(|&peer| unit.applies_to(peer)) {
+                if unit == Unit::Fragmentation && peer.is_slow() && (options.quick || run > 0) {
+                    continue;
+                }
                 let command = child_command(peer, unit, options.quick, run as u64 + 1, &[]);
                 match run_limited(command, limit) {
                     Ok(outcome) => {
@@ -244,7 +249,8 @@ pub fn run(options: &Options) -> ExitCode {
             );
         }
     }
-    let counts = options.families.as_ref().is_none_or(|families| families.iter().any(|f| f == "instructions"));
+    let counts =
+        options.families.as_ref().is_none_or(|families| families.iter().any(|f| f == "instructions"));
     if options.callgrind && counts {
         count_instructions(options, &mut results);
     }
@@ -258,6 +264,39 @@ pub fn run(options: &Options) -> ExitCode {
     }
 }
 
+/// A loop of xorshift steps and L1-resident stores: no allocation, no sharing.
+fn compute(iterations: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buffer = [0u64; 512];
+    for i in 0..iterations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buffer[(x & 511) as usize] += i;
+    }
+    x ^ buffer.iter().sum::<u64>()
+}
+
+/// Two threads' throughput over one thread's on [`compute`], the median of three tries.
+fn compute_scaling(iterations: u64) -> f64 {
+    let mut tries: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(compute(iterations));
+            let one = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            thread::scope(|scope| {
+                for _ in 0..2 {
+                    scope.spawn(|| std::hint::black_box(compute(iterations)));
+                }
+            });
+            2.0 * one / start.elapsed().as_secs_f64()
+        })
+        .collect();
+    tries.sort_by(f64::total_cmp);
+    tries[1]
+}
+
 fn last_line(text: &str) -> String {
     text.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("no message").to_string()
 }
@@ -269,7 +308,8 @@ const COUNTED: [Peer; 4] = [Peer::CoreAlloc, Peer::Mimalloc, Peer::Jemalloc, Pee
 /// Instructions per workload-1 pair under callgrind: the difference between runs of n and
 /// 2n pairs, over n, so start-up and the process's own allocations cancel out.
 fn count_instructions(options: &Options, results: &mut Results) {
-    let available = Command::new("valgrind").arg("--version").output().is_ok_and(|output| output.status.success());
+    let available =
+        Command::new("valgrind").arg("--version").output().is_ok_and(|output| output.status.success());
     if !available {
         eprintln!("bench: valgrind not found; no instruction counts");
         results.problems.push((Peer::CoreAlloc, "instructions".into(), "valgrind not found".into()));
@@ -282,12 +322,13 @@ fn count_instructions(options: &Options, results: &mut Results) {
         for count in [pairs, 2 * pairs] {
             let command = child_command(peer, Unit::Instructions(count), options.quick, 1, &wrapper);
             let outcome = run_limited(command, Duration::from_secs(300));
-            let collected = outcome.ok().filter(|outcome| outcome.success == Some(true)).and_then(|outcome| {
-                outcome.stderr.lines().find_map(|line| {
-                    let (_, count) = line.split_once("Collected :")?;
-                    count.trim().parse::<u64>().ok()
-                })
-            });
+            let collected =
+                outcome.ok().filter(|outcome| outcome.success == Some(true)).and_then(|outcome| {
+                    outcome.stderr.lines().find_map(|line| {
+                        let (_, count) = line.split_once("Collected :")?;
+                        count.trim().parse::<u64>().ok()
+                    })
+                });
             counts.push(collected);
         }
         match counts.as_slice() {

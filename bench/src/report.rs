@@ -28,7 +28,11 @@ fn summarize(values: &[f64]) -> Summary {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let middle = sorted.len() / 2;
-    let median = if sorted.len() % 2 == 0 { (sorted[middle - 1] + sorted[middle]) / 2.0 } else { sorted[middle] };
+    let median = if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    };
     Summary { median, low: sorted[0], high: sorted[sorted.len() - 1] }
 }
 
@@ -60,7 +64,13 @@ struct Column {
 }
 
 impl Column {
-    fn new(title: impl Into<String>, workload: impl Into<String>, threads: usize, metric: &'static str, show: Show) -> Self {
+    fn new(
+        title: impl Into<String>,
+        workload: impl Into<String>,
+        threads: usize,
+        metric: &'static str,
+        show: Show,
+    ) -> Self {
         Self { title: title.into(), workload: workload.into(), threads, metric, show }
     }
 
@@ -167,12 +177,21 @@ fn tables(peers: &[Peer], threads: &[usize]) -> Vec<Table> {
         let title = format!("W3 scaling {count}t/1t");
         scaling.push(Column::new(title, "w3_live_set_threads", count, "ops_per_s", Show::Scaling));
     }
-    tables.push(Table { title: "Workload 3: throughput and scaling (higher is better)".into(), columns: scaling });
+    tables.push(Table {
+        title: "Workload 3: throughput and scaling (higher is better)".into(),
+        columns: scaling,
+    });
     tables.push(Table {
         title: "Workload 6: memory (lower is better)".into(),
         columns: vec![
             Column::new("peak resident/live", "w6_peak", 1, "rss_per_live", Show::PerLive),
-            Column::new("9/10 freed resident/live", "w6_after_free_9_of_10", 1, "rss_per_live", Show::PerLive),
+            Column::new(
+                "9/10 freed resident/live",
+                "w6_after_free_9_of_10",
+                1,
+                "rss_per_live",
+                Show::PerLive,
+            ),
             Column::new("peak MiB", "w6_peak", 1, "resident_bytes", Show::Mib),
             Column::new("all freed MiB", "w6_all_freed", 1, "resident_bytes", Show::Mib),
             Column::new("after collect call MiB", "w6_collected", 1, "resident_bytes", Show::Mib),
@@ -194,7 +213,8 @@ fn tables(peers: &[Peer], threads: &[usize]) -> Vec<Table> {
         tables.push(Table { title, columns });
     }
     tables.push(Table {
-        title: "talc's heap efficiency (higher is better) and fast-path instructions (lower is better)".into(),
+        title: "talc's heap efficiency (higher is better) and fast-path instructions (lower is better)"
+            .into(),
         columns: vec![
             Column::new("heap efficiency %", "talc_heap_efficiency", 1, "rss_per_live", Show::Efficiency),
             Column::new("callgrind instr/W1 pair", "w1_small_pairs", 1, "instructions_per_op", Show::Count),
@@ -205,7 +225,12 @@ fn tables(peers: &[Peer], threads: &[usize]) -> Vec<Table> {
 }
 
 /// The cells of `table`: one row per allocator.
-fn cells(table: &Table, figures: &Figures<'_>, results: &Results, peers: &[Peer]) -> Vec<(Peer, Vec<String>)> {
+fn cells(
+    table: &Table,
+    figures: &Figures<'_>,
+    results: &Results,
+    peers: &[Peer],
+) -> Vec<(Peer, Vec<String>)> {
     peers
         .iter()
         .map(|&peer| {
@@ -230,9 +255,15 @@ fn cells(table: &Table, figures: &Figures<'_>, results: &Results, peers: &[Peer]
                             results
                                 .problems
                                 .iter()
-                                .find(|(problem_peer, problem_unit, _)| *problem_peer == peer && *problem_unit == unit)
+                                .find(|(problem_peer, problem_unit, _)| {
+                                    *problem_peer == peer && *problem_unit == unit
+                                })
                                 .map_or("–".into(), |(_, _, what)| {
-                                    if what.starts_with("timed out") { "timeout".into() } else { "failed".into() }
+                                    if what.starts_with("timed out") {
+                                        "timeout".into()
+                                    } else {
+                                        "failed".into()
+                                    }
                                 })
                         }
                     }
@@ -290,8 +321,10 @@ fn markdown_table(table: &Table, rows: &[(Peer, Vec<String>)]) -> String {
 fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
     let mut lines = Vec::new();
     let core = Peer::CoreAlloc;
-    let ns = |workload: &str, peer: Peer, threads: usize| figures.median(workload, peer, threads, "ns_per_op");
-    let verdict = |met: bool, shortfall: String| if met { "met".to_string() } else { format!("SHORT: {shortfall}") };
+    let ns =
+        |workload: &str, peer: Peer, threads: usize| figures.median(workload, peer, threads, "ns_per_op");
+    let verdict =
+        |met: bool, shortfall: String| if met { "met".to_string() } else { format!("SHORT: {shortfall}") };
 
     if let Some(ours) = ns("w1_small_pairs", core, 1) {
         let best = [Peer::Mimalloc, Peer::Jemalloc, Peer::Snmalloc]
@@ -316,7 +349,9 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
     for (workload, name, threads) in
         [("w2_live_set", "W2 random live set", 1), ("w4_producer_consumer", "W4 producer/consumer", 2)]
     {
-        if let (Some(ours), Some(theirs)) = (ns(workload, core, threads), ns(workload, Peer::Mimalloc, threads)) {
+        if let (Some(ours), Some(theirs)) =
+            (ns(workload, core, threads), ns(workload, Peer::Mimalloc, threads))
+        {
             lines.push(format!(
                 "{name} at or ahead of mimalloc: {ours:.1} ns vs {theirs:.1} ns: {}",
                 verdict(ours <= theirs, format!("{:.0}% slower", (ours / theirs - 1.0) * 100.0))
@@ -344,7 +379,8 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
         }
         if !ratios.is_empty() {
             let worst = ratios.iter().map(|ratio| ratio.1).fold(f64::INFINITY, f64::min);
-            let listed: Vec<String> = ratios.iter().map(|(max, ratio)| format!("max {max}: {ratio:.2}x")).collect();
+            let listed: Vec<String> =
+                ratios.iter().map(|(max, ratio)| format!("max {max}: {ratio:.2}x")).collect();
             lines.push(format!(
                 "talc random actions ({count} thread{}) at least 2x talc: {}: {}",
                 if count == 1 { "" } else { "s" },
@@ -353,7 +389,8 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
             ));
         }
     }
-    let efficiency = |peer| figures.median("talc_heap_efficiency", peer, 1, "rss_per_live").map(|v| 100.0 / v);
+    let efficiency =
+        |peer| figures.median("talc_heap_efficiency", peer, 1, "rss_per_live").map(|v| 100.0 / v);
     if let (Some(ours), Some(talc)) = (efficiency(core), efficiency(Peer::Talc)) {
         lines.push(format!(
             "talc heap efficiency within 5 points of talc: {ours:.1}% vs {talc:.1}%: {}",
@@ -383,7 +420,7 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
 }
 
 /// The machine, for the record.
-fn machine() -> Vec<String> {
+fn machine(compute_scaling: Option<f64>) -> Vec<String> {
     let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
@@ -414,7 +451,15 @@ fn machine() -> Vec<String> {
             read("/sys/kernel/mm/transparent_hugepage/enabled").trim()
         ),
         format!("{}; {}", first_line("ldd", &["--version"]), first_line("rustc", &["--version"])),
+        compute_scaling.map_or_else(String::new, |scaling| {
+            format!(
+                "pure compute on 2 threads runs {scaling:.2}x one thread here (the ceiling for workload 3)"
+            )
+        }),
     ]
+    .into_iter()
+    .filter(|line| !line.is_empty())
+    .collect()
 }
 
 fn command_line() -> String {
@@ -433,12 +478,21 @@ fn color(peer: Peer) -> &'static str {
 
 /// The plots: throughput against threads per workload, and resident memory through
 /// workload 6. Returns (file name, caption).
-fn plots(figures: &Figures<'_>, results: &Results, peers: &[Peer], threads: &[usize], out: &Path) -> io::Result<Vec<(String, String)>> {
+fn plots(
+    figures: &Figures<'_>,
+    results: &Results,
+    peers: &[Peer],
+    threads: &[usize],
+    out: &Path,
+) -> io::Result<Vec<(String, String)>> {
     let mut written = Vec::new();
-    let x_ticks: Vec<(f64, String)> = threads.iter().map(|&count| (count as f64, count.to_string())).collect();
-    let mut workloads = vec![("w3_live_set_threads".to_string(), "Workload 3: random live set on every thread".to_string())];
+    let x_ticks: Vec<(f64, String)> =
+        threads.iter().map(|&count| (count as f64, count.to_string())).collect();
+    let mut workloads =
+        vec![("w3_live_set_threads".to_string(), "Workload 3: random live set on every thread".to_string())];
     for max in MAX_SIZES {
-        workloads.push((format!("talc_random_actions_max{max}"), format!("talc's random actions, max {max} B")));
+        workloads
+            .push((format!("talc_random_actions_max{max}"), format!("talc's random actions, max {max} B")));
     }
     for (workload, title) in workloads {
         let lines: Vec<Line> = peers
@@ -450,7 +504,9 @@ fn plots(figures: &Figures<'_>, results: &Results, peers: &[Peer], threads: &[us
                 points: threads
                     .iter()
                     .filter_map(|&count| {
-                        figures.median(&workload, peer, count, "ops_per_s").map(|ops| (count as f64, ops / 1e6))
+                        figures
+                            .median(&workload, peer, count, "ops_per_s")
+                            .map(|ops| (count as f64, ops / 1e6))
                     })
                     .collect(),
             })
@@ -495,7 +551,11 @@ fn plots(figures: &Figures<'_>, results: &Results, peers: &[Peer], threads: &[us
             x_label: "phase (100k live objects, 8 B..4 KiB; 9 of 10 freed; the rest freed; explicit collect call)",
             y_label: "resident MiB above the start",
             x_ticks: vec![(0.0, String::new()), (5.0, String::new())],
-            x_sections: sections.iter().enumerate().map(|(index, name)| (index as f64, name.to_string())).collect(),
+            x_sections: sections
+                .iter()
+                .enumerate()
+                .map(|(index, name)| (index as f64, name.to_string()))
+                .collect(),
             log_y: false,
         };
         let name = "fragmentation_resident.svg".to_string();
@@ -509,17 +569,32 @@ fn plots(figures: &Figures<'_>, results: &Results, peers: &[Peer], threads: &[us
 /// plots, and copies them into `bench/results/` with `--publish`.
 pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     fs::create_dir_all(&options.out)?;
-    let figures = Figures {
-        summaries: results.values.iter().map(|(key, values)| (key, summarize(values))).collect(),
-    };
+    let figures =
+        Figures { summaries: results.values.iter().map(|(key, values)| (key, summarize(values))).collect() };
     let mut csv = String::from("workload,allocator,threads,metric,value\n");
     let mut runs = String::from("workload,allocator,threads,metric,run,value\n");
     for (key, values) in &results.values {
         let summary = summarize(values);
-        let _ = writeln!(csv, "{},{},{},{},{}", key.workload, key.peer.name(), key.threads, key.metric, summary.median);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{}",
+            key.workload,
+            key.peer.name(),
+            key.threads,
+            key.metric,
+            summary.median
+        );
         for (run, value) in values.iter().enumerate() {
-            let _ =
-                writeln!(runs, "{},{},{},{},{},{}", key.workload, key.peer.name(), key.threads, key.metric, run + 1, value);
+            let _ = writeln!(
+                runs,
+                "{},{},{},{},{},{}",
+                key.workload,
+                key.peer.name(),
+                key.threads,
+                key.metric,
+                run + 1,
+                value
+            );
         }
     }
     fs::write(options.out.join("results.csv"), &csv)?;
@@ -534,11 +609,14 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     threads.sort_unstable();
     threads.dedup();
     let peers = &options.peers;
-    let machine = machine();
+    let machine = machine(results.compute_scaling);
     let command = command_line();
     let targets = targets(&figures, &threads);
     let mut terminal = String::new();
     let mut markdown = String::from("## Results\n\n");
+    if results.quick {
+        markdown.push_str("(`--quick`: small workloads and one run, to check that the harness works; not figures to quote.)\n\n");
+    }
     let _ = writeln!(markdown, "Command: `{command}` ({:.0} minutes).\n", results.seconds / 60.0);
     for line in &machine {
         let _ = writeln!(markdown, "- {line}");
@@ -598,7 +676,11 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     if options.publish {
         let published = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
         fs::create_dir_all(&published)?;
-        for name in ["results.csv", "runs.csv", "results.md"].into_iter().map(String::from).chain(plots.into_iter().map(|p| p.0)) {
+        for name in ["results.csv", "runs.csv", "results.md"]
+            .into_iter()
+            .map(String::from)
+            .chain(plots.into_iter().map(|p| p.0))
+        {
             fs::copy(options.out.join(&name), published.join(&name))?;
         }
         println!("copied into {}", published.display());

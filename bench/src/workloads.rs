@@ -239,7 +239,7 @@ pub fn producer_consumer<A: GlobalAlloc + Sync>(heap: &A, objects: usize) -> f64
                 for (index, slot) in ring.batches[batch % RING].iter().enumerate() {
                     // SAFETY: a non-zero size; the write is inside the block.
                     let block = unsafe { allocate(heap, object) };
-                    // SAFETY: as above.
+                    // SAFETY: a fresh block of 64 bytes; the write is its first byte.
                     unsafe { block.write(index as u8) };
                     slot.store(block as usize, Ordering::Relaxed);
                 }
@@ -341,12 +341,11 @@ pub fn fragmentation<A: GlobalAlloc>(
     };
     let mut sizes = Rng::new(seed);
     let mut picker = Rng::new(seed ^ 0xABCD);
-    // SAFETY (every block below): non-zero sizes; writes stay inside their blocks; each
-    // slot holds a live block and its layout until it is freed once.
+    // Each slot holds a live block and its layout until the block is freed (once).
     sample(0, 0, live);
     for (index, slot) in slots.iter_mut().enumerate() {
         let layout = layout(small_size(&mut sizes));
-        // SAFETY: see above.
+        // SAFETY: a non-zero size; the write covers exactly the new block.
         unsafe {
             let block = allocate(heap, layout);
             block.write_bytes(0xA5, layout.size());
@@ -359,7 +358,8 @@ pub fn fragmentation<A: GlobalAlloc>(
     for done in 0..replacements {
         let index = picker.range(0, live);
         let layout = layout(small_size(&mut sizes));
-        // SAFETY: see above.
+        // SAFETY: the slot's block is live with the slot's layout and freed once here; the
+        // new block has a non-zero size and the write covers exactly it.
         unsafe {
             let (block, old) = slots[index];
             heap.dealloc(block, old);
@@ -378,7 +378,7 @@ pub fn fragmentation<A: GlobalAlloc>(
     let mut freed = 0;
     for (index, slot) in slots.iter_mut().enumerate() {
         if index % 10 != 0 {
-            // SAFETY: see above.
+            // SAFETY: the slot's live block and layout; the slot is emptied so it is freed once.
             unsafe { heap.dealloc(slot.0, slot.1) };
             slot.0 = ptr::null_mut();
             freed += 1;
@@ -393,10 +393,10 @@ pub fn fragmentation<A: GlobalAlloc>(
     let remaining = live - to_free;
     let mut freed = 0;
     for (block, layout) in slots.iter().filter(|(block, _)| !block.is_null()) {
-        // SAFETY: see above.
+        // SAFETY: a slot still holding a live block and its layout, freed once here.
         unsafe { heap.dealloc(*block, *layout) };
         freed += 1;
-        if freed % (remaining / 5).max(1) == 0 {
+        if freed % (remaining / STEPS).max(1) == 0 {
             sample(3, freed, remaining);
         }
     }
