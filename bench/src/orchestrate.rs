@@ -63,9 +63,8 @@ pub struct Results {
     pub seconds: f64,
     /// `--quick`.
     pub quick: bool,
-    /// Two threads' throughput over one thread's on an allocation-free loop: what the
-    /// machine allows workload 3's scaling to reach.
-    pub compute_scaling: Option<f64>,
+    /// The machine and the code measured.
+    pub machine: Vec<String>,
 }
 
 impl Results {
@@ -198,7 +197,8 @@ pub fn run(options: &Options) -> ExitCode {
     let limit = Duration::from_secs(if options.quick { 10 } else { 300 });
     let units = plan(options);
     let compute_scaling = Some(compute_scaling(if options.quick { 20_000_000 } else { 100_000_000 }));
-    let mut results = Results { runs, quick: options.quick, compute_scaling, ..Results::default() };
+    let machine = report::machine(compute_scaling);
+    let mut results = Results { runs, quick: options.quick, machine, ..Results::default() };
     eprintln!(
         "bench: {} allocators x {} workload units x {runs} run(s){}",
         options.peers.len(),

@@ -419,8 +419,8 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
     lines
 }
 
-/// The machine, for the record.
-fn machine(compute_scaling: Option<f64>) -> Vec<String> {
+/// The machine and the code measured, for the record (taken when the run starts).
+pub fn machine(compute_scaling: Option<f64>) -> Vec<String> {
     let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
@@ -451,6 +451,17 @@ fn machine(compute_scaling: Option<f64>) -> Vec<String> {
             read("/sys/kernel/mm/transparent_hugepage/enabled").trim()
         ),
         format!("{}; {}", first_line("ldd", &["--version"]), first_line("rustc", &["--version"])),
+        {
+            let paths = ["--", "../core-alloc", "../page-provider", "../platform"];
+            let commit =
+                first_line("git", &[&["log", "-1", "--format=%h %cd", "--date=short"][..], &paths].concat());
+            let dirty = !first_line(
+                "git",
+                &["status", "--porcelain", "--", "../core-alloc", "../page-provider", "../platform"],
+            )
+            .is_empty();
+            format!("core-alloc at commit {commit}{}", if dirty { " with uncommitted changes" } else { "" })
+        },
         compute_scaling.map_or_else(String::new, |scaling| {
             format!(
                 "pure compute on 2 threads runs {scaling:.2}x one thread here (the ceiling for workload 3)"
@@ -609,7 +620,7 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     threads.sort_unstable();
     threads.dedup();
     let peers = &options.peers;
-    let machine = machine(results.compute_scaling);
+    let machine = &results.machine;
     let command = command_line();
     let targets = targets(&figures, &threads);
     let mut terminal = String::new();
@@ -618,7 +629,7 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
         markdown.push_str("(`--quick`: small workloads and one run, to check that the harness works; not figures to quote.)\n\n");
     }
     let _ = writeln!(markdown, "Command: `{command}` ({:.0} minutes).\n", results.seconds / 60.0);
-    for line in &machine {
+    for line in machine {
         let _ = writeln!(markdown, "- {line}");
     }
     let _ = writeln!(
