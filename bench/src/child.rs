@@ -188,8 +188,8 @@ fn run_on<A: std::alloc::GlobalAlloc + Sync>(heap: &A, peer: Peer, unit: Unit, s
 }
 
 fn fragmentation<A: std::alloc::GlobalAlloc>(heap: &A, peer: Peer, size: Size, seed: u64) {
-    // The peers with linear-time frees would take a quarter of an hour for the million
-    // replacements: they do a tenth (one per object on average), once per full run.
+    // linked_list_allocator would take a quarter of an hour for the million replacements:
+    // it does a tenth (one per object on average).
     let replacements = size.scaled(1_000_000, 200_000) / if peer.is_slow() { 10 } else { 1 };
     let figures = workloads::fragmentation(heap, size.live(), replacements, seed, || {
         peers::explicit_collect(peer).is_some()

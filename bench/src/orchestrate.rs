@@ -213,7 +213,7 @@ pub fn run(options: &Options) -> ExitCode {
             let unit_start = Instant::now();
             let mut slowest = (0.0, Peer::CoreAlloc);
             for peer in order.into_iter().filter(|&peer| unit.applies_to(peer)) {
-                if unit == Unit::Fragmentation && peer.is_slow() && (options.quick || run > 0) {
+                if unit == Unit::Fragmentation && peer.has_slow_bulk_frees() && (options.quick || run > 0) {
                     continue;
                 }
                 let command = child_command(peer, unit, options.quick, run as u64 + 1, &[]);
@@ -255,12 +255,28 @@ pub fn run(options: &Options) -> ExitCode {
         count_instructions(options, &mut results);
     }
     results.seconds = start.elapsed().as_secs_f64();
-    match report::write(&results, options) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("bench: writing the results failed: {error}");
-            ExitCode::FAILURE
+    if let Err(error) = report::write(&results, options) {
+        eprintln!("bench: writing the results failed: {error}");
+        return ExitCode::FAILURE;
+    }
+    // A crash anywhere, or core-alloc not finishing, fails the run (CI runs `--quick` so
+    // that the harness and the allocator's paths under it never rot); a peer too slow for
+    // the time limit does not.
+    let fatal: Vec<&(Peer, String, String)> = results
+        .problems
+        .iter()
+        .filter(|(peer, unit, what)| {
+            let crashed = what.starts_with("failed") || what.starts_with("could not start");
+            crashed || (*peer == Peer::CoreAlloc && unit != "instructions")
+        })
+        .collect();
+    if fatal.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for (peer, unit, what) in fatal {
+            eprintln!("bench: {unit} on {}: {what}", peer.name());
         }
+        ExitCode::FAILURE
     }
 }
 
