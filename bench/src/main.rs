@@ -3,7 +3,7 @@
 //! ratios to core-alloc; a table, a CSV, plots and callgrind instruction counts.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml             # full run (~25 min)
+//! cargo run --release --manifest-path bench/Cargo.toml             # full run (~15 min)
 //! cargo run --release --manifest-path bench/Cargo.toml -- --quick  # CI (< 2 min)
 //! ```
 //!

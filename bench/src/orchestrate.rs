@@ -20,7 +20,7 @@ use crate::report;
 pub struct Options {
     /// `--quick`: small workloads, one run, for CI.
     pub quick: bool,
-    /// `--runs N` (default 5, or 1 with `--quick`).
+    /// `--runs N` (default 9, or 1 with `--quick`).
     pub runs: Option<usize>,
     /// The allocators to measure.
     pub peers: Vec<Peer>,
@@ -193,7 +193,7 @@ fn plan(options: &Options) -> Vec<Unit> {
 /// Runs everything `options` asks for and writes the report.
 pub fn run(options: &Options) -> ExitCode {
     let start = Instant::now();
-    let runs = options.runs.unwrap_or(if options.quick { 1 } else { 5 });
+    let runs = options.runs.unwrap_or(if options.quick { 1 } else { 9 });
     let limit = Duration::from_secs(if options.quick { 10 } else { 300 });
     let units = plan(options);
     let compute_scaling = Some(compute_scaling(if options.quick { 20_000_000 } else { 100_000_000 }));

@@ -16,10 +16,11 @@ use crate::peers::Peer;
 use crate::plot::{self, Chart, Line};
 use crate::talc_workloads::MAX_SIZES;
 
-/// The median, smallest and largest of one figure's runs.
+/// The median and quartiles of one figure's runs.
 #[derive(Debug, Clone, Copy)]
 struct Summary {
     median: f64,
+    /// First and third quartiles (linear interpolation between runs).
     low: f64,
     high: f64,
 }
@@ -27,13 +28,13 @@ struct Summary {
 fn summarize(values: &[f64]) -> Summary {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    let median = if sorted.len().is_multiple_of(2) {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    } else {
-        sorted[middle]
+    let quantile = |q: f64| {
+        let position = q * (sorted.len() - 1) as f64;
+        let below = position.floor() as usize;
+        let above = position.ceil() as usize;
+        sorted[below] + (sorted[above] - sorted[below]) * (position - below as f64)
     };
-    Summary { median, low: sorted[0], high: sorted[sorted.len() - 1] }
+    Summary { median: quantile(0.5), low: quantile(0.25), high: quantile(0.75) }
 }
 
 /// How a column shows its figure.
@@ -114,8 +115,8 @@ impl Figures<'_> {
         self.get(workload, peer, threads, metric).map(|summary| summary.median)
     }
 
-    /// The shown value and its spread (half the range over the median) of `column` for
-    /// `peer`.
+    /// The shown value and its spread (half the interquartile range over the median) of
+    /// `column` for `peer`.
     fn shown(&self, column: &Column, peer: Peer) -> Option<(f64, Option<f64>)> {
         if column.show == Show::Scaling {
             let many = self.median(&column.workload, peer, column.threads, column.metric)?;
@@ -635,7 +636,7 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     let _ = writeln!(
         markdown,
         "\nMedians of {} run{}, one process per allocator and workload, the allocators' order rotated \
-         from one workload and run to the next. `±` is half the range of the runs over the median; \
+         from one workload and run to the next. `±` is half the interquartile range of the runs over the median (every run's value is in `runs.csv`); \
          `(1.23x)` is the allocator's figure over core-alloc's (so above 1 is worse than core-alloc \
          for times and memory, better for throughput and efficiency).",
         results.runs,
@@ -649,7 +650,7 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
         terminal.push_str(&text_table(&table, &rows));
         markdown.push_str(&markdown_table(&table, &rows));
     }
-    terminal.push_str("\n(ratios: the allocator's figure over core-alloc's; ± half the range of the runs)\n");
+    terminal.push_str("\n(ratios: the allocator's figure over core-alloc's; ± half the interquartile range of the runs over the median)\n");
     if !targets.is_empty() {
         terminal.push_str("\nTargets\n");
         markdown.push_str("\n**Targets** (goals, not assertions)\n\n");
