@@ -125,13 +125,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// The caller holds `slot` (inside the platform's slot closure).
     #[inline(always)]
     pub(crate) unsafe fn alloc_small(&self, slot: usize, class: usize) -> *mut u8 {
+        debug_assert!(class < CLASS_COUNT);
         let arena = self.arenas[slot].load(Ordering::Relaxed);
         if !arena.is_null() {
-            // SAFETY: the slot holder owns the arena and the slabs it lists.
+            // SAFETY: the slot holder owns the arena and the slabs it lists; `class` comes
+            // from `class_for`, so it is below CLASS_COUNT.
             unsafe {
-                let block = slab::pop((*arena).bins[class].current);
+                let block = slab::pop((*arena).bins.get_unchecked(class).current);
                 if !block.is_null() {
-                    count_one(&(*arena).counters.allocations[class]);
+                    count_one((*arena).counters.allocations.get_unchecked(class));
                     return block;
                 }
             }
@@ -261,12 +263,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[inline(always)]
     pub(crate) unsafe fn free_small(&self, slot: usize, run: *mut Run, block: *mut u8) {
         let arena = self.arenas[slot].load(Ordering::Relaxed);
-        // SAFETY: `run` is a live slab (caller); if the slot owns it, its lists are ours.
+        // SAFETY: `run` is a live slab (caller); if the slot owns it, its lists are ours. A
+        // slab's class is below CLASS_COUNT (set by `slab::init` from a class number).
         unsafe {
             let class = (*run).class as usize;
+            debug_assert!(class < CLASS_COUNT);
             if (*run).owner.load(Ordering::Relaxed) as usize == slot {
                 // Owning a slab implies the arena exists.
-                count_one(&(*arena).counters.frees[class]);
+                count_one((*arena).counters.frees.get_unchecked(class));
                 let emptied = slab::push_local(run, block);
                 // The current slab stays put, empty or not: a loop that allocates and frees
                 // one block never leaves this path.
@@ -274,14 +278,30 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     self.after_local_free(arena, run, emptied);
                 }
             } else {
-                let arena = self.arena(slot);
-                if arena.is_null() {
-                    self.stray_frees[class].fetch_add(1, Ordering::Relaxed);
-                } else {
-                    count_one(&(*arena).counters.frees[class]);
-                }
-                self.free_remote(run, block);
+                self.free_not_owned(slot, run, block);
             }
+        }
+    }
+
+    /// The part of [`free_small`](Self::free_small) for a slab the slot does not own, kept
+    /// out of line so that the owner's path stays small enough to inline.
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_small`](Self::free_small), and the slot does not own `run`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_not_owned(&self, slot: usize, run: *mut Run, block: *mut u8) {
+        // SAFETY: the caller's promises; the arena is the slot holder's.
+        unsafe {
+            let class = (*run).class as usize;
+            let arena = self.arena(slot);
+            if arena.is_null() {
+                self.stray_frees[class].fetch_add(1, Ordering::Relaxed);
+            } else {
+                count_one(&(*arena).counters.frees[class]);
+            }
+            self.free_remote(run, block);
         }
     }
 

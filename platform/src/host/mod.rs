@@ -103,26 +103,51 @@ impl HostPlatform {
         // caches until the slot is reused or collected, which is correct, only less thrifty.
     }
 
-    /// Runs `f` on a shared slot chosen from the thread's identity, under its lock.
+    /// The slot of a thread without an exclusive one yet: claims one if it can, else takes
+    /// the lock of a shared slot (released by `with_slot` after its closure).
     #[cold]
-    fn with_shared_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let index = thread_hash() % SHARED_SLOTS;
-        let lock = &SHARED[index].0;
-        let mut spins = 0u32;
-        while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            while lock.load(Ordering::Relaxed) {
-                spins += 1;
-                if spins < 64 {
-                    core::hint::spin_loop();
-                } else {
-                    // SAFETY: sched_yield has no preconditions.
-                    unsafe { libc::sched_yield() };
-                }
+    #[inline(never)]
+    fn acquire_slot_slow(&self) -> usize {
+        if THREAD_SLOT.with(Cell::get) == UNCLAIMED {
+            self.register_exit_hook();
+            // A thread that finds every exclusive slot taken shares from then on, rather
+            // than scanning the table at every call.
+            let claimed = claim_slot().unwrap_or(SHARING);
+            THREAD_SLOT.with(|state| state.set(claimed));
+            if claimed < EXCLUSIVE_SLOTS {
+                return claimed;
             }
         }
+        let index = thread_hash() % SHARED_SLOTS;
+        lock_shared(index);
+        EXCLUSIVE_SLOTS + index
+    }
+
+    /// Runs `f` on a shared slot chosen from the thread's identity, under its lock.
+    #[cfg(test)]
+    fn with_shared_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let index = thread_hash() % SHARED_SLOTS;
+        lock_shared(index);
         let result = f(EXCLUSIVE_SLOTS + index);
-        lock.store(false, Ordering::Release);
+        SHARED[index].0.store(false, Ordering::Release);
         result
+    }
+}
+
+/// Takes a shared slot's spin lock, yielding the CPU while it stays taken.
+fn lock_shared(index: usize) {
+    let lock = &SHARED[index].0;
+    let mut spins = 0u32;
+    while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while lock.load(Ordering::Relaxed) {
+            spins += 1;
+            if spins < 64 {
+                core::hint::spin_loop();
+            } else {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
     }
 }
 
@@ -234,21 +259,18 @@ unsafe impl Platform for HostPlatform {
 
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let slot = THREAD_SLOT.with(Cell::get);
-        if slot < EXCLUSIVE_SLOTS {
-            return f(slot);
+        // `f` has one call site, so that it inlines into the caller's fast path; the slow
+        // path only finds the slot (and takes a shared slot's lock, released here).
+        let mut slot = THREAD_SLOT.with(Cell::get);
+        let slow = slot >= EXCLUSIVE_SLOTS;
+        if slow {
+            slot = self.acquire_slot_slow();
         }
-        if slot == UNCLAIMED {
-            self.register_exit_hook();
-            // A thread that finds every exclusive slot taken shares from then on, rather
-            // than scanning the table at every call.
-            let claimed = claim_slot().unwrap_or(SHARING);
-            THREAD_SLOT.with(|state| state.set(claimed));
-            if claimed < EXCLUSIVE_SLOTS {
-                return f(claimed);
-            }
+        let result = f(slot);
+        if slow && slot >= EXCLUSIVE_SLOTS {
+            SHARED[slot - EXCLUSIVE_SLOTS].0.store(false, Ordering::Release);
         }
-        self.with_shared_slot(f)
+        result
     }
 
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
