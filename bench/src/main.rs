@@ -9,7 +9,8 @@
 //!
 //! Options: `--runs N`, `--allocators a,b`, `--workloads w1,w3,...`, `--out DIR` (default
 //! `target/bench` at the repository root), `--no-callgrind`, `--publish` (also copy the
-//! results and plots into `bench/results/`).
+//! results and plots into `bench/results/`), `--from DIR` (measure nothing: report again
+//! from the files of an earlier run).
 
 mod child;
 mod fixed;
@@ -31,7 +32,7 @@ use peers::Peer;
 static GLOBAL: peers::Dispatch = peers::Dispatch;
 
 const USAGE: &str = "usage: bench [--quick] [--runs N] [--allocators a,b,...] [--workloads w1,w2,...] \
-[--out DIR] [--no-callgrind] [--publish]
+[--out DIR] [--no-callgrind] [--publish] [--from DIR]
 workloads: w1 w2 w3 w4 w5 w6 w7 random-actions heap-efficiency instructions
 allocators: core-alloc glibc jemalloc mimalloc snmalloc talc rlsf buddy_system_allocator linked_list_allocator";
 
@@ -72,6 +73,7 @@ fn parse(arguments: &[String]) -> Result<orchestrate::Options, String> {
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
         callgrind: true,
         publish: false,
+        from: None,
     };
     let mut arguments = arguments.iter();
     while let Some(argument) = arguments.next() {
@@ -93,6 +95,7 @@ fn parse(arguments: &[String]) -> Result<orchestrate::Options, String> {
             "--out" => options.out = PathBuf::from(value()?),
             "--no-callgrind" => options.callgrind = false,
             "--publish" => options.publish = true,
+            "--from" => options.from = Some(PathBuf::from(value()?)),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }

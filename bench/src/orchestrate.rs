@@ -32,6 +32,8 @@ pub struct Options {
     pub callgrind: bool,
     /// Also copy the results into `bench/results/`.
     pub publish: bool,
+    /// Measure nothing: report again from the files a run wrote into this directory.
+    pub from: Option<PathBuf>,
 }
 
 /// A figure's identity: one CSV row.
@@ -65,6 +67,8 @@ pub struct Results {
     pub quick: bool,
     /// The machine and the code measured.
     pub machine: Vec<String>,
+    /// The command that measured them.
+    pub command: String,
 }
 
 impl Results {
@@ -192,13 +196,24 @@ fn plan(options: &Options) -> Vec<Unit> {
 
 /// Runs everything `options` asks for and writes the report.
 pub fn run(options: &Options) -> ExitCode {
+    if let Some(directory) = &options.from {
+        let written = report::load(directory).and_then(|results| report::write(&results, options));
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("bench: reporting from {} failed: {error}", directory.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let start = Instant::now();
     let runs = options.runs.unwrap_or(if options.quick { 1 } else { 9 });
     let limit = Duration::from_secs(if options.quick { 10 } else { 300 });
     let units = plan(options);
     let compute_scaling = Some(compute_scaling(if options.quick { 20_000_000 } else { 100_000_000 }));
     let machine = report::machine(compute_scaling);
-    let mut results = Results { runs, quick: options.quick, machine, ..Results::default() };
+    let command = report::command_line();
+    let mut results = Results { runs, quick: options.quick, machine, command, ..Results::default() };
     eprintln!(
         "bench: {} allocators x {} workload units x {runs} run(s){}",
         options.peers.len(),

@@ -99,9 +99,31 @@ struct Table {
 
 struct Figures<'a> {
     summaries: BTreeMap<&'a Key, Summary>,
+    values: &'a BTreeMap<Key, Vec<f64>>,
 }
 
 impl Figures<'_> {
+    fn runs(&self, workload: &str, peer: Peer, threads: usize, metric: &str) -> Option<&Vec<f64>> {
+        let key = Key { workload: workload.into(), peer, threads, metric: metric.into() };
+        self.values.get(&key)
+    }
+
+    /// Workload 3's scaling at `threads`: the median over runs of each run's throughput at
+    /// `threads` over the same run's at one thread (measured seconds apart, so slow drifts of
+    /// the machine cancel out), or the ratio of the medians if some run is missing.
+    fn scaling(&self, peer: Peer, threads: usize) -> Option<Summary> {
+        let workload = "w3_live_set_threads";
+        let many = self.runs(workload, peer, threads, "ops_per_s")?;
+        let one = self.runs(workload, peer, 1, "ops_per_s")?;
+        if many.len() == one.len() {
+            let ratios: Vec<f64> = many.iter().zip(one).map(|(many, one)| many / one).collect();
+            Some(summarize(&ratios))
+        } else {
+            let ratio = summarize(many).median / summarize(one).median;
+            Some(Summary { median: ratio, low: ratio, high: ratio })
+        }
+    }
+
     fn get(&self, workload: &str, peer: Peer, threads: usize, metric: &str) -> Option<Summary> {
         self.summaries
             .iter()
@@ -118,12 +140,11 @@ impl Figures<'_> {
     /// The shown value and its spread (half the interquartile range over the median) of
     /// `column` for `peer`.
     fn shown(&self, column: &Column, peer: Peer) -> Option<(f64, Option<f64>)> {
-        if column.show == Show::Scaling {
-            let many = self.median(&column.workload, peer, column.threads, column.metric)?;
-            let one = self.median(&column.workload, peer, 1, column.metric)?;
-            return Some((many / one, None));
-        }
-        let summary = self.get(&column.workload, peer, column.threads, column.metric)?;
+        let summary = if column.show == Show::Scaling {
+            self.scaling(peer, column.threads)?
+        } else {
+            self.get(&column.workload, peer, column.threads, column.metric)?
+        };
         let spread = (summary.median != 0.0 && summary.high > summary.low)
             .then(|| (summary.high - summary.low) / 2.0 / summary.median.abs());
         let value = match column.show {
@@ -360,12 +381,13 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
         }
     }
     for &count in threads.iter().filter(|&&count| count == 2) {
-        let ops = |threads| figures.median("w3_live_set_threads", core, threads, "ops_per_s");
-        if let (Some(one), Some(many)) = (ops(1), ops(count)) {
-            let scaling = many / one;
+        if let Some(scaling) = figures.scaling(core, count) {
             lines.push(format!(
-                "W3 {count} threads at least 1.9x one thread: {scaling:.2}x: {}",
-                verdict(scaling >= 1.9, format!("{scaling:.2}x of the 1.9x"))
+                "W3 {count} threads at least 1.9x one thread: {:.2}x (runs' quartiles {:.2}-{:.2}): {}",
+                scaling.median,
+                scaling.low,
+                scaling.high,
+                verdict(scaling.median >= 1.9, format!("{:.2}x of the 1.9x", scaling.median))
             ));
         }
     }
@@ -474,7 +496,8 @@ pub fn machine(compute_scaling: Option<f64>) -> Vec<String> {
     .collect()
 }
 
-fn command_line() -> String {
+/// The command line of this run, as a user types it.
+pub fn command_line() -> String {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let mut command = "cargo run --release --manifest-path bench/Cargo.toml".to_string();
     if !arguments.is_empty() {
@@ -581,8 +604,10 @@ fn plots(
 /// plots, and copies them into `bench/results/` with `--publish`.
 pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     fs::create_dir_all(&options.out)?;
-    let figures =
-        Figures { summaries: results.values.iter().map(|(key, values)| (key, summarize(values))).collect() };
+    let figures = Figures {
+        summaries: results.values.iter().map(|(key, values)| (key, summarize(values))).collect(),
+        values: &results.values,
+    };
     let mut csv = String::from("workload,allocator,threads,metric,value\n");
     let mut runs = String::from("workload,allocator,threads,metric,run,value\n");
     for (key, values) in &results.values {
@@ -611,6 +636,24 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     }
     fs::write(options.out.join("results.csv"), &csv)?;
     fs::write(options.out.join("runs.csv"), &runs)?;
+    let mut series = String::from("allocator,phase,progress,resident_bytes\n");
+    for (peer, samples) in &results.series {
+        for (phase, progress, resident) in samples {
+            let _ = writeln!(series, "{},{phase},{progress},{resident}", peer.name());
+        }
+    }
+    fs::write(options.out.join("series.csv"), &series)?;
+    let mut meta = format!(
+        "runs {}\nseconds {}\nquick {}\ncommand {}\n",
+        results.runs, results.seconds, results.quick, results.command
+    );
+    for line in &results.machine {
+        let _ = writeln!(meta, "machine {line}");
+    }
+    for (peer, unit, what) in &results.problems {
+        let _ = writeln!(meta, "problem {} {unit} {what}", peer.name());
+    }
+    fs::write(options.out.join("meta.txt"), &meta)?;
 
     let mut threads: Vec<usize> = results
         .values
@@ -622,7 +665,7 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     threads.dedup();
     let peers = &options.peers;
     let machine = &results.machine;
-    let command = command_line();
+    let command = &results.command;
     let targets = targets(&figures, &threads);
     let mut terminal = String::new();
     let mut markdown = String::from("## Results\n\n");
@@ -698,4 +741,52 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
         println!("copied into {}", published.display());
     }
     Ok(())
+}
+
+/// The results an earlier run wrote into `directory` (`runs.csv`, `series.csv`, `meta.txt`).
+pub fn load(directory: &Path) -> io::Result<Results> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut results = Results::default();
+    for line in fs::read_to_string(directory.join("runs.csv"))?.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [workload, peer, threads, metric, _run, value] = fields.as_slice() else {
+            return Err(invalid(format!("runs.csv: {line}")));
+        };
+        let peer = Peer::from_name(peer).ok_or_else(|| invalid(format!("runs.csv: allocator in {line}")))?;
+        let (Ok(threads), Ok(value)) = (threads.parse(), value.parse()) else {
+            return Err(invalid(format!("runs.csv: {line}")));
+        };
+        let key = Key { workload: workload.to_string(), peer, threads, metric: metric.to_string() };
+        results.values.entry(key).or_default().push(value);
+    }
+    let series = fs::read_to_string(directory.join("series.csv")).unwrap_or_default();
+    for line in series.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if let [peer, phase, progress, resident] = fields.as_slice()
+            && let (Some(peer), Ok(phase), Ok(progress), Ok(resident)) =
+                (Peer::from_name(peer), phase.parse(), progress.parse(), resident.parse())
+        {
+            results.series.entry(peer).or_default().push((phase, progress, resident));
+        }
+    }
+    for line in fs::read_to_string(directory.join("meta.txt"))?.lines() {
+        let (field, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match field {
+            "runs" => results.runs = rest.parse().unwrap_or(0),
+            "seconds" => results.seconds = rest.parse().unwrap_or(0.0),
+            "quick" => results.quick = rest == "true",
+            "command" => results.command = rest.to_string(),
+            "machine" => results.machine.push(rest.to_string()),
+            "problem" => {
+                let mut parts = rest.splitn(3, ' ');
+                if let (Some(peer), Some(unit), Some(what)) = (parts.next(), parts.next(), parts.next())
+                    && let Some(peer) = Peer::from_name(peer)
+                {
+                    results.problems.push((peer, unit.to_string(), what.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(results)
 }
