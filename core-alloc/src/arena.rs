@@ -189,10 +189,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     (*bin).current = adopted;
                     continue;
                 }
-                let Some((run, zeroed)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
+                let Some((run, _)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
                     return ptr::null_mut();
                 };
-                slab::init(run, class, slot, zeroed);
+                slab::init(run, class, slot);
                 (*run).list = LIST_CURRENT;
                 (*bin).current = run;
             }

@@ -73,8 +73,7 @@ pub(crate) struct Run {
     pub kind: u8,
     /// Slab: which list of its owner holds it (`LIST_*`); owner-only.
     pub list: u8,
-    /// Slab: blocks beyond `bump` read as zero (the pages were clean when carved).
-    pub fresh_zeroed: u8,
+    _padding: u8,
     /// Slab: the slot of the arena that owns it, or `NO_OWNER`.
     pub owner: AtomicU16,
     /// The first page of the run.
@@ -105,7 +104,7 @@ impl Run {
             class: 0,
             kind: RUN_FREE,
             list: LIST_NONE,
-            fresh_zeroed: 0,
+            _padding: 0,
             owner: AtomicU16::new(NO_OWNER),
             first_page: 0,
             pages: 0,

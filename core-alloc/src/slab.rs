@@ -98,7 +98,7 @@ unsafe fn write_link(block: usize, next: u32) {
 /// # Safety
 ///
 /// The caller has exclusive use of the descriptor, whose kind, first page and pages are set.
-pub(crate) unsafe fn init(run: *mut Run, class: usize, owner: usize, zeroed: bool) {
+pub(crate) unsafe fn init(run: *mut Run, class: usize, owner: usize) {
     // SAFETY: exclusive use of the descriptor (caller).
     unsafe {
         debug_assert_eq!((*run).kind, RUN_SLAB);
@@ -112,7 +112,6 @@ pub(crate) unsafe fn init(run: *mut Run, class: usize, owner: usize, zeroed: boo
         (*run).bump = start as u32;
         (*run).end = (start + slab_capacity(class) * size) as u32;
         (*run).list = LIST_NONE;
-        (*run).fresh_zeroed = zeroed as u8;
         (*run).owner.store(owner as u16, Ordering::Relaxed);
         (*run).remote.store(pack(0, 0, ACTIVE), Ordering::Relaxed);
         (*run).next = ptr::null_mut();
