@@ -6,10 +6,14 @@
 //! of an allocation is a pop from the current slab's free list; of a free by the owning slot,
 //! a push on the slab's local free list. Neither takes a lock or an atomic read-modify-write.
 //!
-//! A block freed from another slot goes onto its slab's remote list (one compare-exchange);
-//! if the owner had marked that slab FULL, the block goes to the owner arena's `delayed`
-//! list instead, which the owner drains on its next refill, freeing the blocks locally and so
-//! moving the slab back to `partial`. See `slab` for the remote word.
+//! Blocks a slot frees into a slab another slot owns are chained in the arena's remote batch
+//! while they belong to the same slab (up to `MAX_REMOTE_BATCH`), then handed over with one
+//! compare-exchange onto the slab's remote list; the batch is also handed over on the slot's
+//! next refill, `collect()` and release. (Frees into abandoned slabs are not batched: the
+//! last one releases the slab.) A pending batch keeps its one slab until then. If the owner had marked that slab FULL, the first
+//! block goes to the owner arena's `delayed` list instead, which the owner drains on its
+//! next refill, freeing the blocks locally and so moving the slab back to `partial`. See
+//! `slab` for the remote word.
 //!
 //! Empty slabs: the bin keeps its current slab even when empty (so a free-then-allocate loop
 //! does not take and return a slab every time); other slabs that empty go back to the
@@ -62,6 +66,18 @@ fn empty_run() -> *mut Run {
 /// Refills between two looks for idle empty current slabs.
 const IDLE_CHECK_INTERVAL: u32 = 256;
 
+/// Remote frees into one slab, chained (newest first) and handed over together.
+#[repr(C)]
+struct RemoteBatch {
+    run: *mut Run,
+    first: *mut u8,
+    last: *mut u8,
+    count: u32,
+}
+
+/// Blocks a remote batch holds before it is handed over.
+const MAX_REMOTE_BATCH: u32 = 32;
+
 /// Other CPUs write here: keep it off the owner's lines.
 #[repr(C, align(128))]
 struct Delayed(AtomicPtr<u8>);
@@ -72,6 +88,9 @@ pub(crate) struct Arena {
     bins: [Bin; CLASS_COUNT],
     /// Slow-path refills so far; paces the release of idle empty slabs.
     refills: u32,
+    /// Blocks this slot freed into one slab it does not own, chained and not handed over
+    /// yet: a batch costs one compare-exchange on the slab instead of one per block.
+    batch: RemoteBatch,
     pub(crate) counters: ArenaCounters,
     delayed: Delayed,
 }
@@ -157,6 +176,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
         unsafe {
+            self.hand_over_batch(arena);
             if !(*arena).delayed.0.load(Ordering::Relaxed).is_null() {
                 self.drain_delayed(slot, arena);
             }
@@ -298,10 +318,49 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let arena = self.arena(slot);
             if arena.is_null() {
                 self.stray_frees[class].fetch_add(1, Ordering::Relaxed);
-            } else {
-                count_one(&(*arena).counters.frees[class]);
+                self.free_remote(run, block, block, 1);
+                return;
             }
-            self.free_remote(run, block);
+            count_one(&(*arena).counters.frees[class]);
+            // An abandoned slab is released by the free of its last block: that must not wait
+            // in a batch. Batches are for slabs whose owner will collect them.
+            if (*run).owner.load(Ordering::Relaxed) == crate::chunk::NO_OWNER {
+                self.free_remote(run, block, block, 1);
+                return;
+            }
+            let batch = ptr::addr_of_mut!((*arena).batch);
+            if (*batch).run == run {
+                slab::link_to(block, (*batch).first);
+                (*batch).first = block;
+                (*batch).count += 1;
+                if (*batch).count == MAX_REMOTE_BATCH {
+                    self.hand_over_batch(arena);
+                }
+            } else {
+                self.hand_over_batch(arena);
+                slab::link_to(block, ptr::null_mut());
+                *batch = RemoteBatch { run, first: block, last: block, count: 1 };
+            }
+        }
+    }
+
+    /// Hands the slot's pending remote batch over to its slab.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot owning `arena`.
+    unsafe fn hand_over_batch(&self, arena: *mut Arena) {
+        // SAFETY: the slot holder owns the batch; its blocks are live blocks of its slab,
+        // chained, freed by this slot and not yet handed over.
+        unsafe {
+            let batch = ptr::addr_of_mut!((*arena).batch);
+            if (*batch).count == 0 {
+                return;
+            }
+            let RemoteBatch { run, first, last, count } = core::ptr::read(batch);
+            *batch =
+                RemoteBatch { run: ptr::null_mut(), first: ptr::null_mut(), last: ptr::null_mut(), count: 0 };
+            self.free_remote(run, first, last, count);
         }
     }
 
@@ -319,7 +378,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     self.after_local_free(arena, run, emptied);
                 }
             } else {
-                self.free_remote(run, block);
+                self.free_remote(run, block, block, 1);
             }
         }
     }
@@ -351,14 +410,18 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
-    /// Frees a block of a slab the caller's slot does not own.
+    /// Frees `count` blocks of a slab the caller's slot does not own, chained `first` to
+    /// `last` through their links.
     ///
     /// # Safety
     ///
-    /// `block` is a live block of the slab `run`, not owned by the caller's slot.
-    unsafe fn free_remote(&self, run: *mut Run, block: *mut u8) {
-        // SAFETY: the block is the caller's to give back; see `slab::push_remote`.
-        match unsafe { slab::push_remote(run, block, block, 1) } {
+    /// The blocks are live blocks of the slab `run`, chained as described, not owned by the
+    /// caller's slot.
+    unsafe fn free_remote(&self, run: *mut Run, first: *mut u8, last: *mut u8, count: u32) {
+        // SAFETY: the blocks are the caller's to give back; see `slab::push_remote`. When the
+        // slab was FULL, `first` is the block to hand to the owner's delayed list.
+        let block = first;
+        match unsafe { slab::push_remote(run, first, last, count) } {
             RemoteFree::Queued | RemoteFree::CountedOut => {}
             RemoteFree::WasFull(owner) => {
                 let owner_arena = self.arenas[owner as usize].load(Ordering::Acquire);
@@ -410,6 +473,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
         unsafe {
+            self.hand_over_batch(arena);
             self.drain_delayed(slot, arena);
             self.release_idle_current(arena, CLASS_COUNT);
             for class in 0..CLASS_COUNT {
@@ -449,6 +513,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: exclusive use of the slot (caller): the arena and its slabs are ours.
         unsafe {
+            self.hand_over_batch(arena);
             self.drain_delayed(slot, arena);
             for class in 0..CLASS_COUNT {
                 let bin = ptr::addr_of_mut!((*arena).bins[class]);

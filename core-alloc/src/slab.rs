@@ -93,6 +93,17 @@ unsafe fn write_link(block: usize, next: u32) {
     unsafe { (block as *mut u32).write(next) }
 }
 
+/// Links `block` to `next` (null: the end), as remote batches chain blocks of one slab.
+///
+/// # Safety
+///
+/// Both are blocks of the same slab, `block` is being freed by the caller.
+pub(crate) unsafe fn link_to(block: *mut u8, next: *mut u8) {
+    let next = if next.is_null() { 0 } else { (next as usize & CHUNK_MASK) as u32 };
+    // SAFETY: the caller's block, being freed, is at least 4 bytes and 4-aligned.
+    unsafe { write_link(block as usize, next) }
+}
+
 /// Sets up `run` (freshly carved, `RUN_SLAB`) as a slab of `class` owned by `owner`.
 ///
 /// # Safety
