@@ -564,7 +564,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Gives back what can be given back now: remote frees and empty slabs of the current
-    /// slot and of idle slots (threads that exited), and every cached empty chunk.
+    /// slot and of idle slots (threads that exited), and every cached empty chunk. It also
+    /// hands over the frees this slot was batching for other slots' slabs, which those slots
+    /// gather on their next refill or `collect()`: on kernels, call it from every CPU's idle
+    /// loop (two rounds on every CPU return everything freed).
     pub fn collect(&self) {
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
         self.platform.with_slot(|slot| unsafe { self.flush_arena(slot) });

@@ -418,10 +418,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// The blocks are live blocks of the slab `run`, chained as described, not owned by the
     /// caller's slot.
     unsafe fn free_remote(&self, run: *mut Run, first: *mut u8, last: *mut u8, count: u32) {
-        // SAFETY: the blocks are the caller's to give back; see `slab::push_remote`. When the
-        // slab was FULL, `first` is the block to hand to the owner's delayed list.
+        // When the slab was FULL, `first` is the block to hand to the owner's delayed list.
         let block = first;
-        match unsafe { slab::push_remote(run, first, last, count) } {
+        // SAFETY: the blocks are the caller's to give back; see `slab::push_remote`.
+        let outcome = unsafe { slab::push_remote(run, first, last, count) };
+        match outcome {
             RemoteFree::Queued | RemoteFree::CountedOut => {}
             RemoteFree::WasFull(owner) => {
                 let owner_arena = self.arenas[owner as usize].load(Ordering::Acquire);

@@ -395,6 +395,7 @@ pub(crate) fn memory_returned<P: PageProvider, Pl: Platform>(
 ) -> Outcome {
     let cpus = machine.cpu_count();
     machine.run_on_cpus(cpus, &|_| heap.allocator.collect());
+    machine.run_on_cpus(cpus, &|_| heap.allocator.collect());
     let free_before = (heap.free_frames)();
     let meta_before = heap.allocator.stats().heap.meta_chunks;
     // Every CPU fills its slot of the table; another CPU frees it.
@@ -421,6 +422,9 @@ pub(crate) fn memory_returned<P: PageProvider, Pl: Platform>(
     });
     drop(table);
     let free_retained = (heap.free_frames)();
+    // Two rounds: in the first every CPU also hands over the frees it was batching for other
+    // CPUs' slabs, which those CPUs may already have passed; the second gathers them.
+    machine.run_on_cpus(cpus, &|_| heap.allocator.collect());
     machine.run_on_cpus(cpus, &|_| heap.allocator.collect());
     let free_after = (heap.free_frames)();
     let meta_growth = heap.allocator.stats().heap.meta_chunks - meta_before;
