@@ -230,9 +230,6 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let (run, clean) = self.take_run(pages, align_pages, RUN_LARGE)?;
                 // SAFETY: a fresh large run, ours alone.
                 let first = unsafe { (*run).first_page as usize };
-                let mut heap = self.heap.lock();
-                heap.counters.large_live += 1;
-                heap.counters.large_live_bytes += pages * PAGE;
                 Some((page_address(run, first) as *mut u8, clean))
             })
         } else {
@@ -303,8 +300,6 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     );
                     return;
                 }
-                heap.counters.large_live -= 1;
-                heap.counters.large_live_bytes -= ((*run).pages as usize) << PAGE_SHIFT;
                 let release = heap.free_run(run, &self.map);
                 drop(heap);
                 self.give_back(release);
@@ -395,15 +390,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 {
                     let pages = new_size.div_ceil(PAGE);
                     let resized = self.platform.with_slot(|_| {
-                        let mut heap = self.heap.lock();
-                        let old_pages = (*run).pages as usize;
-                        let done = pages == old_pages || heap.resize_run(run, pages);
-                        if done {
-                            heap.counters.large_live_bytes = heap.counters.large_live_bytes
-                                - (old_pages << PAGE_SHIFT)
-                                + (pages << PAGE_SHIFT);
-                        }
-                        done
+                        pages == (*run).pages as usize || self.heap.lock().resize_run(run, pages)
                     });
                     if resized {
                         return block;

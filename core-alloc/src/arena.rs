@@ -291,14 +291,27 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             if (*run).owner.load(Ordering::Relaxed) as usize == slot {
                 // Owning a slab implies the arena exists.
                 count_one((*arena).counters.frees.get_unchecked(class));
-                let emptied = slab::push_local(run, block);
-                // The current slab stays put, empty or not: a loop that allocates and frees
-                // one block never leaves this path.
-                if (*run).list != LIST_CURRENT && (emptied || (*run).list == LIST_FULL) {
-                    self.after_local_free(arena, run, emptied);
-                }
+                self.free_owned(arena, run, block);
             } else {
                 self.free_not_owned(slot, run, block);
+            }
+        }
+    }
+
+    /// Frees a block of a slab the slot owns: a push on the local free list.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot owning `run` and `arena`; `block` is a live block of `run`.
+    #[inline(always)]
+    unsafe fn free_owned(&self, arena: *mut Arena, run: *mut Run, block: *mut u8) {
+        // SAFETY: the slot holder owns the slab and its lists (caller).
+        unsafe {
+            let emptied = slab::push_local(run, block);
+            // The current slab stays put, empty or not: a loop that allocates and frees one
+            // block never leaves this path.
+            if (*run).list != LIST_CURRENT && (emptied || (*run).list == LIST_FULL) {
+                self.after_local_free(arena, run, emptied);
             }
         }
     }
@@ -373,10 +386,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // SAFETY: as for `free_small`.
         unsafe {
             if (*run).owner.load(Ordering::Relaxed) as usize == slot {
-                let emptied = slab::push_local(run, block);
-                if (*run).list != LIST_CURRENT && (emptied || (*run).list == LIST_FULL) {
-                    self.after_local_free(arena, run, emptied);
-                }
+                self.free_owned(arena, run, block);
             } else {
                 self.free_remote(run, block, block, 1);
             }
@@ -431,15 +441,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 unsafe { push_delayed(owner_arena, block) };
             }
             RemoteFree::LastOfAbandoned => {
-                let mut heap = self.heap.lock();
                 // SAFETY: the slab has no live block and no owner (and can no longer be
-                // adopted): it is ours to release, off the orphan list first.
-                unsafe {
-                    heap.unlink_orphan(run);
-                    let release = heap.free_run(run, &self.map);
-                    drop(heap);
-                    self.give_back(release);
-                }
+                // adopted): it is ours to release (the heap takes it off its orphan list).
+                unsafe { self.release_run(run) };
             }
         }
     }

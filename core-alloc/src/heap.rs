@@ -28,7 +28,9 @@ use core::ptr::{self, NonNull};
 
 use page_provider::PageProvider;
 
-use crate::chunk::{ChunkHeader, HEADER_PAGES, LIST_NONE, LIST_ORPHAN, Run, USABLE_PAGES, chunk_of};
+use crate::chunk::{
+    ChunkHeader, HEADER_PAGES, LIST_NONE, LIST_ORPHAN, RUN_LARGE, RUN_SLAB, Run, USABLE_PAGES, chunk_of,
+};
 use crate::chunk_map::{
     ChunkMap, KIND_HUGE, KIND_HUGE_TAIL, KIND_SLAB, NODE_BYTES, count_of, entry, kind_of,
 };
@@ -223,6 +225,7 @@ impl Heap {
                 unsafe {
                     if let Some(found) = ChunkHeader::carve(chunk, pages, align_pages, kind) {
                         self.rebucket(chunk);
+                        self.count_carved(kind, pages);
                         return Some(found);
                     }
                     chunk = (*chunk).next;
@@ -253,6 +256,7 @@ impl Heap {
                 Some(found) => {
                     self.counters.slab_chunks += 1;
                     self.link(chunk);
+                    self.count_carved(kind, pages);
                     Some(found)
                 }
                 None => {
@@ -261,6 +265,14 @@ impl Heap {
                     None
                 }
             }
+        }
+    }
+
+    /// Counts a run just carved: large runs are live allocations in the statistics.
+    fn count_carved(&mut self, kind: u8, pages: usize) {
+        if kind == RUN_LARGE {
+            self.counters.large_live += 1;
+            self.counters.large_live_bytes += pages * PAGE;
         }
     }
 
@@ -284,18 +296,36 @@ impl Heap {
     ) -> Result<Option<(*mut Run, bool)>, ()> {
         self.counters.chunks_obtained += 1;
         // SAFETY: the caller's promise; the lock is held.
-        if !unsafe { self.attach_live_bits(chunk, provider) } {
-            self.counters.chunks_returned += 1;
-            return Err(());
-        }
-        if !self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) {
-            // SAFETY: attached just above; the chunk holds nothing.
-            unsafe { self.detach_live_bits(chunk) };
-            self.counters.chunks_returned += 1;
+        if !unsafe { self.take_in_slab_chunk(chunk, provider, map) } {
             return Err(());
         }
         // SAFETY: formatted, recorded, in no list.
         Ok(unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) })
+    }
+
+    /// Makes a formatted chunk one of the heap's slab chunks: its checked-build bits and its
+    /// chunk-map record. Returns false, undoing both and counting the chunk as given back,
+    /// when out of metadata memory: the caller then gives it back to the provider.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is ours, formatted by `ChunkHeader::init`, and known to nobody else.
+    unsafe fn take_in_slab_chunk<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> bool {
+        // SAFETY: the caller's promise; the lock is held.
+        if unsafe { self.attach_live_bits(chunk, provider) } {
+            if self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) {
+                return true;
+            }
+            // SAFETY: attached just above; the chunk holds nothing.
+            unsafe { self.detach_live_bits(chunk) };
+        }
+        self.counters.chunks_returned += 1;
+        false
     }
 
     /// Gives a run's pages back to its chunk; an emptied chunk goes to the empty cache, and
@@ -309,6 +339,12 @@ impl Heap {
         let chunk = chunk_of(run as usize);
         // SAFETY: the caller's promise; the lock is held.
         unsafe {
+            // An abandoned slab whose last block was just freed leaves its orphan list.
+            self.unlink_orphan(run);
+            if (*run).kind == RUN_LARGE {
+                self.counters.large_live -= 1;
+                self.counters.large_live_bytes -= ((*run).pages as usize) * PAGE;
+            }
             ChunkHeader::uncarve(run);
             self.rebucket(chunk);
             if (*chunk).free_count as usize != USABLE_PAGES {
@@ -346,11 +382,11 @@ impl Heap {
     ///
     /// # Safety
     ///
-    /// `run` is a slab of this heap.
-    pub(crate) unsafe fn unlink_orphan(&mut self, run: *mut Run) {
-        // SAFETY: the lock guards orphan lists and their tags.
+    /// `run` is a live run of this heap.
+    unsafe fn unlink_orphan(&mut self, run: *mut Run) {
+        // SAFETY: the lock guards orphan lists and their tags; only slabs carry list tags.
         unsafe {
-            if (*run).list != LIST_ORPHAN {
+            if (*run).kind != RUN_SLAB || (*run).list != LIST_ORPHAN {
                 return;
             }
             let (prev, next) = ((*run).prev, (*run).next);
@@ -396,9 +432,12 @@ impl Heap {
     pub(crate) unsafe fn resize_run(&mut self, run: *mut Run, pages: usize) -> bool {
         // SAFETY: the caller's promise; the lock is held.
         unsafe {
+            let old_pages = (*run).pages as usize;
             let resized = ChunkHeader::resize_in_place(run, pages);
             if resized {
                 self.rebucket(chunk_of(run as usize));
+                self.counters.large_live_bytes =
+                    self.counters.large_live_bytes - old_pages * PAGE + pages * PAGE;
             }
             resized
         }
@@ -619,17 +658,10 @@ impl Heap {
         map: &ChunkMap,
     ) -> bool {
         // SAFETY: the caller's promise; the lock is held.
-        let recorded = unsafe { self.attach_live_bits(chunk, provider) }
-            && (self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) || {
-                // SAFETY: attached just above.
-                unsafe { self.detach_live_bits(chunk) };
-                false
-            });
+        let recorded = unsafe { self.take_in_slab_chunk(chunk, provider, map) };
         if recorded {
             // SAFETY: formatted, recorded, in no list.
             unsafe { self.push_empty(chunk) };
-        } else {
-            self.counters.chunks_returned += 1;
         }
         recorded
     }

@@ -101,6 +101,47 @@ impl Default for MmapProvider {
     }
 }
 
+/// Maps `len` bytes (a multiple of CHUNK_SIZE) at a CHUNK_SIZE-aligned address with `prot`:
+/// one chunk more is mapped and the unaligned head and the tail are unmapped. Returns the
+/// aligned start.
+fn map_aligned(len: usize, prot: libc::c_int) -> Option<usize> {
+    let reserve = len + CHUNK_SIZE;
+    let flags = libc::MAP_PRIVATE
+        | libc::MAP_ANONYMOUS
+        | if prot == libc::PROT_NONE { libc::MAP_NORESERVE } else { 0 };
+    // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing
+    // touches no existing memory.
+    let mapped = unsafe { libc::mmap(core::ptr::null_mut(), reserve, prot, flags, -1, 0) };
+    if mapped == libc::MAP_FAILED {
+        return None;
+    }
+    let start = mapped as usize;
+    let base = start.next_multiple_of(CHUNK_SIZE);
+    let head = base - start;
+    let tail = reserve - head - len;
+    // SAFETY: the head and tail are parts of the mapping just made that the run does not
+    // include; nothing else knows of them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(mapped, head);
+        }
+        if tail > 0 {
+            libc::munmap((base + len) as *mut libc::c_void, tail);
+        }
+    }
+    Some(base)
+}
+
+impl MmapProvider {
+    /// Asks for transparent huge pages on a range this provider mapped, where THP is usable.
+    fn advise_huge(&self, base: usize, len: usize) {
+        if self.capabilities().contains(Capabilities::HUGE_PAGES) {
+            // SAFETY: advice on a range this provider mapped; failure only loses huge pages.
+            unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
 /// Reads a small sysfs file into `buffer` with raw system calls; returns the bytes read.
 fn read_small_file<'a>(path: &core::ffi::CStr, buffer: &'a mut [u8]) -> Option<&'a [u8]> {
     // SAFETY: `path` is NUL-terminated; the flags ask for a read-only descriptor.
@@ -167,41 +208,11 @@ unsafe impl PageProvider for MmapProvider {
 
     fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
         let len = count.checked_mul(CHUNK_SIZE).filter(|&len| count > 0 && len <= isize::MAX as usize / 2)?;
-        let reserve = len + CHUNK_SIZE;
-        // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing
-        // touches no existing memory.
-        let mapped = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                reserve,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if mapped == libc::MAP_FAILED {
+        let Some(base) = map_aligned(len, libc::PROT_READ | libc::PROT_WRITE) else {
             self.failed_maps.fetch_add(1, Ordering::Relaxed);
             return None;
-        }
-        let start = mapped as usize;
-        let base = start.next_multiple_of(CHUNK_SIZE);
-        let head = base - start;
-        let tail = reserve - head - len;
-        // SAFETY: the head and tail are parts of the mapping just made that the run does
-        // not include; nothing else knows of them.
-        unsafe {
-            if head > 0 {
-                libc::munmap(mapped, head);
-            }
-            if tail > 0 {
-                libc::munmap((base + len) as *mut libc::c_void, tail);
-            }
-        }
-        if self.capabilities().contains(Capabilities::HUGE_PAGES) {
-            // SAFETY: advice on a range this provider mapped; failure only loses huge pages.
-            unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-        }
+        };
+        self.advise_huge(base, len);
         self.chunks_mapped.fetch_add(count, Ordering::Relaxed);
         Some(Chunks { base: NonNull::new(base as *mut u8)?, zeroed: true })
     }
@@ -221,57 +232,25 @@ unsafe impl PageProvider for MmapProvider {
         // SAFETY: the caller's run is a mapping of this provider; without MREMAP_MAYMOVE the
         // kernel either extends it where it is or changes nothing.
         let grown = unsafe { libc::mremap(old, old_len, new_len, 0) };
-        if grown != libc::MAP_FAILED {
-            self.chunks_mapped.fetch_add(new_count - old_count, Ordering::Relaxed);
-            return Some(base);
-        }
-        // Otherwise reserve an aligned range and move the run's pages there.
-        let reserve = new_len + CHUNK_SIZE;
-        // SAFETY: a fresh inaccessible reservation at an address of the kernel's choosing.
-        let reserved = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                reserve,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+        let target = if grown != libc::MAP_FAILED {
+            base.as_ptr() as usize
+        } else {
+            // Otherwise move the run's pages onto an aligned reservation of the new size.
+            let target = map_aligned(new_len, libc::PROT_NONE)?;
+            // SAFETY: MREMAP_FIXED replaces exactly our own reservation with the caller's
+            // run, moving its page-table entries; on failure the run is untouched and the
+            // reservation, which nothing else knows of, is unmapped.
+            unsafe {
+                let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+                if libc::mremap(old, old_len, new_len, flags, target as *mut libc::c_void) == libc::MAP_FAILED
+                {
+                    libc::munmap(target as *mut libc::c_void, new_len);
+                    return None;
+                }
+            }
+            target
         };
-        if reserved == libc::MAP_FAILED {
-            return None;
-        }
-        let start = reserved as usize;
-        let target = start.next_multiple_of(CHUNK_SIZE);
-        // SAFETY: MREMAP_FIXED replaces part of our own reservation with the caller's run,
-        // moving its page-table entries; on failure the run is untouched.
-        let moved = unsafe {
-            libc::mremap(
-                old,
-                old_len,
-                new_len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                target as *mut libc::c_void,
-            )
-        };
-        // SAFETY: the unaligned head and the tail past the new run are parts of the
-        // reservation nothing uses (all of it, if the move failed).
-        unsafe {
-            if moved == libc::MAP_FAILED {
-                libc::munmap(reserved, reserve);
-                return None;
-            }
-            if target > start {
-                libc::munmap(reserved, target - start);
-            }
-            let end = target + new_len;
-            if start + reserve > end {
-                libc::munmap(end as *mut libc::c_void, start + reserve - end);
-            }
-            if self.capabilities().contains(Capabilities::HUGE_PAGES) {
-                libc::madvise(target as *mut libc::c_void, new_len, libc::MADV_HUGEPAGE);
-            }
-        }
+        self.advise_huge(target, new_len);
         self.chunks_mapped.fetch_add(new_count - old_count, Ordering::Relaxed);
         NonNull::new(target as *mut u8)
     }
