@@ -19,7 +19,7 @@
 //! which orders one holder's accesses to the slot's arena before the next holder's.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 use crate::{MAX_SLOTS, Platform};
 
@@ -46,9 +46,11 @@ static OWNERS: [AtomicU8; EXCLUSIVE_SLOTS] = [const { AtomicU8::new(FREE) }; EXC
 struct SharedLock(AtomicBool);
 static SHARED: [SharedLock; SHARED_SLOTS] = [const { SharedLock(AtomicBool::new(false)) }; SHARED_SLOTS];
 
-/// Functions run with the exiting thread's slot before the slot is freed.
+/// Functions run with the exiting thread's slot before the slot is freed: null, or a
+/// `fn(usize)` stored as a pointer (so that it keeps its provenance).
 const MAX_EXIT_HOOKS: usize = 8;
-static EXIT_HOOKS: [AtomicUsize; MAX_EXIT_HOOKS] = [const { AtomicUsize::new(0) }; MAX_EXIT_HOOKS];
+static EXIT_HOOKS: [AtomicPtr<()>; MAX_EXIT_HOOKS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_EXIT_HOOKS];
 
 /// The pthread key whose destructor frees the slot: 0 before creation, 1 while one thread
 /// creates it, `key + 2` after, `usize::MAX` if creation failed.
@@ -91,9 +93,9 @@ impl HostPlatform {
         if self.hook_registered.swap(true, Ordering::AcqRel) {
             return;
         }
-        let value = hook as usize;
+        let value = hook as *mut ();
         for entry in &EXIT_HOOKS {
-            match entry.compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(core::ptr::null_mut(), value, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(existing) if existing == value => return,
                 Err(_) => {}
@@ -237,9 +239,10 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     let slot = value as usize - 1;
     for entry in &EXIT_HOOKS {
         let hook = entry.load(Ordering::Acquire);
-        if hook != 0 {
-            // SAFETY: only `fn(usize)` pointers are stored in EXIT_HOOKS (register_exit_hook).
-            let hook: fn(usize) = unsafe { core::mem::transmute::<usize, fn(usize)>(hook) };
+        if !hook.is_null() {
+            // SAFETY: non-null entries of EXIT_HOOKS are only ever `fn(usize)` pointers cast
+            // to `*mut ()` (register_exit_hook), so this casts one back, with its provenance.
+            let hook = unsafe { core::mem::transmute::<*mut (), fn(usize)>(hook) };
             hook(slot);
         }
     }
