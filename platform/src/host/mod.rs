@@ -1,4 +1,4 @@
-//! Per-thread slots for user space on Linux (any pthreads system with thread-local storage).
+//! Per-thread slots for user space on Linux.
 //!
 //! A thread claims a slot of its own the first time it allocates and keeps it until it
 //! exits, so its fast path is one thread-local load and no atomic operation (the way
@@ -10,16 +10,42 @@
 //! Slots are process-wide: a thread holds the same index in every allocator instance over a
 //! `HostPlatform`, so exclusivity holds whichever instance is used.
 //!
-//! Nothing here allocates: the slot table is static, the thread-local has a constant
-//! initialiser and no destructor, and pthread keys below 32 need no memory in glibc.
+//! Nothing here allocates on its own: the slot table is static and the thread-local has a
+//! constant initialiser and no destructor. `pthread_setspecific` may allocate (glibc does
+//! for keys from 32 on); a thread marks itself as sharing before calling it, so an
+//! allocation it makes lands in a shared slot instead of claiming a second exclusive one.
 //!
-//! Concurrency: `OWNERS` entries move FREE -> OWNED (a thread claims it) -> FREE (the thread
-//! exits) and FREE -> LENT -> FREE ([`Platform::try_with_idle_slot`]); each transition out of
-//! FREE is a compare-exchange with acquire ordering and each return to FREE a release store,
-//! which orders one holder's accesses to the slot's arena before the next holder's.
+//! A thread that claims its slot during the last round of pthread key destructors (its first
+//! allocation is in another key's destructor, in round `PTHREAD_DESTRUCTOR_ITERATIONS`)
+//! never gets our destructor called: pthreads drops values set in the last round, and no
+//! portable interface tells a thread that it is in that round. Such a slot is taken back
+//! once its owner is gone: each owned entry names its thread (process and thread id), and
+//! a thread that finds no free slot, or [`Platform::try_with_idle_slot`], takes over a slot
+//! whose thread the kernel no longer knows (`tgkill(pid, tid, 0)` fails with `ESRCH`).
+//!
+//! Concurrency: an `OWNERS` entry is `FREE`, `LENT`, or an owner word (process id and
+//! thread id of the owning thread). It moves FREE -> owner (a thread claims it) -> FREE (the
+//! thread exits), FREE -> LENT -> FREE ([`Platform::try_with_idle_slot`]), and owner -> LENT
+//! -> owner or -> LENT -> FREE / new owner (a check of whether the owner has exited, which
+//! takes the entry first so that the check and the take-over cannot be separated by a
+//! release and a new claim). Each move out of FREE or an owner word is a compare-exchange
+//! with acquire ordering and each return to FREE a release operation, which orders one
+//! holder's accesses to the slot's arena before the next holder's; a slot taken from an
+//! exited owner is ordered after that owner's last accesses by the kernel (see
+//! [`take_from_exited_owner`]). An owner releases its slot with a compare-exchange, waiting
+//! while a check holds the entry, so a check never restores an owner word over a release.
+//!
+//! Entries owned by another process's threads (a child of `fork` inherits the table) carry
+//! that process's id and are never taken over: in the child, the slots of threads that did
+//! not survive the fork stay owned and are never used, so arenas they left mid-operation
+//! are never touched. (A descendant process given, by pid recycling, the id of an ancestor
+//! that forked and has since exited would see the ancestor's entries as its own and could
+//! take over the slot of a thread the fork left behind; this needs the kernel to hand an
+//! ancestor's pid to its own descendant.)
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::{MAX_SLOTS, Platform};
 
@@ -28,18 +54,23 @@ const SHARED_SLOTS: usize = 32;
 /// Slots a thread can own for its lifetime.
 const EXCLUSIVE_SLOTS: usize = MAX_SLOTS - SHARED_SLOTS;
 
-const FREE: u8 = 0;
-const OWNED: u8 = 1;
-const LENT: u8 = 2;
+/// An `OWNERS` entry nobody holds.
+const FREE: u64 = 0;
+/// An `OWNERS` entry held by [`Platform::try_with_idle_slot`] or by a check of its owner.
+const LENT: u64 = 1;
+/// The owner word of a thread whose ids could not be read: never taken over.
+const UNKNOWN_OWNER: u64 = 2;
 
 /// The thread has not claimed a slot yet.
 const UNCLAIMED: usize = usize::MAX;
 /// The thread's exit hook has run: it uses shared slots from now on.
 const EXITED: usize = usize::MAX - 1;
-/// No exclusive slot was free when the thread first asked: it uses shared slots.
+/// No exclusive slot was free when the thread first asked (or it is claiming one now): it
+/// uses shared slots.
 const SHARING: usize = usize::MAX - 2;
 
-static OWNERS: [AtomicU8; EXCLUSIVE_SLOTS] = [const { AtomicU8::new(FREE) }; EXCLUSIVE_SLOTS];
+/// Who holds each exclusive slot: `FREE`, `LENT` or an owner word ([`owner_word`]).
+static OWNERS: [AtomicU64; EXCLUSIVE_SLOTS] = [const { AtomicU64::new(FREE) }; EXCLUSIVE_SLOTS];
 
 /// One spin lock per shared slot, each on its own cache line.
 #[repr(align(128))]
@@ -52,13 +83,11 @@ const MAX_EXIT_HOOKS: usize = 8;
 static EXIT_HOOKS: [AtomicPtr<()>; MAX_EXIT_HOOKS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_EXIT_HOOKS];
 
-/// The pthread key whose destructor frees the slot: 0 before creation, 1 while one thread
-/// creates it, `key + 2` after, `usize::MAX` if creation failed.
-static KEY: AtomicUsize = AtomicUsize::new(0);
-const KEY_FAILED: usize = usize::MAX;
+/// The pthread key whose destructor frees the slot.
+static EXIT_KEY: LazyKey = LazyKey::new(on_thread_exit);
 
 std::thread_local! {
-    /// This thread's exclusive slot, or `UNCLAIMED` / `EXITED`.
+    /// This thread's exclusive slot, or `UNCLAIMED` / `EXITED` / `SHARING`.
     static THREAD_SLOT: Cell<usize> = const { Cell::new(UNCLAIMED) };
 }
 
@@ -82,7 +111,9 @@ impl HostPlatform {
     ///
     /// The hook is registered process-wide the first time a thread claims a slot through
     /// this platform, and from then on runs at every thread's exit (with that thread's slot):
-    /// use it for allocators that live for the whole process.
+    /// use it for allocators that live for the whole process. A thread whose slot is taken
+    /// over after it exited without running its destructor (see the module documentation)
+    /// does not run it; its slot's caches pass to the next holder.
     pub const fn with_exit_hook(hook: fn(usize)) -> Self {
         Self { exit_hook: Some(hook), hook_registered: AtomicBool::new(false) }
     }
@@ -90,19 +121,23 @@ impl HostPlatform {
     #[cold]
     fn register_exit_hook(&self) {
         let Some(hook) = self.exit_hook else { return };
-        if self.hook_registered.swap(true, Ordering::AcqRel) {
+        if self.hook_registered.load(Ordering::Acquire) {
             return;
         }
+        // The flag is set only once the hook is in the table, so that no thread claims a
+        // slot through this platform before the hook would run at its exit. Threads racing
+        // here all scan from the first entry, so the hook lands in the table once.
         let value = hook as *mut ();
         for entry in &EXIT_HOOKS {
             match entry.compare_exchange(core::ptr::null_mut(), value, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(existing) if existing == value => return,
+                Ok(_) => break,
+                Err(existing) if existing == value => break,
                 Err(_) => {}
             }
         }
-        // More than MAX_EXIT_HOOKS long-lived allocators: this one keeps exited threads'
+        // With more than MAX_EXIT_HOOKS long-lived allocators, one keeps exited threads'
         // caches until the slot is reused or collected, which is correct, only less thrifty.
+        self.hook_registered.store(true, Ordering::Release);
     }
 
     /// The slot of a thread without an exclusive one yet: claims one if it can, else takes
@@ -111,6 +146,9 @@ impl HostPlatform {
     #[inline(never)]
     fn acquire_slot_slow(&self) -> usize {
         if THREAD_SLOT.with(Cell::get) == UNCLAIMED {
+            // Sharing until the claim is done: an allocation made while claiming (by
+            // pthread_setspecific) uses a shared slot rather than claiming another one.
+            THREAD_SLOT.with(|state| state.set(SHARING));
             self.register_exit_hook();
             // A thread that finds every exclusive slot taken shares from then on, rather
             // than scanning the table at every call.
@@ -136,27 +174,35 @@ impl HostPlatform {
     }
 }
 
+/// Spins on `done` (which must not have side effects when it fails), yielding the CPU once
+/// spinning has not helped for a while.
+fn spin_until(mut done: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        spins += 1;
+        if spins < 64 {
+            core::hint::spin_loop();
+        } else {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
 /// Takes a shared slot's spin lock, yielding the CPU while it stays taken.
 fn lock_shared(index: usize) {
     let lock = &SHARED[index].0;
-    let mut spins = 0u32;
     while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        while lock.load(Ordering::Relaxed) {
-            spins += 1;
-            if spins < 64 {
-                core::hint::spin_loop();
-            } else {
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
-            }
-        }
+        spin_until(|| !lock.load(Ordering::Relaxed));
     }
 }
 
 /// Takes every shared-slot lock, so that no thread is inside a shared slot while the
 /// process forks (`pthread_atfork`'s prepare handler). Exclusive slots need nothing: in the
-/// child, the slots of threads that did not survive the fork stay owned and are never used
-/// again, so arenas they left mid-operation are never touched.
+/// child, the slots of threads that did not survive the fork stay owned (their entries name
+/// the parent process, so they are never taken over) and are never used again, so arenas
+/// they left mid-operation are never touched. The thread-exit key needs nothing either: it
+/// is never half-created (see [`LazyKey`]).
 pub fn lock_shared_slots_for_fork() {
     for lock in &SHARED {
         while lock.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
@@ -190,53 +236,174 @@ fn thread_hash() -> usize {
     mixed >> (usize::BITS / 2)
 }
 
-/// Returns the pthread key whose destructor releases slots, creating it on first use.
-fn exit_key() -> Option<libc::pthread_key_t> {
-    loop {
-        match KEY.load(Ordering::Acquire) {
-            0 => {
-                if KEY.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                    continue;
-                }
-                let mut key: libc::pthread_key_t = 0;
-                // SAFETY: `key` is a valid place to write the new key; the destructor has the
-                // signature pthreads expects.
-                let status = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
-                let published = if status == 0 { key as usize + 2 } else { KEY_FAILED };
-                KEY.store(published, Ordering::Release);
-            }
-            1 => core::hint::spin_loop(),
-            KEY_FAILED => return None,
-            published => return Some((published - 2) as libc::pthread_key_t),
+/// A pthread key created on first use, by whichever thread gets there first.
+///
+/// Threads that find no key each create one and publish theirs with a compare-exchange;
+/// the losers delete theirs. There is no "being created" state that others wait on, so a
+/// `fork` at any moment leaves the child either a published key or none (and the child then
+/// creates its own): a child never waits for a thread that does not exist in it. A key made
+/// in the parent by a thread that had not published it yet stays allocated in the child,
+/// unused (one pthread key).
+struct LazyKey {
+    /// 0 before publication, `key + 1` after, `KEY_FAILED` if creation failed.
+    state: AtomicUsize,
+    destructor: unsafe extern "C" fn(*mut c_void),
+}
+
+const KEY_FAILED: usize = usize::MAX;
+
+impl LazyKey {
+    const fn new(destructor: unsafe extern "C" fn(*mut c_void)) -> Self {
+        Self { state: AtomicUsize::new(0), destructor }
+    }
+
+    /// The key, created on first use; `None` if pthreads could not create one.
+    fn get(&self) -> Option<libc::pthread_key_t> {
+        self.get_pausing(|| {})
+    }
+
+    /// [`get`](Self::get), calling `before_publish` between creating a key and publishing
+    /// it (a pause point for tests; a no-op otherwise).
+    fn get_pausing(&self, before_publish: impl FnOnce()) -> Option<libc::pthread_key_t> {
+        let published = self.state.load(Ordering::Acquire);
+        if published != 0 {
+            return Self::decode(published);
         }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid place to write the new key; the destructor has the
+        // signature pthreads expects.
+        let status = unsafe { libc::pthread_key_create(&mut key, Some(self.destructor)) };
+        let mine = if status == 0 { key as usize + 1 } else { KEY_FAILED };
+        before_publish();
+        match self.state.compare_exchange(0, mine, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Self::decode(mine),
+            Err(published) => {
+                if status == 0 {
+                    // SAFETY: `key` is the key created above, never published, so no thread
+                    // has a value for it and nobody else uses it.
+                    unsafe { libc::pthread_key_delete(key) };
+                }
+                Self::decode(published)
+            }
+        }
+    }
+
+    fn decode(state: usize) -> Option<libc::pthread_key_t> {
+        if state == KEY_FAILED { None } else { Some((state - 1) as libc::pthread_key_t) }
     }
 }
 
-/// Claims a free exclusive slot for this thread and arms the exit destructor.
+/// The owner word of the calling thread: its process id in the high half, its thread id
+/// in the low half (both positive on Linux, so the word is above `UNKNOWN_OWNER`).
+fn owner_word() -> u64 {
+    // SAFETY: getpid and gettid have no preconditions and cannot fail.
+    let (process, thread) = unsafe { (libc::getpid(), libc::gettid()) };
+    if process > 0 && thread > 0 { (process as u64) << 32 | thread as u64 } else { UNKNOWN_OWNER }
+}
+
+/// Whether the thread an owner word names is gone from this process: the word names this
+/// process, and the kernel no longer knows the thread. A thread id reused by a newer thread
+/// of the process counts as alive (the slot just stays taken).
+fn owner_exited(word: u64, this_process: libc::pid_t) -> bool {
+    if word <= UNKNOWN_OWNER || (word >> 32) as libc::pid_t != this_process {
+        return false;
+    }
+    let thread = (word & u64::from(u32::MAX)) as libc::pid_t;
+    owner_thread_gone(this_process, thread)
+}
+
+#[cfg(not(miri))]
+fn owner_thread_gone(process: libc::pid_t, thread: libc::pid_t) -> bool {
+    // SAFETY: signal 0 sends nothing, it only checks that the thread exists; no memory is
+    // passed.
+    let status = unsafe { libc::syscall(libc::SYS_tgkill, process, thread, 0) };
+    status != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Miri cannot ask the kernel: every owner counts as alive, so slots are never taken over.
+#[cfg(miri)]
+fn owner_thread_gone(_process: libc::pid_t, _thread: libc::pid_t) -> bool {
+    false
+}
+
+/// Takes exclusive slot `slot` (leaving it `LENT`) if it is owned by a thread of this
+/// process that has exited without releasing it. The caller then holds the slot as if it
+/// had lent it, and ends with a release store of `FREE` or of its own owner word.
+///
+/// The entry is taken first and the owner checked after, so that the owner word checked is
+/// the one replaced: a slot released and claimed again meanwhile fails the exchange, and a
+/// live owner's word is put back (the owner, exiting meanwhile, waits for that; see
+/// [`release_own_slot`]). The exited owner's accesses to the slot's arena are ordered
+/// before ours by the kernel: the thread leaves the thread group (so that `tgkill` fails)
+/// only after it has stopped running, through locks that order its last user-space
+/// accesses before the lookup that fails; the fence makes that ordering hold for the
+/// compiler too.
+fn take_from_exited_owner(slot: usize, this_process: libc::pid_t) -> bool {
+    let owner = &OWNERS[slot];
+    let word = owner.load(Ordering::Relaxed);
+    if word <= UNKNOWN_OWNER || (word >> 32) as libc::pid_t != this_process {
+        return false;
+    }
+    if owner.compare_exchange(word, LENT, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    if owner_exited(word, this_process) {
+        core::sync::atomic::fence(Ordering::SeqCst);
+        true
+    } else {
+        owner.store(word, Ordering::Release);
+        false
+    }
+}
+
+/// Claims an exclusive slot for this thread and arms the exit destructor: a free slot if
+/// there is one, else one whose owner exited without releasing it.
 #[cold]
 fn claim_slot() -> Option<usize> {
-    let key = exit_key()?;
+    let key = EXIT_KEY.get()?;
+    let word = owner_word();
     let start = thread_hash() % EXCLUSIVE_SLOTS;
-    for step in 0..EXCLUSIVE_SLOTS {
-        let slot = (start + step) % EXCLUSIVE_SLOTS;
-        if OWNERS[slot].compare_exchange(FREE, OWNED, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            continue;
+    let slots = || (0..EXCLUSIVE_SLOTS).map(|step| (start + step) % EXCLUSIVE_SLOTS);
+    let slot = match slots()
+        .find(|&slot| OWNERS[slot].compare_exchange(FREE, word, Ordering::Acquire, Ordering::Relaxed).is_ok())
+    {
+        Some(slot) => slot,
+        None => {
+            // SAFETY: getpid has no preconditions.
+            let this_process = unsafe { libc::getpid() };
+            let slot = slots().find(|&slot| take_from_exited_owner(slot, this_process))?;
+            // The slot is ours (LENT by us); name ourselves as its owner.
+            OWNERS[slot].store(word, Ordering::Release);
+            slot
         }
-        // The value is slot + 1 so that it is never null (pthreads skips null values).
-        // SAFETY: `key` came from pthread_key_create and is never deleted.
-        let status = unsafe { libc::pthread_setspecific(key, (slot + 1) as *const libc::c_void) };
-        if status != 0 {
-            OWNERS[slot].store(FREE, Ordering::Release);
-            return None;
-        }
-        return Some(slot);
+    };
+    // The value is slot + 1 so that it is never null (pthreads skips null values).
+    // SAFETY: `key` came from pthread_key_create and is never deleted once published.
+    let status = unsafe { libc::pthread_setspecific(key, core::ptr::without_provenance(slot + 1)) };
+    if status != 0 {
+        OWNERS[slot].store(FREE, Ordering::Release);
+        return None;
     }
-    None
+    Some(slot)
+}
+
+/// Frees the calling thread's exclusive slot `slot`. The entry holds this thread's owner
+/// word (as of the claim; in a child of `fork`, the parent's) unless a check of the owner
+/// holds it (`LENT`) for a moment, after which it puts the word back: wait for that.
+fn release_own_slot(slot: usize) {
+    let owner = &OWNERS[slot];
+    loop {
+        let word = owner.load(Ordering::Relaxed);
+        if word != LENT && owner.compare_exchange(word, FREE, Ordering::Release, Ordering::Relaxed).is_ok() {
+            return;
+        }
+        spin_until(|| owner.load(Ordering::Relaxed) != LENT);
+    }
 }
 
 /// The pthread key destructor: runs the exit hooks with the thread's slot, then frees it.
-unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
-    let slot = value as usize - 1;
+unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
+    let slot = value.addr() - 1;
     for entry in &EXIT_HOOKS {
         let hook = entry.load(Ordering::Acquire);
         if !hook.is_null() {
@@ -247,13 +414,16 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
         }
     }
     THREAD_SLOT.with(|state| state.set(EXITED));
-    OWNERS[slot].store(FREE, Ordering::Release);
+    release_own_slot(slot);
 }
 
-// SAFETY: exclusive slots are held by one thread between a successful FREE->OWNED (or
-// FREE->LENT) compare-exchange with acquire ordering and a release store of FREE; a thread
-// records its slot only after winning that exchange. Shared slots are used only under their
-// spin lock, taken with acquire and released with release ordering. Indices are below
+// SAFETY: an exclusive slot is held by one thread at a time: a thread records a slot as its
+// own only after a successful FREE->owner compare-exchange (acquire) or after taking it from
+// an exited owner (LENT, see `take_from_exited_owner`), and gives it back with a release
+// compare-exchange to FREE at exit; a lender holds it between a FREE->LENT compare-exchange
+// (acquire) and a release store of FREE. A check of a live owner holds the entry LENT but
+// never touches the slot's arena. Shared slots are used only under their spin lock, taken
+// with acquire and released with release ordering. Indices are below
 // EXCLUSIVE_SLOTS + SHARED_SLOTS = MAX_SLOTS.
 unsafe impl Platform for HostPlatform {
     fn slot_count(&self) -> usize {
@@ -276,10 +446,18 @@ unsafe impl Platform for HostPlatform {
         result
     }
 
+    /// Lends a free exclusive slot, or one whose owner exited without releasing it, or an
+    /// unlocked shared slot.
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
         if slot < EXCLUSIVE_SLOTS {
             let owner = &OWNERS[slot];
-            owner.compare_exchange(FREE, LENT, Ordering::Acquire, Ordering::Relaxed).ok()?;
+            if owner.compare_exchange(FREE, LENT, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                // SAFETY: getpid has no preconditions.
+                let this_process = unsafe { libc::getpid() };
+                if !take_from_exited_owner(slot, this_process) {
+                    return None;
+                }
+            }
             let result = f();
             owner.store(FREE, Ordering::Release);
             Some(result)

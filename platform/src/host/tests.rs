@@ -61,7 +61,8 @@ fn an_owned_slot_is_not_lent_and_a_freed_one_is() {
         }
         std::thread::yield_now();
     }
-    assert!(lent || OWNERS[slot].load(Ordering::Acquire) == OWNED, "slot stuck after its owner exited");
+    let word = OWNERS[slot].load(Ordering::Acquire);
+    assert!(lent || word > UNKNOWN_OWNER, "slot stuck after its owner exited (entry {word:#x})");
 }
 
 static EXITED_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -72,8 +73,6 @@ fn record_exit(slot: usize) {
 
 static HOOKED: HostPlatform = HostPlatform::with_exit_hook(record_exit);
 
-/// Issue 8: the hooks were stored as integers and transmuted back to `fn(usize)`, a pointer
-/// without provenance; Miri stopped on the call. Run under Miri to check the fix.
 #[test]
 fn the_exit_hook_runs_with_the_exiting_threads_slot() {
     let slot = std::thread::spawn(|| HOOKED.with_slot(|slot| slot)).join().unwrap();
@@ -107,6 +106,107 @@ fn shared_slots_serialise_their_users() {
     });
     assert_eq!(overlaps.load(Ordering::Relaxed), 0, "two threads used one shared slot at once");
     assert_eq!(total.load(Ordering::Relaxed), 16000);
+}
+
+/// The destructor of the test keys below: nothing to release.
+unsafe extern "C" fn ignore_value(_value: *mut c_void) {}
+
+/// Issue 8: a thread that had marked the key as "being created" and was paused there by a
+/// `fork` left the child spinning forever on its first allocation. The creator is paused
+/// between creating its key and publishing it (the test-only pause point of `LazyKey`)
+/// while the main thread forks; the child must get a key of its own. A child that hangs is
+/// killed by its alarm and the test fails.
+#[test]
+#[cfg_attr(miri, ignore = "Miri does not support fork")]
+fn a_fork_while_another_thread_creates_the_key_gives_the_child_a_key() {
+    static TEST_KEY: LazyKey = LazyKey::new(ignore_value);
+    let paused = Barrier::new(2);
+    let resume = Barrier::new(2);
+    std::thread::scope(|scope| {
+        let creator = scope.spawn(|| {
+            TEST_KEY.get_pausing(|| {
+                paused.wait();
+                resume.wait();
+            })
+        });
+        paused.wait();
+        // SAFETY: the child calls only async-signal-safe functions (alarm, _exit) and
+        // LazyKey::get, which calls pthread_key_create (no lock, no allocation in glibc).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above; the alarm kills the child if it hangs.
+            unsafe {
+                libc::alarm(10);
+                let code = if TEST_KEY.get().is_some() { 0 } else { 1 };
+                libc::_exit(code);
+            }
+        }
+        assert!(child > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: `child` is our child process; `status` is a valid place to write.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        resume.wait();
+        assert_eq!(waited, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the forked child did not get a key (wait status {status:#x}; signal 14 = hung)"
+        );
+        assert!(creator.join().unwrap().is_some(), "the paused creator lost its key");
+    });
+}
+
+/// Issue 8: a thread whose first allocation is in a key destructor's last round sets the
+/// exit key's value too late for pthreads to call its destructor, so its slot stayed owned
+/// for good. `LATE` is created after the exit key (so that it comes later in pthreads'
+/// destructor order) and re-arms itself until the last round, where it claims a slot. Once
+/// the thread is gone, the slot must be taken back (here by `try_with_idle_slot`).
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot ask the kernel whether a thread exited")]
+fn a_slot_claimed_in_the_last_destructor_round_is_taken_back() {
+    static LATE: LazyKey = LazyKey::new(claim_in_last_round);
+    static LATE_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    unsafe extern "C" fn claim_in_last_round(value: *mut c_void) {
+        let round = value.addr();
+        // SAFETY: sysconf has no preconditions.
+        let rounds = unsafe { libc::sysconf(libc::_SC_THREAD_DESTRUCTOR_ITERATIONS) }.max(1) as usize;
+        if round < rounds {
+            // SAFETY: the key is LATE's, created before this thread started.
+            unsafe {
+                libc::pthread_setspecific(LATE.get().unwrap(), core::ptr::without_provenance(round + 1))
+            };
+        } else {
+            LATE_SLOT.store(HostPlatform::new().with_slot(|slot| slot), Ordering::Release);
+        }
+    }
+
+    EXIT_KEY.get().expect("no exit key");
+    let late = LATE.get().expect("no key");
+    std::thread::spawn(move || {
+        // SAFETY: `late` is a live key; round 1 is the destructor's first call.
+        unsafe { libc::pthread_setspecific(late, core::ptr::without_provenance(1)) };
+    })
+    .join()
+    .unwrap();
+    let slot = LATE_SLOT.load(Ordering::Acquire);
+    assert!(slot < EXCLUSIVE_SLOTS, "the last-round allocation got no exclusive slot ({slot})");
+    // pthread_join returns once the thread has cleared its thread id, a moment before the
+    // kernel forgets it: retry briefly. Nobody else can claim the slot meanwhile (it is not
+    // free), so only a take-over by this call can succeed.
+    let platform = HostPlatform::new();
+    let mut taken = false;
+    for _ in 0..10_000 {
+        if platform.try_with_idle_slot(slot, || ()).is_some() {
+            taken = true;
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert!(
+        taken,
+        "slot {slot} stayed owned after its thread exited (entry {:#x})",
+        OWNERS[slot].load(Ordering::Relaxed)
+    );
 }
 
 #[test]
