@@ -2,14 +2,19 @@
 //! one module per architecture, each exposing the same set of items:
 //!
 //! - `KernelPlatform`: the CPU index as the slot, interrupts masked for the closure;
-//! - `InterruptGuard`: masks interrupts and restores the previous state on drop (nests);
+//! - `InterruptGuard`: masks interrupts; the last live guard of a CPU to drop restores the
+//!   state the first one found, whatever the drop order (nests);
 //! - `HeapMapper`: 2 MiB mappings in the kernel's page tables for the heap window;
 //! - `cache_line_size()`: read from the CPU, never assumed.
 //!
-//! Only code for bare-metal targets (`target_os = "none"`) is built here.
+//! Only code for bare-metal targets (`target_os = "none"`) is built here, plus the portable
+//! nesting rule of interrupt guards (`nesting`, used by AArch64), which host tests check.
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod aarch64;
+
+#[cfg(any(test, all(target_arch = "aarch64", target_os = "none")))]
+mod nesting;

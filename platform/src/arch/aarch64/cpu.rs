@@ -1,33 +1,50 @@
-//! The CPU index (kept in TPIDR_EL1), the [`KernelPlatform`] built on it, and the cache-line
-//! size read from CTR_EL0.
+//! The CPU index (kept in TPIDR_EL1), each CPU's count of live interrupt guards, the
+//! [`KernelPlatform`] built on them, and the cache-line size read from CTR_EL0.
 //!
-//! Concurrency: TPIDR_EL1 is private to each CPU and written once at bring-up; a slot is
-//! made exclusive by masking interrupts on its CPU, so the fast path takes no lock and does
-//! no atomic read-modify-write.
+//! Concurrency: TPIDR_EL1 is private to each CPU and written once at bring-up; a CPU's
+//! guard count is touched only by that CPU with interrupts masked; a slot is made exclusive
+//! by masking interrupts on its CPU, so the fast path takes no lock and does no atomic
+//! read-modify-write.
 
 use core::arch::asm;
 
 use super::InterruptGuard;
 use crate::Platform;
+use crate::arch::nesting::MaskDepth;
 
 /// CPUs a [`KernelPlatform`] can index: every index given to [`init_cpu`] is below it.
 pub const MAX_CPUS: usize = 64;
 const _: () = assert!(MAX_CPUS <= crate::MAX_SLOTS);
 
-/// Records `index` as the calling CPU's dense index, in TPIDR_EL1.
+/// Each CPU's count of live [`InterruptGuard`]s, by CPU index; the last entry serves a CPU
+/// whose TPIDR_EL1 is not a valid index yet (the boot CPU before [`init_cpu`]).
+static MASK_DEPTHS: [MaskDepth; MAX_CPUS + 1] = [const { MaskDepth::new() }; MAX_CPUS + 1];
+
+/// The calling CPU's guard count. Called with interrupts masked, so that the CPU (and the
+/// index read) cannot change before the count is used.
+#[inline(always)]
+pub(super) fn current_mask_depth() -> &'static MaskDepth {
+    &MASK_DEPTHS[current_cpu_racy().min(MAX_CPUS)]
+}
+
+/// Records `index` as the calling CPU's dense index, in TPIDR_EL1, and starts its count of
+/// live interrupt guards at 0.
 ///
 /// # Safety
 ///
-/// Every CPU that runs code using a [`KernelPlatform`] calls this once at bring-up, before
-/// that code, each CPU with a different `index` below [`MAX_CPUS`] (0 for the boot CPU), and
-/// nothing else writes TPIDR_EL1 afterwards. The platform's promise of exclusive slots rests
-/// on this.
+/// Every CPU that runs code using a [`KernelPlatform`] or an [`InterruptGuard`] calls this
+/// once at bring-up, before that code, with no guard alive, each CPU with a different
+/// `index` below [`MAX_CPUS`] (0 for the boot CPU), and nothing else writes TPIDR_EL1
+/// afterwards. The platform's promise of exclusive slots and the guards' nesting rest on
+/// this. The one exception: the boot CPU may use guards before calling it (their counts go
+/// to whatever record its reset TPIDR_EL1 selects) while no other CPU runs.
 ///
 /// # Panics
 ///
 /// If `index` is not below [`MAX_CPUS`].
 pub unsafe fn init_cpu(index: usize) {
     assert!(index < MAX_CPUS, "CPU index {index} is not below MAX_CPUS ({MAX_CPUS})");
+    MASK_DEPTHS[index].reset();
     // SAFETY: TPIDR_EL1 is a software-only register that the caller hands over to us.
     unsafe {
         // A system register write: no memory, no stack, flags untouched.
@@ -84,10 +101,12 @@ impl KernelPlatform {
 
 // SAFETY: `init_cpu`'s callers give each CPU a distinct index below MAX_CPUS (the assert in
 // `with_slot` catches a CPU that skipped it and holds garbage). A closure for an index runs
-// on that index's CPU with IRQs and FIQs masked, so no other closure can start with the same
-// index until it returns: not on another CPU (the index is that CPU's alone), not in an
-// interrupt handler on this one (masked). Consecutive closures for an index run on the same
-// CPU, in program order, which orders them.
+// on that index's CPU with IRQs and FIQs masked by an `InterruptGuard`, whose per-CPU count
+// keeps them masked until the closure's guard is gone whatever order other guards drop in,
+// so no other closure can start with the same index until it returns: not on another CPU
+// (the index is that CPU's alone), not in an interrupt handler on this one (masked).
+// Consecutive closures for an index run on the same CPU, in program order, which orders
+// them.
 unsafe impl Platform for KernelPlatform {
     fn slot_count(&self) -> usize {
         MAX_CPUS

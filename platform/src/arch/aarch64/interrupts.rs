@@ -1,34 +1,38 @@
-//! Masking IRQs and FIQs on the current CPU through PSTATE.DAIF, as a nesting guard.
+//! Masking IRQs and FIQs on the current CPU through PSTATE.DAIF, as a nesting guard that
+//! survives out-of-order drops: [`InterruptGuard`].
+//!
+//! Each CPU counts its live guards (a record per CPU index, `cpu.rs`); the guard that
+//! raises the count from 0 saves DAIF, and the one that brings it back to 0, whichever it
+//! is, restores the I and F bits. So dropping an outer guard inside an inner one's scope
+//! (possible in safe code, for example inside a [`KernelPlatform::with_slot`] closure)
+//! cannot unmask interrupts early: the same promise as the x86-64 guard. The counting rule
+//! is portable (`arch/nesting.rs`) and tested on the host over a fake register.
 //!
 //! Masking is per CPU and needs no lock: while a guard lives, nothing else runs on this CPU
 //! (the kernel does not preempt with interrupts masked), which is what [`KernelPlatform`]
 //! builds its exclusive slots on.
 //!
 //! [`KernelPlatform`]: super::KernelPlatform
+//! [`KernelPlatform::with_slot`]: super::KernelPlatform
 
 use core::arch::asm;
-use core::marker::PhantomData;
+
+use super::cpu::current_mask_depth;
+use crate::arch::nesting::{MaskDepth, MaskRegister, NestedGuard};
 
 /// DAIF bit masking IRQs (PSTATE.I).
 const DAIF_IRQ: u64 = 1 << 7;
+/// DAIF bit masking FIQs (PSTATE.F).
+const DAIF_FIQ: u64 = 1 << 6;
 
-/// Masks IRQs and FIQs on the current CPU while it lives (FIQs too, so that a machine
-/// routing its timer to FIQ cannot enter the critical section either); dropping it restores the state
-/// found at creation, so guards nest (drop them in reverse order of creation, as scopes do).
-///
-/// `!Send`: the saved state belongs to the CPU that made the guard.
-#[must_use = "interrupts are unmasked again as soon as the guard is dropped"]
+/// PSTATE.DAIF of the current CPU, driven by the nesting rule.
 #[derive(Debug)]
-pub struct InterruptGuard {
-    saved_daif: u64,
-    _not_send: PhantomData<*mut ()>,
-}
+struct Daif;
 
-impl InterruptGuard {
-    /// Masks IRQs and FIQs, remembering whether they were masked before.
+impl MaskRegister for Daif {
     #[inline(always)]
-    pub fn new() -> Self {
-        let saved_daif: u64;
+    fn save_and_mask() -> u64 {
+        let saved: u64;
         // SAFETY: reading DAIF and setting its I and F bits only masks interrupts on this
         // CPU, which cannot break any invariant: code that must run with interrupts unmasked
         // does not exist in a kernel that uses this guard.
@@ -40,31 +44,68 @@ impl InterruptGuard {
             asm!(
                 "mrs {saved}, daif",
                 "msr daifset, #3",
-                saved = out(reg) saved_daif,
+                saved = out(reg) saved,
                 options(nostack, preserves_flags),
             );
         }
-        Self { saved_daif, _not_send: PhantomData }
+        saved
+    }
+
+    #[inline(always)]
+    fn restore(state: u64) {
+        // SAFETY: puts back the I and F bits this CPU had before its outermost live guard
+        // (the nesting rule calls this only when the CPU's last guard drops), leaving D and
+        // A as they are now. An exception taken between the read and the write returns
+        // with DAIF as it found it, so the write does not undo anything.
+        unsafe {
+            // Reads DAIF, replaces I and F with the saved ones, writes it back. No `nomem`:
+            // a compiler barrier, so the critical section's memory accesses cannot sink
+            // below the unmasking. MRS/MSR and BIC/ORR leave NZCV alone and use no stack.
+            asm!(
+                "mrs {now}, daif",
+                "bic {now}, {now}, {mask}",
+                "orr {now}, {now}, {saved}",
+                "msr daif, {now}",
+                now = out(reg) _,
+                mask = in(reg) DAIF_IRQ | DAIF_FIQ,
+                saved = in(reg) state & (DAIF_IRQ | DAIF_FIQ),
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+
+    #[inline(always)]
+    fn depth() -> &'static MaskDepth {
+        current_mask_depth()
+    }
+}
+
+/// Masks IRQs and FIQs on the current CPU while it lives (FIQs too, so that a machine
+/// routing its timer to FIQ cannot enter the critical section either). The last live guard
+/// of a CPU to drop restores the mask the first one found, whatever the drop order; guards
+/// nest.
+///
+/// `!Send`: a guard belongs to the CPU that made it. The kernel must have run
+/// [`init_cpu`](super::init_cpu) on the CPU first (the boot CPU may use guards before, while
+/// it is the only CPU running; see `init_cpu`).
+#[must_use = "interrupts are unmasked again as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct InterruptGuard {
+    _nested: NestedGuard<Daif>,
+}
+
+impl InterruptGuard {
+    /// Masks IRQs and FIQs (if they were not masked already) until the last live guard of
+    /// this CPU drops.
+    #[inline(always)]
+    pub fn new() -> Self {
+        Self { _nested: NestedGuard::new() }
     }
 }
 
 impl Default for InterruptGuard {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for InterruptGuard {
-    #[inline(always)]
-    fn drop(&mut self) {
-        // SAFETY: restores the DAIF value this CPU had when the guard was made (the guard is
-        // !Send, so this is the same CPU); any inner guard has already restored its own.
-        unsafe {
-            // Writes DAIF back whole. No `nomem`: a compiler barrier, so the critical
-            // section's memory accesses cannot sink below the unmasking. MSR DAIF does not
-            // change NZCV and uses no stack.
-            asm!("msr daif, {saved}", saved = in(reg) self.saved_daif, options(nostack, preserves_flags));
-        }
     }
 }
 
