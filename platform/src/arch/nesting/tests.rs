@@ -3,17 +3,22 @@
 
 extern crate std;
 
-use std::boxed::Box;
 use std::cell::Cell;
+use std::sync::atomic::AtomicUsize;
 
 use super::*;
 
 /// The AArch64 DAIF I and F bits (IRQ and FIQ masked).
 const MASK_BITS: u64 = 1 << 7 | 1 << 6;
 
+/// One count per test thread ("CPU"), handed out in order (statics, so that Miri sees no
+/// leak).
+static FAKE_DEPTHS: [MaskDepth; 64] = [const { MaskDepth::new() }; 64];
+static NEXT_FAKE_CPU: AtomicUsize = AtomicUsize::new(0);
+
 std::thread_local! {
     static FAKE_DAIF: Cell<u64> = const { Cell::new(0) };
-    static FAKE_DEPTH: &'static MaskDepth = Box::leak(Box::new(MaskDepth::new()));
+    static FAKE_CPU: usize = NEXT_FAKE_CPU.fetch_add(1, Ordering::Relaxed);
 }
 
 /// This thread's fake register; behaves as `AArch64`'s `Daif` register does.
@@ -29,7 +34,7 @@ impl MaskRegister for FakeDaif {
     }
 
     fn depth() -> &'static MaskDepth {
-        FAKE_DEPTH.with(|depth| *depth)
+        &FAKE_DEPTHS[FAKE_CPU.with(|cpu| *cpu)]
     }
 }
 
