@@ -10,7 +10,9 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
+
+use crate::sync::{AtomicPtr, Ordering, SpinLock};
 
 use page_provider::PageProvider;
 use platform::{MAX_SLOTS, Platform};
@@ -60,7 +62,7 @@ pub struct Allocator<P, Pl> {
     pub(crate) platform: Pl,
     /// One arena per slot, made on the slot's first use.
     pub(crate) arenas: [AtomicPtr<Arena>; MAX_SLOTS],
-    pub(crate) heap: spin::Mutex<Heap>,
+    pub(crate) heap: SpinLock<Heap>,
     pub(crate) map: ChunkMap,
     misuse_hook: MisuseHook,
     /// Frees counted here when their slot's arena could not be made (out of memory).
@@ -82,7 +84,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             provider,
             platform,
             arenas: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_SLOTS],
-            heap: spin::Mutex::new(Heap::new()),
+            heap: SpinLock::new(Heap::new()),
             map: ChunkMap::new(),
             misuse_hook: ignore_misuse,
             stray_frees: [const { AtomicU64::new(0) }; CLASS_COUNT],
@@ -166,17 +168,19 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
-    /// Whether `ptr` lies in memory this allocator holds for blocks: a slab chunk or a huge
-    /// allocation. A lookup in the chunk map that never touches the memory at `ptr`, so it
-    /// is safe for any address; a pointer for which it is false was not handed out by this
-    /// allocator (and freeing it would be a misuse).
+    /// Whether `ptr` may be a block this allocator handed out: it lies in a slab chunk (the
+    /// chunk of every small and large block), or it is the first byte of a huge allocation.
+    /// A lookup in the chunk map that never touches the memory at `ptr`, so it is safe for
+    /// any address. A pointer for which it is false was not handed out by this allocator,
+    /// and freeing it would be a misuse; a pointer inside a huge allocation but not at its
+    /// start is one of those (the free paths would otherwise read the huge block's bytes as
+    /// a chunk header).
     #[inline]
     pub fn owns(&self, ptr: *const u8) -> bool {
-        let found = self.map.get(ptr as usize);
-        let kind = crate::chunk_map::kind_of(found);
+        let address = ptr as usize;
+        let kind = crate::chunk_map::kind_of(self.map.get(address));
         kind == crate::chunk_map::KIND_SLAB
-            || kind == crate::chunk_map::KIND_HUGE
-            || kind == crate::chunk_map::KIND_HUGE_TAIL
+            || (kind == crate::chunk_map::KIND_HUGE && address & CHUNK_MASK == 0)
     }
 
     /// The bytes usable in the block at `ptr` (at least what was asked for).
@@ -381,12 +385,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             unsafe {
                 let run = run_of(address);
                 if (*run).kind == RUN_SLAB {
-                    if class_for(new_size, layout.align()) == Some((*run).class as usize) {
+                    if class_for(new_size, layout.align()) == Some((*run).class as usize)
+                        && address.is_multiple_of(layout.align())
+                    {
                         return block;
                     }
                 } else if new_size > crate::size_class::MAX_SMALL
                     && new_size <= MAX_LARGE
                     && layout.align() <= MAX_LARGE
+                    && address.is_multiple_of(layout.align())
                 {
                     let pages = new_size.div_ceil(PAGE);
                     let resized = self.platform.with_slot(|_| {
@@ -507,29 +514,37 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// A live huge allocation of `count` chunks starts at `address`, and nothing else uses
     /// it during the call; call inside a slot closure.
     unsafe fn grow_huge(&self, address: usize, count: usize, wanted: usize) -> Option<*mut u8> {
+        use crate::sync::{PausePoint, pause};
         if !self.provider.capabilities().contains(page_provider::Capabilities::REMAP)
             || wanted > crate::heap::MAX_REMAP_CHUNKS
-            || !self.heap.lock().reserve_meta(crate::heap::REMAP_META_BYTES, &self.provider)
         {
             return None;
         }
+        let mut heap = self.heap.lock();
+        // The nodes the new records may need, set aside now: the move happens without the
+        // lock, and other CPUs' metadata allocations must not take them meanwhile.
+        let mut reserve = heap.reserve_nodes(&self.provider)?;
+        // SAFETY: a live huge allocation of `count` chunks, the caller's; it is recorded
+        // again below, wherever it ends up.
+        unsafe { heap.unrecord_huge(address, count, &self.map) };
+        drop(heap);
+        pause(PausePoint::BeforeRemap);
         // SAFETY: the run is a huge allocation the provider handed out as one run (or its
         // aligned middle), now the caller's; `wanted > count`.
-        let moved =
-            unsafe { self.provider.remap(NonNull::new_unchecked(address as *mut u8), count, wanted)? };
-        // SAFETY: the allocation moved to `moved`; metadata was reserved above, and the lock
-        // was not needed by anybody for this block meanwhile (it is the caller's).
-        unsafe {
-            self.heap.lock().rehome_huge(
-                address,
-                count,
-                moved.as_ptr() as usize,
-                wanted,
-                &self.provider,
-                &self.map,
-            );
-        }
-        Some(moved.as_ptr())
+        let moved = unsafe { self.provider.remap(NonNull::new_unchecked(address as *mut u8), count, wanted) };
+        pause(PausePoint::AfterRemap);
+        let (new, new_count) = match moved {
+            Some(moved) => (moved.as_ptr() as usize, wanted),
+            // Not moved: still where it was, whole; the copying path takes over.
+            None => (address, count),
+        };
+        let mut heap = self.heap.lock();
+        // SAFETY: unrecorded above, the allocation now lives at `new`; `new_count` is at
+        // most MAX_REMAP_CHUNKS, which the reserve covers.
+        unsafe { heap.rehome_huge((address, count), (new, new_count), &mut reserve, &self.map) };
+        heap.return_nodes(reserve);
+        drop(heap);
+        moved.map(NonNull::as_ptr)
     }
 
     /// A snapshot of the statistics.
@@ -628,5 +643,52 @@ unsafe impl<P: PageProvider, Pl: Platform> GlobalAlloc for Allocator<P, Pl> {
             let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
             self.realloc_inner(ptr, layout.size(), new_layout)
         }
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+    use crate::testkit::{SimProvider, TestPlatform};
+
+    /// Issue 8, defect 3. The metadata "reservation" before a remap reserved nothing when
+    /// the metadata chunk was nearly full, so the records of a block moved to a new part of
+    /// the address space needed chunk-map nodes the provider then refused: a panic in debug
+    /// builds, a block the chunk map did not know in release builds.
+    #[test]
+    fn huge_growth_under_memory_pressure_fails_cleanly() {
+        // 8 GiB of address space (never touched): its two ends lie under different leaves
+        // of the chunk map, so a block moved from one end to the other needs new nodes.
+        let heap = Allocator::new(SimProvider::new(4096), TestPlatform::new());
+        let block = heap.allocate(3 << 20, 8).unwrap();
+        // SAFETY: a fresh block of 3 MiB.
+        unsafe { block.as_ptr().write_bytes(0xA5, 3 << 20) };
+        heap.heap.lock().use_up_meta(64); // the metadata chunk is nearly full
+        heap.provider().set_refuse(true);
+        heap.provider().set_remap_far(true);
+        // SAFETY: a live block of this heap.
+        let grown = unsafe { heap.reallocate(block, 8, 5 << 20) };
+        assert!(grown.is_none(), "grew although no metadata could be had");
+        assert!(heap.owns(block.as_ptr()), "the block lost its chunk-map record");
+        // SAFETY: the block is live and untouched.
+        unsafe {
+            assert_eq!(heap.usable_size(block), 4 << 20);
+            assert!(core::slice::from_raw_parts(block.as_ptr(), 3 << 20).iter().all(|&byte| byte == 0xA5));
+        }
+        heap.check_invariants().unwrap();
+        // Memory again: the block grows by remap, far away, and keeps its bytes.
+        heap.provider().set_refuse(false);
+        // SAFETY: a live block of this heap.
+        let grown = unsafe { heap.reallocate(block, 8, 5 << 20) }.unwrap();
+        assert_ne!(grown, block);
+        assert_eq!(heap.provider().remaps(), 1);
+        assert!(heap.owns(grown.as_ptr()) && !heap.owns(block.as_ptr()));
+        // SAFETY: the grown block keeps the first 3 MiB; then it is freed.
+        unsafe {
+            assert!(core::slice::from_raw_parts(grown.as_ptr(), 3 << 20).iter().all(|&byte| byte == 0xA5));
+            heap.free(grown);
+        }
+        assert_eq!(heap.stats().heap.huge_live, 0);
+        heap.check_invariants().unwrap();
     }
 }

@@ -27,9 +27,17 @@
 //! Concurrency: everything but `delayed` and the statistics is touched only by the holder
 //! of the arena's slot. `delayed` is a stack pushed by any CPU (compare-exchange with
 //! release) and emptied whole by the owner (swap with acquire), so it has no ABA problem.
+//! A free that won a FULL slab's exchange pushes to the arena its FULL word named, and may
+//! get there only after that slot was given up (`release_slot`), its slabs abandoned and
+//! the thread gone. So `release_slot` ends by closing the list (`DELAYED_CLOSED`); a push
+//! that finds it closed frees its block again through the slab's remote word, which by then
+//! is no longer FULL for that slot (abandoned, or adopted by a live arena). The next holder
+//! of the slot reopens the list on its first refill, before it owns any slab. (Deterministic
+//! test: `tests/races.rs`, `full_slab_free_racing_owner_exit`; model:
+//! `tests/model_check.rs`.)
 
+use crate::sync::{AtomicPtr, Ordering};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
 use page_provider::PageProvider;
 use platform::Platform;
@@ -81,6 +89,12 @@ const MAX_REMOTE_BATCH: u32 = 32;
 /// Other CPUs write here: keep it off the owner's lines.
 #[repr(C, align(128))]
 struct Delayed(AtomicPtr<u8>);
+
+/// The `delayed` value of an arena whose slot was given up: pushes fail (see the module
+/// documentation). Never a block address (blocks are at least 4-aligned).
+fn delayed_closed() -> *mut u8 {
+    ptr::without_provenance_mut(1)
+}
 
 /// One slot's arena; see the module documentation.
 #[repr(C, align(256))]
@@ -191,7 +205,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     if slab::refill(run) {
                         break;
                     }
-                    if !slab::mark_full(run) {
+                    if !slab::mark_full(run, slot) {
                         continue; // remote frees arrived: the next refill collects them
                     }
                     (*bin).current = empty_run();
@@ -414,7 +428,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 self.release_run(run);
             } else if list == LIST_FULL {
                 unlink(ptr::addr_of_mut!((*bin).full), run);
-                slab::unmark_full(run);
+                slab::unmark_full(run, (*run).owner.load(Ordering::Relaxed) as usize);
                 push_front(ptr::addr_of_mut!((*bin).partial), run, LIST_PARTIAL);
             }
         }
@@ -428,22 +442,33 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// The blocks are live blocks of the slab `run`, chained as described, not owned by the
     /// caller's slot.
     unsafe fn free_remote(&self, run: *mut Run, first: *mut u8, last: *mut u8, count: u32) {
-        // When the slab was FULL, `first` is the block to hand to the owner's delayed list.
-        let block = first;
-        // SAFETY: the blocks are the caller's to give back; see `slab::push_remote`.
-        let outcome = unsafe { slab::push_remote(run, first, last, count) };
-        match outcome {
-            RemoteFree::Queued | RemoteFree::CountedOut => {}
-            RemoteFree::WasFull(owner) => {
-                let owner_arena = self.arenas[owner as usize].load(Ordering::Acquire);
-                // SAFETY: an owned slab's owner made its arena before owning anything, and
-                // arenas are never freed; the block is the caller's.
-                unsafe { push_delayed(owner_arena, block) };
-            }
-            RemoteFree::LastOfAbandoned => {
-                // SAFETY: the slab has no live block and no owner (and can no longer be
-                // adopted): it is ours to release (the heap takes it off its orphan list).
-                unsafe { self.release_run(run) };
+        let (mut last, mut count) = (last, count);
+        loop {
+            // SAFETY: the blocks are the caller's to give back; see `slab::push_remote`.
+            let outcome = unsafe { slab::push_remote(run, first, last, count) };
+            match outcome {
+                RemoteFree::Queued | RemoteFree::CountedOut => return,
+                RemoteFree::WasFull(owner) => {
+                    crate::sync::pause(crate::sync::PausePoint::RemoteFreeWonFull);
+                    // The FULL word named `owner`, a slot below MAX_SLOTS that owned the slab
+                    // then (it made its arena before owning anything; arenas are never freed).
+                    let owner_arena = self.arenas[owner as usize].load(Ordering::Acquire);
+                    debug_assert!(!owner_arena.is_null());
+                    // SAFETY: a live arena; `first` is the caller's block (the rest, if any,
+                    // went to the remote list).
+                    if unsafe { push_delayed(owner_arena, first) } {
+                        return;
+                    }
+                    // The owner gave its slot up after marking the slab FULL: free the block
+                    // again through the slab, now abandoned or owned by another arena.
+                    (last, count) = (first, 1);
+                }
+                RemoteFree::LastOfAbandoned => {
+                    // SAFETY: the slab has no live block and no owner (and can no longer be
+                    // adopted): it is ours to release (the heap takes it off its orphan list).
+                    unsafe { self.release_run(run) };
+                    return;
+                }
             }
         }
     }
@@ -454,10 +479,25 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     ///
     /// The caller holds `slot`, whose arena is `arena`.
     unsafe fn drain_delayed(&self, slot: usize, arena: *mut Arena) {
+        // SAFETY: the caller holds the slot.
+        unsafe { self.drain_delayed_into(slot, arena, ptr::null_mut()) }
+    }
+
+    /// Empties the delayed list, leaving `then` in its place (null: open, or
+    /// `delayed_closed()`), and frees the blocks it held. A closed list counts as empty, and
+    /// draining it with null reopens it.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`.
+    unsafe fn drain_delayed_into(&self, slot: usize, arena: *mut Arena, then: *mut u8) {
         // SAFETY: the swap hands the whole list to the owner; each block is a live block
         // whose free was deferred here, linked through its first 8 bytes.
         unsafe {
-            let mut block = (*arena).delayed.0.swap(ptr::null_mut(), Ordering::Acquire);
+            let mut block = (*arena).delayed.0.swap(then, Ordering::Acquire);
+            if block == delayed_closed() {
+                block = ptr::null_mut();
+            }
             while !block.is_null() {
                 let next = block.cast::<*mut u8>().read_unaligned();
                 self.free_small_uncounted(slot, arena, run_of(block as usize), block);
@@ -493,7 +533,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                             self.release_run(run);
                         } else if (*run).list == LIST_FULL && slab::refill(run) {
                             unlink(list, run);
-                            slab::unmark_full(run);
+                            slab::unmark_full(run, slot);
                             push_front(ptr::addr_of_mut!((*bin).partial), run, LIST_PARTIAL);
                         }
                         run = next;
@@ -538,8 +578,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
             }
             // Frees that found a slab FULL just before it was abandoned handed their block
-            // here; they are remote frees into abandoned slabs now.
-            self.drain_delayed(slot, arena);
+            // here; they are remote frees into abandoned slabs now. Closing the list makes
+            // the frees still on their way to it free through the slab instead.
+            self.drain_delayed_into(slot, arena, delayed_closed());
         }
     }
 
@@ -601,20 +642,25 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 }
 
-/// Pushes a block on an arena's delayed list.
+/// Pushes a block on an arena's delayed list; returns false, pushing nothing, when the list
+/// is closed (its slot was given up).
 ///
 /// # Safety
 ///
 /// `arena` is a live arena; `block` is a live block being freed, at least 8 bytes long.
-unsafe fn push_delayed(arena: *mut Arena, block: *mut u8) {
+#[must_use]
+unsafe fn push_delayed(arena: *mut Arena, block: *mut u8) -> bool {
     // SAFETY: the block is ours to overwrite until the push publishes it (release).
     unsafe {
         let delayed = &(*arena).delayed.0;
         let mut head = delayed.load(Ordering::Relaxed);
         loop {
+            if head == delayed_closed() {
+                return false;
+            }
             block.cast::<*mut u8>().write_unaligned(head);
             match delayed.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(current) => head = current,
             }
         }

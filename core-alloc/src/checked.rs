@@ -10,7 +10,7 @@
 //! Concurrency: bits of one word belong to different blocks, so they are set and cleared
 //! with atomic or/and; each block's bit is changed by whoever holds the block.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 use page_provider::PageProvider;
 use platform::Platform;

@@ -22,8 +22,8 @@
 //! values. A slab's free-list fields belong to the arena that owns it (see `slab`); `remote`
 //! and `owner` are atomics shared with other CPUs.
 
+use crate::sync::{AtomicU16, AtomicU64};
 use core::ptr;
-use core::sync::atomic::{AtomicU16, AtomicU64};
 
 use page_provider::bitmap::Bitmap;
 
@@ -141,7 +141,7 @@ pub(crate) struct ChunkHeader {
     pub prev: *mut ChunkHeader,
     /// Checked builds: one bit per 8-byte granule, set where a live block starts.
     #[cfg(feature = "checked")]
-    pub live_bits: *mut core::sync::atomic::AtomicU64,
+    pub live_bits: *mut AtomicU64,
 }
 
 /// Checked builds: bytes of a chunk's side table of live-block bits.

@@ -9,8 +9,8 @@
 //! Concurrency: entries and node pointers are atomics. Writers hold the central heap lock
 //! (so node creation never races); readers take no lock and load with acquire ordering.
 
+use crate::sync::{AtomicPtr, AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::config::CHUNK_SHIFT;
 

@@ -41,9 +41,26 @@ use crate::slab;
 /// The largest huge allocation grown by remapping rather than copying, in chunks (4 GiB):
 /// its records fit in the metadata reserved before the move.
 pub(crate) const MAX_REMAP_CHUNKS: usize = 2048;
-/// Metadata reserved before a remap: recording a run of up to `MAX_REMAP_CHUNKS` chunks
-/// needs at most two nodes per level of the chunk map (six), plus alignment.
-pub(crate) const REMAP_META_BYTES: usize = 6 * NODE_BYTES + PAGE;
+/// Chunk-map nodes set aside before a remap: recording a run of up to `MAX_REMAP_CHUNKS`
+/// chunks (at most two leaves' worth) needs at most two new nodes per level below the root.
+pub(crate) const REMAP_NODES: usize = 6;
+
+/// Zeroed chunk-map nodes taken out of the heap for one caller's records, so that nobody
+/// else can use them while the caller works without the lock (a remap). What the caller
+/// does not use goes back with [`Heap::return_nodes`].
+#[must_use]
+pub(crate) struct NodeReserve {
+    nodes: [*mut u8; REMAP_NODES],
+    count: usize,
+}
+
+impl NodeReserve {
+    /// Hands out one of the reserved nodes.
+    fn take(&mut self) -> Option<NonNull<u8>> {
+        self.count = self.count.checked_sub(1)?;
+        NonNull::new(self.nodes[self.count])
+    }
+}
 
 /// Buckets by longest free run: 0 (full), then 1, 2-3, 4-7, ... 256-510 pages.
 const BUCKETS: usize = 10;
@@ -107,6 +124,9 @@ pub(crate) struct Heap {
     meta_cursor: usize,
     meta_end: usize,
     meta_zeroed: bool,
+    /// Zeroed chunk-map nodes a [`NodeReserve`] gave back, linked through their first word
+    /// (cleared again when handed out).
+    spare_nodes: *mut u8,
     /// Checked builds: side tables of chunks given back, kept for reuse (linked through
     /// their first word).
     #[cfg(feature = "checked")]
@@ -128,6 +148,7 @@ impl Heap {
             meta_cursor: 0,
             meta_end: 0,
             meta_zeroed: false,
+            spare_nodes: ptr::null_mut(),
             #[cfg(feature = "checked")]
             spare_live_bits: ptr::null_mut(),
             counters: HeapCounters {
@@ -498,12 +519,14 @@ impl Heap {
                 } else {
                     (*self.empty_tail).next = ptr::null_mut();
                 }
+                // Forgotten first: a checked build's misuse-free that looks the chunk up
+                // from now on is told it is not ours, before its table is recycled.
+                self.forget_chunks(chunk as usize, 1, map);
                 self.detach_live_bits(chunk);
                 (*chunk).next = release.chunks;
             }
             release.chunks = chunk;
             self.counters.cached_chunks -= 1;
-            self.forget_chunks(chunk as usize, 1, map);
             self.counters.chunks_returned += 1;
         }
         release
@@ -550,12 +573,16 @@ impl Heap {
     }
 
     /// Checked builds: takes a slab chunk's table of live-block bits back for reuse, as the
-    /// chunk stops being a slab chunk.
+    /// chunk stops being a slab chunk. The spare list links through the table's first word,
+    /// the bits of the chunk's first 512 bytes: header bytes, where no block starts, so no
+    /// free (not even a misuse-free racing with this after its chunk-map lookup) ever
+    /// changes it.
     ///
     /// # Safety
     ///
     /// `chunk` is an empty formatted slab chunk in no list.
     unsafe fn detach_live_bits(&mut self, chunk: *mut ChunkHeader) {
+        static_assertions::const_assert!(crate::chunk::HEADER_PAGES * PAGE >= 64 * 8);
         #[cfg(feature = "checked")]
         // SAFETY: the table belongs to the chunk, which has nothing live.
         unsafe {
@@ -569,9 +596,50 @@ impl Heap {
 
     /// Records `value` for the chunk at `address`, making map nodes from metadata memory.
     fn record<P: PageProvider>(&mut self, address: usize, value: u64, provider: &P, map: &ChunkMap) -> bool {
-        let mut new_node = || self.meta_alloc(NODE_BYTES, PAGE, provider);
+        let mut new_node = || self.new_node(provider);
         // SAFETY: the lock is held; metadata memory is zeroed, aligned and never freed.
         unsafe { map.set(address, value, &mut new_node) }
+    }
+
+    /// A zeroed chunk-map node: a spare one, or fresh metadata memory.
+    fn new_node<P: PageProvider>(&mut self, provider: &P) -> Option<NonNull<u8>> {
+        let spare = self.spare_nodes;
+        if spare.is_null() {
+            return self.meta_alloc(NODE_BYTES, PAGE, provider);
+        }
+        // SAFETY: spare nodes are zeroed metadata nodes of NODE_BYTES linked through their
+        // first word, which is cleared as the node leaves the list.
+        unsafe {
+            self.spare_nodes = spare.cast::<*mut u8>().read();
+            spare.cast::<*mut u8>().write(ptr::null_mut());
+        }
+        NonNull::new(spare)
+    }
+
+    /// Takes [`REMAP_NODES`] zeroed chunk-map nodes out of the heap for a caller that will
+    /// record chunks after dropping and retaking the lock; `None` (taking nothing) when the
+    /// provider refuses metadata memory.
+    pub(crate) fn reserve_nodes<P: PageProvider>(&mut self, provider: &P) -> Option<NodeReserve> {
+        let mut reserve = NodeReserve { nodes: [ptr::null_mut(); REMAP_NODES], count: 0 };
+        while reserve.count < REMAP_NODES {
+            let Some(node) = self.new_node(provider) else {
+                self.return_nodes(reserve);
+                return None;
+            };
+            reserve.nodes[reserve.count] = node.as_ptr();
+            reserve.count += 1;
+        }
+        Some(reserve)
+    }
+
+    /// Takes back the nodes of a reserve its holder did not use (still zeroed).
+    pub(crate) fn return_nodes(&mut self, mut reserve: NodeReserve) {
+        while let Some(node) = reserve.take() {
+            // SAFETY: a zeroed node of NODE_BYTES that nobody uses; its first word becomes
+            // the spare-list link.
+            unsafe { node.as_ptr().cast::<*mut u8>().write(self.spare_nodes) };
+            self.spare_nodes = node.as_ptr();
+        }
     }
 
     /// A single-chunk huge allocation from the empty cache, if it has a chunk.
@@ -689,40 +757,60 @@ impl Heap {
         self.counters.huge_live_bytes -= (count - keep) * CHUNK_SIZE;
     }
 
-    /// Makes sure at least `bytes` of metadata can be handed out without asking the
-    /// provider, so that the chunk-map records that follow cannot fail. Returns false when
-    /// the provider refuses a metadata chunk.
-    pub(crate) fn reserve_meta<P: PageProvider>(&mut self, bytes: usize, provider: &P) -> bool {
-        if self.meta_cursor != 0 && self.meta_end - self.meta_cursor >= bytes {
-            return true;
-        }
-        // Start a new metadata chunk by allocating nothing from it.
-        self.meta_cursor = self.meta_end;
-        self.meta_alloc(0, 1, provider).is_some()
-    }
-
-    /// Moves the records of a huge allocation that the provider moved (and grew) from
-    /// `old_count` chunks at `old` to `new_count` chunks at `new`.
+    /// Forgets the records of the huge allocation of `count` chunks at `base`, which is
+    /// about to be moved by the provider (outside the lock). Forgetting comes first, as on
+    /// every path that gives address space back: once the provider has moved the pages,
+    /// another CPU may be handed the old addresses and record them, and a forget after that
+    /// would erase its records. The allocation stays counted as live.
     ///
     /// # Safety
     ///
-    /// A live huge allocation of `old_count` chunks started at `old` and now lives at `new`;
-    /// [`reserve_meta`](Self::reserve_meta) made room for [`REMAP_META_BYTES`] just before.
-    pub(crate) unsafe fn rehome_huge<P: PageProvider>(
+    /// A live huge allocation of `count` chunks starts at `base`, and its holder is the
+    /// caller, who records it again with [`rehome_huge`](Self::rehome_huge).
+    pub(crate) unsafe fn unrecord_huge(&mut self, base: usize, count: usize, map: &ChunkMap) {
+        self.forget_chunks(base, count, map);
+    }
+
+    /// Records a huge allocation taken out of the map by
+    /// [`unrecord_huge`](Self::unrecord_huge) again, now `new_count` chunks at `new` (where
+    /// the provider moved it, or where it was if the move failed), with nodes from
+    /// `reserve` where the map needs new ones. Cannot fail: the reserve holds enough nodes
+    /// for any run of up to [`MAX_REMAP_CHUNKS`] chunks.
+    ///
+    /// # Safety
+    ///
+    /// The allocation was unrecorded from `old_count` chunks at `old`, and now lives at
+    /// `new`; `new_count <= MAX_REMAP_CHUNKS`.
+    pub(crate) unsafe fn rehome_huge(
         &mut self,
-        old: usize,
-        old_count: usize,
-        new: usize,
-        new_count: usize,
-        provider: &P,
+        (old, old_count): (usize, usize),
+        (new, new_count): (usize, usize),
+        reserve: &mut NodeReserve,
         map: &ChunkMap,
     ) {
-        self.forget_chunks(old, old_count, map);
-        self.counters.chunks_returned += old_count;
-        self.counters.huge_live -= 1;
-        self.counters.huge_live_bytes -= old_count * CHUNK_SIZE;
-        let recorded = self.record_huge(new, new_count, new_count, 0, provider, map);
-        debug_assert!(recorded, "the metadata reserved for a remap ran out");
+        debug_assert!(new_count <= MAX_REMAP_CHUNKS);
+        if (new, new_count) != (old, old_count) {
+            self.counters.chunks_returned += old_count;
+            self.counters.chunks_obtained += new_count;
+            self.counters.huge_live_bytes =
+                self.counters.huge_live_bytes - old_count * CHUNK_SIZE + new_count * CHUNK_SIZE;
+        }
+        for index in 0..new_count {
+            let value = if index == 0 { entry(KIND_HUGE, new_count) } else { entry(KIND_HUGE_TAIL, index) };
+            let mut new_node = || reserve.take();
+            // SAFETY: the lock is held (`&mut self`); reserved nodes are zeroed metadata
+            // memory, never freed.
+            let recorded = unsafe { map.set(new + index * CHUNK_SIZE, value, &mut new_node) };
+            // Two leaves and their two interior nodes per level cover any run of at most
+            // MAX_REMAP_CHUNKS chunks, so the reserve cannot run out.
+            debug_assert!(recorded, "a node reserve ran out");
+        }
+    }
+
+    /// Tests: uses up the current metadata chunk but for `left` bytes.
+    #[cfg(test)]
+    pub(crate) fn use_up_meta(&mut self, left: usize) {
+        self.meta_cursor = self.meta_end - left;
     }
 
     /// Bump-allocates zeroed metadata memory (arenas, chunk-map nodes), never freed.

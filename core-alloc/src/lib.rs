@@ -30,6 +30,7 @@ mod heap;
 pub mod size_class;
 mod slab;
 mod stats;
+pub mod sync;
 
 #[cfg(feature = "host")]
 pub mod host;

@@ -13,14 +13,21 @@
 //!
 //! ```text
 //! bits 0..32   chunk offset of the first block of the remote list (0: empty)
-//! bits 32..62  ACTIVE or FULL: blocks in the remote list; ABANDONED: blocks still live
+//! bits 32..62  ACTIVE: blocks in the remote list; FULL: the owner's slot;
+//!              ABANDONED: blocks still live
 //! bits 62..64  state
 //! ```
 //!
 //! - ACTIVE: the owner will find the blocks when it next refills from this slab.
 //! - FULL: the owner had no free block here and stopped looking at the slab. The first
 //!   remote free turns it ACTIVE and hands its block to the owner arena's delayed list
-//!   instead (see `arena`), which tells the owner the slab has space again.
+//!   instead (see `arena`), which tells the owner the slab has space again. The owner to
+//!   tell is read from the FULL word itself, the same word the freer's exchange checks:
+//!   the slab's `owner` field may have changed since the freer read it (the slab can be
+//!   abandoned, adopted by another slot and filled in between), but a FULL word names the
+//!   slot that marked it, and the exchange succeeds only while that word is current.
+//!   (Deterministic test: `tests/races.rs`, `stale_owner_in_a_remote_free`; model:
+//!   `tests/model_check.rs`.)
 //! - ABANDONED: no arena owns the slab (its thread exited); the count is the number of live
 //!   blocks, freed blocks are still linked on the list, and whoever frees the last one
 //!   releases the slab, unless an arena adopts it first (turning it ACTIVE again).
@@ -29,8 +36,8 @@
 //! acquire. A state change by the owner (to FULL or ABANDONED) is a compare-exchange that
 //! fails if a push got in first, so no push is lost.
 
+use crate::sync::Ordering;
 use core::ptr;
-use core::sync::atomic::Ordering;
 
 use crate::chunk::{LIST_NONE, NO_OWNER, RUN_SLAB, Run};
 use crate::config::{CHUNK_MASK, PAGE, PAGE_SHIFT};
@@ -44,6 +51,7 @@ pub(crate) const FULL: u64 = 1;
 pub(crate) const ABANDONED: u64 = 2;
 
 const HEAD_MASK: u64 = 0xFFFF_FFFF;
+static_assertions::const_assert!((crate::chunk::NO_OWNER as u64) < COUNT_MASK);
 const COUNT_SHIFT: u32 = 32;
 const COUNT_MASK: u64 = (1 << 30) - 1;
 const STATE_SHIFT: u32 = 62;
@@ -260,18 +268,23 @@ pub(crate) unsafe fn collect_remote(run: *mut Run) -> u32 {
     }
 }
 
-/// Marks a slab the owner has no free block in as FULL; returns false (changing nothing)
-/// when remote frees arrived and should be collected instead.
+/// Marks a slab the owner (`slot`) has no free block in as FULL; returns false (changing
+/// nothing) when remote frees arrived and should be collected instead. The FULL word names
+/// `slot`: the first remote free wakes that slot's arena.
 ///
 /// # Safety
 ///
-/// The caller owns the slab.
-pub(crate) unsafe fn mark_full(run: *mut Run) -> bool {
+/// The caller holds `slot`, which owns the slab.
+pub(crate) unsafe fn mark_full(run: *mut Run, slot: usize) -> bool {
     // SAFETY: the remote word is atomic.
     let remote = unsafe { &(*run).remote };
-    remote
-        .compare_exchange(pack(0, 0, ACTIVE), pack(0, 0, FULL), Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
+    debug_assert!(slot < crate::chunk::NO_OWNER as usize);
+    remote.compare_exchange(pack(0, 0, ACTIVE), full_word(slot), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
+/// The remote word of a slab `slot` marked FULL.
+fn full_word(slot: usize) -> u64 {
+    pack(0, slot as u64, FULL)
 }
 
 /// Marks a slab on its way back from the full list ACTIVE again (a free that came first
@@ -279,12 +292,12 @@ pub(crate) unsafe fn mark_full(run: *mut Run) -> bool {
 ///
 /// # Safety
 ///
-/// The caller owns the slab.
-pub(crate) unsafe fn unmark_full(run: *mut Run) {
+/// The caller holds `slot`, which owns the slab.
+pub(crate) unsafe fn unmark_full(run: *mut Run, slot: usize) {
     // SAFETY: the remote word is atomic.
     let remote = unsafe { &(*run).remote };
     let _ =
-        remote.compare_exchange(pack(0, 0, FULL), pack(0, 0, ACTIVE), Ordering::Relaxed, Ordering::Relaxed);
+        remote.compare_exchange(full_word(slot), pack(0, 0, ACTIVE), Ordering::Relaxed, Ordering::Relaxed);
 }
 
 /// Gives up ownership of a slab that still has live blocks: it becomes ABANDONED with its
@@ -306,8 +319,9 @@ pub(crate) unsafe fn abandon(run: *mut Run) -> bool {
     unsafe {
         let remote = &(*run).remote;
         // A FULL word has an empty list; if the exchange fails a free already made it ACTIVE.
+        let owner = (*run).owner.load(Ordering::Relaxed) as usize;
         let _ = remote.compare_exchange(
-            pack(0, 0, FULL),
+            full_word(owner),
             pack(0, 0, ACTIVE),
             Ordering::Relaxed,
             Ordering::Relaxed,
@@ -380,7 +394,7 @@ pub(crate) enum RemoteFree {
     /// The block is on the slab's remote list.
     Queued,
     /// The slab was FULL and is ACTIVE now; the caller must hand the block to the owner
-    /// arena's delayed list (the slot read before the change is given).
+    /// arena's delayed list (the slot named by the FULL word the exchange replaced).
     WasFull(u16),
     /// The slab was abandoned and this was its last live block: the caller releases it.
     LastOfAbandoned,
@@ -400,8 +414,7 @@ pub(crate) unsafe fn push_remote(run: *mut Run, first: *mut u8, last: *mut u8, c
     // owner are atomics; other fields are not touched.
     unsafe {
         let remote = &(*run).remote;
-        // Read before the exchange: ownership changes only after a FULL slab stops being FULL.
-        let owner = (*run).owner.load(Ordering::Relaxed);
+        crate::sync::pause(crate::sync::PausePoint::RemoteFreeOwnerRead);
         let first_offset = (first as usize & CHUNK_MASK) as u32;
         let mut word = remote.load(Ordering::Relaxed);
         loop {
@@ -410,13 +423,15 @@ pub(crate) unsafe fn push_remote(run: *mut Run, first: *mut u8, last: *mut u8, c
                     write_link(last as usize, head_of(word));
                     (pack(first_offset, count_of(word) + count as u64, ACTIVE), RemoteFree::Queued)
                 }
-                FULL if count == 1 => (pack(0, 0, ACTIVE), RemoteFree::WasFull(owner)),
+                // The owner to wake is the one this FULL word names (see the module
+                // documentation), never the `owner` field read at another moment.
+                FULL if count == 1 => (pack(0, 0, ACTIVE), RemoteFree::WasFull(count_of(word) as u16)),
                 FULL => {
                     // Queue all but the first block; the first goes to the owner's delayed
                     // list to wake the slab up.
                     let rest = read_link(first as usize);
                     write_link(last as usize, 0);
-                    (pack(rest, count as u64 - 1, ACTIVE), RemoteFree::WasFull(owner))
+                    (pack(rest, count as u64 - 1, ACTIVE), RemoteFree::WasFull(count_of(word) as u16))
                 }
                 _ => {
                     // Linked too, so that a slab adopted later gets these blocks back.
@@ -467,7 +482,7 @@ pub(crate) unsafe fn check_invariants(run: *const Run) -> Result<(), &'static st
             }
         }
         let word = (*run).remote.load(Ordering::Acquire);
-        let pending = if state_of(word) == ABANDONED { 0 } else { count_of(word) as usize };
+        let pending = if state_of(word) == ACTIVE { count_of(word) as usize } else { 0 };
         if listed + (*run).used as usize != carved || pending > (*run).used as usize {
             return Err("used + free blocks do not add up to the carved blocks");
         }

@@ -96,8 +96,15 @@ fn misuses_it_can_see_are_reported_and_leave_the_heap_working() {
     assert!(heap.owns(keep.as_ptr()) && heap.owns(other_large.as_ptr()));
     assert!(!heap.owns(foreign.as_ptr()) && !heap.owns(&on_stack) && !heap.owns(std::ptr::null()));
     let huge = heap.allocate(5 << 20, 8).unwrap();
-    // SAFETY: pointer arithmetic inside a live 5 MiB block.
-    assert!(heap.owns(unsafe { huge.as_ptr().add(4 << 20) }));
+    assert!(heap.owns(huge.as_ptr()));
+    // Pointers inside a huge block but not at its start were never handed out: freeing one
+    // must not read the block's bytes as a chunk header (a chunk-aligned one in a later
+    // chunk, and an unaligned one in the first chunk).
+    for offset in [4 << 20, 8, 1 << 20] {
+        // SAFETY: pointer arithmetic inside a live 5 MiB block.
+        let inside = unsafe { huge.as_ptr().add(offset) };
+        assert!(!heap.owns(inside), "a pointer {offset:#x} into a huge block counts as a block of ours");
+    }
     // SAFETY: a live block of this heap.
     unsafe { heap.free(huge) };
     assert!(!heap.owns(huge.as_ptr()), "a freed huge block is still owned");

@@ -20,6 +20,9 @@ use platform::Platform;
 
 use crate::Allocator;
 
+mod sim;
+pub use sim::{SimProvider, TEST_SLOTS, TestPlatform};
+
 /// A live block in the model.
 #[derive(Debug, Clone, Copy)]
 struct Live {
