@@ -44,6 +44,9 @@ mod model {
             #[repr(transparent)]
             pub(crate) struct $name$(<$generic>)?($inner);
 
+            // The whole `core` interface each type offers, whether the allocator uses all of
+            // it today or not.
+            #[allow(dead_code)]
             impl$(<$generic>)? $name$(<$generic>)? {
                 pub(crate) const fn new(value: $value) -> Self {
                     Self(<$inner>::new(value))
@@ -90,6 +93,7 @@ mod model {
     scheduled_atomic!(AtomicU64, core::sync::atomic::AtomicU64, u64);
     scheduled_atomic!(AtomicPtr, core::sync::atomic::AtomicPtr<T>, *mut T, T);
 
+    #[allow(dead_code)] // as above
     impl AtomicU64 {
         pub(crate) fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
             schedule();

@@ -23,6 +23,10 @@ use crate::Allocator;
 mod sim;
 pub use sim::{SimProvider, TEST_SLOTS, TestPlatform};
 
+/// The model checker the `shuttle` feature builds the allocator for (`tests/model_check.rs`).
+#[cfg(feature = "shuttle")]
+pub use shuttle;
+
 /// A live block in the model.
 #[derive(Debug, Clone, Copy)]
 struct Live {

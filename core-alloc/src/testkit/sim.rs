@@ -21,6 +21,8 @@ use crate::sync::SpinLock;
 /// Chunks of one host allocation; see the module documentation.
 pub struct SimProvider {
     base: *mut u8,
+    /// The allocation the chunks come from, given back when the provider is dropped.
+    allocation: (*mut u8, Layout),
     state: SpinLock<SimState>,
 }
 
@@ -37,8 +39,9 @@ struct SimState {
 }
 
 impl SimProvider {
-    /// A provider of `chunks` chunks, taken from the host allocator (zeroed) and leaked: the
-    /// allocator may keep pointers into it for as long as the process lives.
+    /// A provider of `chunks` chunks, taken from the host allocator (zeroed) and given back
+    /// when the provider is dropped (with the allocator that owns it: leak the allocator to
+    /// share it between threads, or drop it only after every thread using it is done).
     ///
     /// # Panics
     ///
@@ -55,6 +58,7 @@ impl SimProvider {
         Self {
             // Keeps the allocation's provenance (Miri checks it).
             base: start.wrapping_add(offset),
+            allocation: (start, layout),
             state: SpinLock::new(SimState {
                 used: std::vec![false; chunks],
                 dirty: std::vec![false; chunks],
@@ -98,7 +102,16 @@ impl SimProvider {
     }
 }
 
-// SAFETY: `base` is only a record of the leaked allocation the provider hands chunks out of;
+impl Drop for SimProvider {
+    fn drop(&mut self) {
+        let (start, layout) = self.allocation;
+        // SAFETY: allocated in `new` with this layout; whoever drops the provider (the
+        // allocator that owns it, being dropped) holds no block of it any more.
+        unsafe { std::alloc::dealloc(start, layout) };
+    }
+}
+
+// SAFETY: `base` is only a record of the allocation the provider hands chunks out of;
 // the state that says which chunks are out is behind the lock.
 unsafe impl Sync for SimProvider {}
 // SAFETY: as for Sync.

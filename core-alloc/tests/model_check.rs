@@ -1,0 +1,279 @@
+//! The allocator's concurrent protocols under the shuttle model checker: the real code, its
+//! every atomic operation and lock a scheduling point (`core-alloc/src/sync.rs`), run over
+//! many random and PCT schedules of small scenarios, each ending with the heap checked.
+//!
+//! ```sh
+//! cargo test -p core-alloc --features shuttle --test model_check --release
+//! MODEL_CHECK_ITERATIONS=100000 cargo test -p core-alloc --features shuttle --test model_check --release
+//! ```
+//!
+//! A failure prints the schedule; `shuttle::replay` with it reproduces the failure.
+//! Scenarios, and the protocols they cover:
+//! - `adoption_vs_remote_free`: slab remote word (ACTIVE/FULL/ABANDONED), adoption, orphan
+//!   lists, the last free of an abandoned slab, delayed lists (issue 8, defect 1).
+//! - `full_slab_free_vs_owner_exit`: FULL -> ACTIVE hand-off racing the owner's slot
+//!   release, delayed-list closing (issue 8, first suspected defect).
+//! - `huge_remap_vs_new_chunks`: chunk map under insert, forget and remap; node reserve
+//!   (issue 8, defect 2).
+//! - `orphans_under_churn`: orphan lists, batched remote frees, abandonment and adoption by
+//!   several slots at once, the last free releasing a slab.
+//! - `chunk_map_under_churn`: large, huge and cached chunks recorded and forgotten while
+//!   other threads look pointers up.
+#![cfg(feature = "shuttle")]
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use core_alloc::size_class::{class_for, slab_capacity};
+use core_alloc::testkit::shuttle::{self, thread};
+use core_alloc::testkit::{SimProvider, TestPlatform};
+use core_alloc::{Allocator, MisuseReport};
+use platform::Platform;
+
+type Heap = Allocator<SimProvider, TestPlatform>;
+
+fn panic_on_misuse(report: &MisuseReport) {
+    panic!("the allocator reported a misuse nobody made: {report:?}");
+}
+
+fn heap(chunks: usize) -> Arc<Heap> {
+    Arc::new(Allocator::new(SimProvider::new(chunks), TestPlatform::new()).with_misuse_hook(panic_on_misuse))
+}
+
+/// Schedules per scenario and scheduler: quick in CI, more with MODEL_CHECK_ITERATIONS.
+fn iterations() -> usize {
+    std::env::var("MODEL_CHECK_ITERATIONS").ok().and_then(|text| text.parse().ok()).unwrap_or(300)
+}
+
+/// Schedules run so far by this test binary (to say how many it took to find a bug).
+static SCHEDULES: AtomicUsize = AtomicUsize::new(0);
+
+/// Explores `scenario` with the random scheduler and with PCT (depth 3); on a failure,
+/// says how many schedules it took.
+fn explore(scenario: fn()) {
+    let counted = move || {
+        SCHEDULES.fetch_add(1, Ordering::Relaxed);
+        scenario();
+    };
+    let start = SCHEDULES.load(Ordering::Relaxed);
+    let explored = std::panic::catch_unwind(|| {
+        shuttle::check_random(counted, iterations());
+        shuttle::check_pct(counted, iterations(), 3);
+    });
+    if let Err(failure) = explored {
+        eprintln!("model check: failed at schedule {}", SCHEDULES.load(Ordering::Relaxed) - start);
+        std::panic::resume_unwind(failure);
+    }
+}
+
+const BLOCK: usize = 64;
+
+fn allocate(heap: &Heap, size: usize) -> usize {
+    heap.allocate(size, 8).expect("out of memory").as_ptr() as usize
+}
+
+fn free(heap: &Heap, block: usize) {
+    // SAFETY: every scenario frees each of its blocks once.
+    unsafe { heap.free(NonNull::new(block as *mut u8).unwrap()) }
+}
+
+fn exit_slot(heap: &Heap) {
+    // SAFETY: inside the slot closure the slot is this thread's alone; not inside another
+    // allocator call.
+    heap.platform().with_slot(|slot| unsafe { heap.release_slot(slot) });
+}
+
+/// Runs `work` on a new shuttle thread in `slot`.
+fn spawn<T: Send + 'static>(
+    heap: &Arc<Heap>,
+    slot: usize,
+    work: impl FnOnce(&Heap) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let heap = Arc::clone(heap);
+    thread::spawn(move || {
+        TestPlatform::enter(slot);
+        work(&heap)
+    })
+}
+
+/// Frees `blocks` from slot 0, gathers the remote frees of every slot still in use (not
+/// the `exited` ones: nobody would collect those), and checks the heap: no block live, no
+/// slab stranded, bookkeeping consistent.
+fn free_all_and_check(heap: &Arc<Heap>, blocks: Vec<usize>, exited: &[usize]) {
+    TestPlatform::enter(0);
+    for block in blocks {
+        free(heap, block);
+    }
+    for slot in (0..core_alloc::testkit::TEST_SLOTS).filter(|slot| !exited.contains(slot)) {
+        TestPlatform::enter(slot);
+        heap.collect();
+        heap.check_invariants().unwrap();
+    }
+    TestPlatform::enter(0);
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    assert_eq!(stats.heap.orphan_slabs, 0, "an abandoned slab was stranded");
+    assert_eq!(stats.heap.huge_live + stats.heap.large_live, 0);
+}
+
+fn slab_blocks() -> usize {
+    slab_capacity(class_for(BLOCK, 8).unwrap())
+}
+
+/// A slab abandoned with one free block left: one slot frees a block of it while another
+/// adopts it, takes the last block and marks it FULL.
+fn adoption_vs_remote_free() {
+    let heap = heap(8);
+    TestPlatform::enter(1);
+    let mut blocks: Vec<usize> = (1..slab_blocks()).map(|_| allocate(&heap, BLOCK)).collect();
+    exit_slot(&heap);
+    let victim = blocks.remove(0);
+    let consumer = spawn(&heap, 2, move |heap| free(heap, victim));
+    let taker = spawn(&heap, 3, |heap| [allocate(heap, BLOCK), allocate(heap, BLOCK)]);
+    consumer.join().unwrap();
+    blocks.extend(taker.join().unwrap());
+    free_all_and_check(&heap, blocks, &[1]);
+}
+
+#[test]
+fn model_adoption_vs_remote_free() {
+    explore(adoption_vs_remote_free);
+}
+
+/// A slab marked FULL by its owner: another slot frees a block of it (winning FULL ->
+/// ACTIVE) while the owner gives its slot up.
+fn full_slab_free_vs_owner_exit() {
+    let heap = heap(8);
+    TestPlatform::enter(1);
+    let mut blocks: Vec<usize> = (0..=slab_blocks()).map(|_| allocate(&heap, BLOCK)).collect();
+    let victim = blocks.remove(0);
+    let consumer = spawn(&heap, 2, move |heap| {
+        free(heap, victim);
+        heap.collect(); // hands the batched free over
+    });
+    let owner = spawn(&heap, 1, exit_slot);
+    consumer.join().unwrap();
+    owner.join().unwrap();
+    free_all_and_check(&heap, blocks, &[1]);
+}
+
+#[test]
+fn model_full_slab_free_vs_owner_exit() {
+    explore(full_slab_free_vs_owner_exit);
+}
+
+/// One slot grows a huge block (the provider moves it and frees the old range at once)
+/// while another maps and frees a huge block of the same size, which the provider places at
+/// the lowest free addresses: the old range, once it is free.
+fn huge_remap_vs_new_chunks() {
+    let heap = heap(16);
+    TestPlatform::enter(1);
+    let block = allocate(&heap, 3 << 20);
+    let blocker = allocate(&heap, 3 << 20); // growing in place is impossible
+    let grower = spawn(&heap, 1, move |heap| {
+        // SAFETY: a live block of this heap, used by nothing else.
+        let grown = unsafe { heap.reallocate(NonNull::new(block as *mut u8).unwrap(), 8, 5 << 20) };
+        grown.unwrap().as_ptr() as usize
+    });
+    let other = spawn(&heap, 2, |heap| {
+        let other = allocate(heap, 3 << 20);
+        assert!(heap.owns(other as *const u8));
+        free(heap, other);
+        let again = allocate(heap, 3 << 20);
+        assert!(heap.owns(again as *const u8));
+        again
+    });
+    let grown = grower.join().unwrap();
+    let again = other.join().unwrap();
+    assert!(heap.owns(grown as *const u8) && heap.owns(again as *const u8));
+    free_all_and_check(&heap, vec![grown, again, blocker], &[]);
+}
+
+#[test]
+fn model_huge_remap_vs_new_chunks() {
+    explore(huge_remap_vs_new_chunks);
+}
+
+/// Two slots allocate blocks of two classes and exit (abandoning their slabs); two slots
+/// free them, batching, while a fifth allocates the same classes (adopting).
+fn orphans_under_churn() {
+    let heap = heap(8);
+    let sizes = [BLOCK, 3 * BLOCK];
+    let producers: Vec<_> = (1..=2)
+        .map(|slot| {
+            spawn(&heap, slot, move |heap| {
+                let blocks: Vec<usize> = (0..24).map(|index| allocate(heap, sizes[index % 2])).collect();
+                exit_slot(heap);
+                blocks
+            })
+        })
+        .collect();
+    let mut blocks: Vec<usize> =
+        producers.into_iter().flat_map(|producer| producer.join().unwrap()).collect();
+    let second_half = blocks.split_off(blocks.len() / 2);
+    let first_half = std::mem::take(&mut blocks);
+    let consumers = [(3, first_half), (4, second_half)].map(|(slot, mine)| {
+        spawn(&heap, slot, move |heap| {
+            for (index, block) in mine.into_iter().enumerate() {
+                free(heap, block);
+                if index % 7 == 0 {
+                    heap.collect();
+                }
+            }
+        })
+    });
+    let adopter = spawn(&heap, 5, move |heap| (0..8).map(|index| allocate(heap, sizes[index % 2])).collect());
+    for consumer in consumers {
+        consumer.join().unwrap();
+    }
+    let kept: Vec<usize> = adopter.join().unwrap();
+    free_all_and_check(&heap, kept, &[1, 2]);
+}
+
+#[test]
+fn model_orphans_under_churn() {
+    explore(orphans_under_churn);
+}
+
+/// Large runs, single-chunk huge blocks (the empty-chunk cache) and a growing huge block,
+/// on three slots, while a fourth checks that live blocks stay known to the chunk map.
+fn chunk_map_under_churn() {
+    let heap = heap(24);
+    TestPlatform::enter(0);
+    let watched = allocate(&heap, 1 << 20 | 1); // one chunk, huge
+    let large = spawn(&heap, 1, |heap| {
+        for size in [200_000, 600_000, 64_000] {
+            let block = allocate(heap, size);
+            assert!(heap.owns(block as *const u8));
+            free(heap, block);
+        }
+    });
+    let huge = spawn(&heap, 2, |heap| {
+        for _ in 0..2 {
+            let block = allocate(heap, 1 << 20 | 1);
+            free(heap, block);
+        }
+    });
+    let grower = spawn(&heap, 3, |heap| {
+        let block = allocate(heap, 3 << 20);
+        // SAFETY: a live block of this heap, used by nothing else.
+        let grown = unsafe { heap.reallocate(NonNull::new(block as *mut u8).unwrap(), 8, 7 << 20) };
+        grown.unwrap().as_ptr() as usize
+    });
+    let watcher = spawn(&heap, 4, move |heap| {
+        for _ in 0..4 {
+            assert!(heap.owns(watched as *const u8), "a live block lost its record");
+        }
+    });
+    large.join().unwrap();
+    huge.join().unwrap();
+    watcher.join().unwrap();
+    let grown = grower.join().unwrap();
+    free_all_and_check(&heap, vec![watched, grown], &[]);
+}
+
+#[test]
+fn model_chunk_map_under_churn() {
+    explore(chunk_map_under_churn);
+}
