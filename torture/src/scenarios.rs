@@ -11,7 +11,8 @@
 //!   them, and another thread keeps allocating 64-byte blocks.
 //! - `huge`: two threads resize a block, one between 16 and 24 MiB, one between 6 and 10 MiB
 //!   (and now and then to another size from 2 to 32 MiB), while two others allocate and free
-//!   4 MiB and 600 KiB blocks: the pattern of a real crash.
+//!   4 MiB and 600 KiB blocks and a collector gives cached chunks back to the system every
+//!   20 ms: the pattern of a real crash.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -159,6 +160,9 @@ pub(crate) fn start(scenario: Scenario, shared: &Arc<Shared>, threads: usize) ->
             add("huge-realloc-6-10".into(), Box::new(|shared| huge_realloc(&shared, 6 << 20, 10 << 20)));
             add("alloc-4MiB".into(), Box::new(|shared| alloc_free_loop(&shared, 4 << 20)));
             add("alloc-600KiB".into(), Box::new(|shared| alloc_free_loop(&shared, 600 << 10)));
+            // Gives cached chunks back to the system, so that their addresses come back from
+            // mmap to other threads while blocks are being moved by mremap.
+            add("collector-huge".into(), Box::new(|shared| collector(&shared)));
         }
     }
     handles
