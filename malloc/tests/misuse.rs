@@ -63,6 +63,14 @@ fn malloc_usable_size_of_a_foreign_pointer() {
     aborts_with("usable-size-foreign", "malloc_usable_size(): invalid pointer 0x");
 }
 
+/// Issue 8, defect 6: a pointer inside a huge block passed the chunk-map check, and the free
+/// read the block's bytes as a chunk header.
+#[test]
+fn free_of_a_pointer_into_a_huge_block() {
+    aborts_with("free-into-huge", "free(): invalid pointer 0x");
+    aborts_with("free-into-huge-tail", "free(): invalid pointer 0x");
+}
+
 #[cfg(feature = "checked")]
 #[test]
 fn double_free() {

@@ -3,6 +3,7 @@
  * exits 0, which the test reports as a failure. */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "check.h"
@@ -72,6 +73,21 @@ static void free_interior(void) {
     free(launder(block + 8));
 }
 
+/* A pointer into a huge block (8 MiB: whole chunks of its own), past its first byte: both
+ * in its first chunk and at the start of a later one. Neither starts a block. */
+static void free_into_huge(void) {
+    char *block = malloc(8 << 20);
+    CHECK(block != NULL);
+    memset(block, 0x5A, 8 << 20);
+    free(launder(block + 4096));
+}
+
+static void free_into_huge_tail(void) {
+    char *block = malloc(8 << 20);
+    CHECK(block != NULL);
+    free(launder(block + (4 << 20)));
+}
+
 static const struct {
     const char *name;
     void (*run)(void);
@@ -86,6 +102,8 @@ static const struct {
     {"usable-size-foreign", usable_size_foreign},
     {"double-free", double_free},
     {"free-interior", free_interior},
+    {"free-into-huge", free_into_huge},
+    {"free-into-huge-tail", free_into_huge_tail},
 };
 
 int main(int argc, char **argv) {
