@@ -298,7 +298,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub(crate) unsafe fn free_small(&self, slot: usize, run: *mut Run, block: *mut u8) {
         let arena = self.arenas[slot].load(Ordering::Relaxed);
         // SAFETY: `run` is a live slab (caller); if the slot owns it, its lists are ours. A
-        // slab's class is below CLASS_COUNT (set by `slab::init` from a class number).
+        // slab's class is below CLASS_COUNT (set by `slab::init` from a class number). The
+        // relaxed load of `owner` is exact for this comparison: only the holder of a slot
+        // sets a slab's owner to that slot (`slab::init`, `slab::adopt`) or away from it
+        // (`slab::abandon`), so another CPU's change can never make it equal `slot`, nor
+        // stop it being `slot`, while this slot is held.
         unsafe {
             let class = (*run).class as usize;
             debug_assert!(class < CLASS_COUNT);
@@ -350,7 +354,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             count_one(&(*arena).counters.frees[class]);
             // An abandoned slab is released by the free of its last block: that must not wait
-            // in a batch. Batches are for slabs whose owner will collect them.
+            // in a batch. Batches are for slabs whose owner will collect them. (The load is
+            // a hint: a slab abandoned just after it keeps its batched blocks counted live
+            // until this slot hands the batch over, at its next refill, `collect()` or slot
+            // release; the hand-over then counts them out of the abandoned slab.)
             if (*run).owner.load(Ordering::Relaxed) == crate::chunk::NO_OWNER {
                 self.free_remote(run, block, block, 1);
                 return;
