@@ -93,8 +93,19 @@ pub const KERNELS: [Kernel; 2] = [
     },
 ];
 
-/// How long a boot may take before it counts as a hang.
+/// How long a boot may take before it counts as a hang (with the quick torture test).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The environment variable that sets the torture test's guest seconds when the kernels are
+/// built (the suite reads it with `option_env!`; unset, it runs a few seconds).
+pub const TORTURE_SECONDS: &str = "QEMU_TORTURE_SECONDS";
+
+/// [`BOOT_TIMEOUT`], plus twice the torture test's seconds when [`TORTURE_SECONDS`] asks for
+/// a long run: the kernels build with this process's environment.
+pub fn boot_timeout() -> Duration {
+    let torture = std::env::var(TORTURE_SECONDS).ok().and_then(|text| text.trim().parse::<u64>().ok());
+    BOOT_TIMEOUT + Duration::from_secs(2 * torture.unwrap_or(0))
+}
 
 /// The outcome of building and booting one kernel.
 #[derive(Debug, Clone, Default)]
@@ -211,9 +222,10 @@ pub fn build(kernel: &Kernel) -> Result<PathBuf, String> {
     Ok(target_dir.join(kernel.target).join("release").join(kernel.binary))
 }
 
-/// Boots a built kernel and parses what it prints; `echo` streams its serial output.
+/// Boots a built kernel and parses what it prints; `echo` streams its serial output. The
+/// boot counts as a hang after [`boot_timeout`].
 pub fn boot(kernel: &Kernel, elf: &Path, echo: bool) -> Report {
-    boot_within(kernel, elf, echo, BOOT_TIMEOUT)
+    boot_within(kernel, elf, echo, boot_timeout())
 }
 
 /// As [`boot`], counting the boot as a hang after `timeout`.

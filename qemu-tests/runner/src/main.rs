@@ -3,6 +3,10 @@
 //! line per architecture: `x86_64: N passed, M failed`, `aarch64: N passed, M failed`.
 //!
 //! `cargo run --release -p qemu-runner [-- x86_64|aarch64] [--quiet]`
+//!
+//! The suite's torture test runs a few seconds of guest time on each kernel. For a long run,
+//! set `QEMU_TORTURE_SECONDS` (guest seconds): the kernels are rebuilt with it and each boot
+//! may take twice that much longer, e.g. `QEMU_TORTURE_SECONDS=300 cargo qemu aarch64`.
 
 use qemu_runner::{KERNELS, build_and_boot, ensure_qemu};
 

@@ -13,6 +13,7 @@ extern crate alloc;
 mod compare;
 mod heap;
 mod smoke;
+mod torture;
 
 use alloc::string::String;
 use core::fmt::Write;
@@ -129,6 +130,7 @@ pub fn run<P: PageProvider, Pl: Platform>(machine: &dyn Machine, heap: &HeapUnde
     test("allocation_from_interrupt_context", heap::allocation_from_interrupts(machine, heap));
     test("out_of_memory_returns_null_and_recovers", heap::out_of_memory(machine, heap));
     test("memory_returned_to_the_provider", heap::memory_returned(machine, heap));
+    test("torture_every_path_on_every_cpu_and_in_interrupts", torture::torture(machine, heap));
     test("compare_with_linked_list_allocator", compare::against_linked_list(machine, heap));
     test("heap_invariants_on_every_cpu", heap::invariants_on_every_cpu(machine, heap));
     let stats = heap.allocator.stats();
