@@ -202,12 +202,13 @@ pub extern "C" fn aligned_alloc(alignment: usize, size: usize) -> *mut c_void {
     or_enomem(HEAP.allocate(size, alignment.max(natural_align(size))))
 }
 
-/// The obsolete `memalign`, as glibc has it: an alignment up to `alignof(max_align_t)` is
-/// `malloc`'s, one that is not a power of two is rounded up to the next, and one above
-/// `SIZE_MAX / 2 + 1` fails with `EINVAL`.
+/// The obsolete `memalign`, as glibc has it: an alignment that is not a power of two is
+/// rounded up to the next, and one above `SIZE_MAX / 2 + 1` fails with `EINVAL`. An
+/// alignment that `malloc` gives this size anyway is `malloc`'s (blocks under 16 bytes are
+/// only 8-aligned there, so `memalign(16, 1)` is not).
 #[unsafe(no_mangle)]
 pub extern "C" fn memalign(alignment: usize, size: usize) -> *mut c_void {
-    if alignment <= MAX_ALIGN {
+    if alignment <= natural_align(size) {
         return malloc(size);
     }
     if alignment > usize::MAX / 2 + 1 {

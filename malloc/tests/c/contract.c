@@ -208,6 +208,15 @@ static void test_realloc(void) {
     /* realloc(p, 0) frees p and returns NULL, as glibc does. */
     CHECK(realloc(block, 0) == NULL);
 
+    /* memalign honours alignments malloc does not give small sizes (glibc's 16 for 1 byte). */
+    for (size_t alignment = 1; alignment <= 64; alignment *= 2) {
+        for (size_t n = 1; n <= 40; n += 3) {
+            void *small = memalign(alignment, n);
+            CHECK(small != NULL && (uintptr_t)small % alignment == 0);
+            free(small);
+        }
+    }
+
     /* A block with a large alignment may move to one with malloc's alignment. */
     void *aligned = memalign(4096, 100);
     CHECK(aligned != NULL);
