@@ -6,6 +6,10 @@
 //! `<arch>: test <name> ... FAILED: <why>`; the comparison with `linked_list_allocator` and
 //! the allocator's statistics print `<arch>: bench ...` and `<arch>: stats ...` lines; the
 //! run ends with `<arch>: suite done: N passed, M failed`. The host-side runner parses these.
+//!
+//! The torture test (`torture_every_path_on_every_cpu_and_in_interrupts`) runs a few seconds
+//! of guest time; a kernel built with `QEMU_TORTURE_SECONDS=N` in the environment runs it
+//! for `N` seconds (`QEMU_TORTURE_SECONDS=180 cargo qemu`).
 #![no_std]
 
 extern crate alloc;
