@@ -92,6 +92,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     return false;
                 }
             }
+            crate::sync::pause(crate::sync::PausePoint::CheckedFreeBeforeBit);
             let (word, bit) = live_bit(address);
             if word.fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
                 self.report(Misuse::DoubleFree, address);

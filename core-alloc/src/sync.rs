@@ -124,6 +124,9 @@ pub enum PausePoint {
     /// The provider's remap of a huge block returned; the central lock is not yet taken
     /// again.
     AfterRemap,
+    /// Checked builds: a free has found its block's run and is about to clear the block's
+    /// live bit.
+    CheckedFreeBeforeBit,
 }
 
 /// The test hook [`pause`] calls (feature `pause-points`).

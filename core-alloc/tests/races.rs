@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::{self, JoinHandle};
 
+#[cfg(feature = "checked")]
+use core_alloc::Misuse;
 use core_alloc::size_class::{class_for, slab_capacity};
 use core_alloc::sync::{PausePoint, set_pause_hook};
 use core_alloc::testkit::{SimProvider, TestPlatform};
@@ -245,6 +247,51 @@ fn huge_remap_never_erases_another_threads_records() {
     let stats = heap.stats();
     assert_eq!(stats.live_allocations(), 0, "{stats}");
     assert_eq!(stats.heap.huge_live, 0);
+}
+
+/// Issue 8, third suspected defect (ruled out). In checked builds, a misuse-free (here a
+/// double free) that has found its block's slab stops before it clears the block's live bit;
+/// meanwhile the slab empties, its chunk is trimmed and its live-bit table goes to the spare
+/// list, linked through the table's first word. The late bit operation must neither corrupt
+/// that list (it never touches the first word: those bits are header bytes, where no block
+/// starts) nor go unreported, and the table must serve the next chunk.
+#[cfg(feature = "checked")]
+#[test]
+fn checked_double_free_racing_trim() {
+    let heap = heap(8);
+    let block = run_in(1, move || {
+        let block = allocate(heap);
+        free(heap, block);
+        block
+    });
+    let misuser = run_until(2, PausePoint::CheckedFreeBeforeBit, move || free(heap, block));
+    run_in(1, move || heap.collect()); // the empty slab goes, its chunk is trimmed
+    assert_eq!(heap.stats().heap.slab_chunks, 0);
+    misuser.finish();
+    let reports = misuses_in_any(block);
+    assert_eq!(reports, [Misuse::DoubleFree], "the double free was not reported as one");
+    // The next slab chunk takes the spare table: its link must be intact.
+    run_in(1, move || {
+        let blocks: Vec<usize> = (0..100).map(|_| allocate(heap)).collect();
+        for &other in &blocks {
+            free(heap, other);
+        }
+        heap.check_invariants().unwrap();
+    });
+    assert_eq!(heap.stats().live_allocations(), 0);
+    assert_eq!(misuses_in(heap).len(), 1, "{:?}", misuses_in(heap));
+}
+
+/// Misuse kinds reported at `address` by any heap.
+#[cfg(feature = "checked")]
+fn misuses_in_any(address: usize) -> Vec<Misuse> {
+    MISUSES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|report| report.address == address)
+        .map(|report| report.kind)
+        .collect()
 }
 
 /// Issue 8, defect 4. Resizing a large run in place kept its address even when the new
