@@ -74,8 +74,9 @@ fn fail(error: c_int) -> *mut c_void {
     ptr::null_mut()
 }
 
-/// `ptr` as a block of ours, or a report and abort if it lies in no chunk of ours (a lookup
-/// in the core's chunk map, which never touches the memory at `ptr`).
+/// `ptr` as a block of ours, or a report and abort if it cannot be one: it lies in no chunk
+/// of ours, or inside a huge block but not at its start (a lookup in the core's chunk map,
+/// which never touches the memory at `ptr`).
 #[inline(always)]
 fn ours(function: &str, ptr: NonNull<c_void>) -> NonNull<u8> {
     if !HEAP.owns(ptr.as_ptr().cast()) {
@@ -88,7 +89,7 @@ fn ours(function: &str, ptr: NonNull<c_void>) -> NonNull<u8> {
 #[inline(never)]
 fn invalid_pointer(function: &str, ptr: NonNull<c_void>) -> ! {
     abort_with(format_args!(
-        "{function}(): invalid pointer {ptr:p}: not allocated by this allocator (it lies in none of its chunks)"
+        "{function}(): invalid pointer {ptr:p}: not allocated by this allocator (no block of it starts there)"
     ))
 }
 
@@ -242,8 +243,8 @@ fn page_size() -> usize {
 ///
 /// # Safety
 ///
-/// `ptr` is null or a live block of this allocator (a pointer in none of its chunks is
-/// caught: abort).
+/// `ptr` is null or a live block of this allocator (a pointer that cannot be one, see
+/// `ours`, is caught: abort).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     let Some(ptr) = NonNull::new(ptr) else { return 0 };
