@@ -1,0 +1,321 @@
+//! Threads sharing one allocator, small enough for Miri (`.ci/miri` runs them with several
+//! scheduling seeds and preemption, so Miri's data-race detector and its checks of every
+//! pointer use see many interleavings) and for ThreadSanitizer (`.ci/tsan`).
+//!
+//! Each thread enters an explicit slot of the test platform. Covered: remote frees batched
+//! and handed over by `collect`; a thread giving its slot up with live blocks, which other
+//! threads then free (abandoned slabs) and adopt by allocating the same size class; huge
+//! blocks grown with `reallocate` (remapped by the simulation provider) and freed by another
+//! thread. Every block carries a pattern, written by its owner and checked by whoever frees
+//! it, so the allocator must order the handover of memory between threads.
+
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread;
+
+use core_alloc::size_class::{class_for, slab_capacity};
+use core_alloc::testkit::{SimProvider, TestPlatform};
+use core_alloc::{Allocator, MisuseReport};
+use page_provider::CHUNK_SIZE;
+use platform::Platform;
+
+type Heap = Allocator<SimProvider, TestPlatform>;
+
+/// Operations per thread: small under Miri (about 1000 times slower), more natively.
+const SCALE: usize = if cfg!(miri) { 1 } else { 20 };
+
+static MISUSES: Mutex<Vec<MisuseReport>> = Mutex::new(Vec::new());
+
+fn record_misuse(report: &MisuseReport) {
+    MISUSES.lock().unwrap().push(*report);
+}
+
+/// A fresh heap of `chunks` chunks (2 MiB each), leaked so that threads can share it.
+fn heap(chunks: usize) -> &'static Heap {
+    Box::leak(Box::new(
+        Allocator::new(SimProvider::new(chunks), TestPlatform::new()).with_misuse_hook(record_misuse),
+    ))
+}
+
+/// A live block and the byte it is filled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    address: usize,
+    size: usize,
+    align: usize,
+    fill: u8,
+}
+
+impl Block {
+    /// Allocates and fills a block.
+    fn new(heap: &Heap, size: usize, align: usize, fill: u8) -> Self {
+        let pointer = heap.allocate(size, align).expect("out of memory");
+        assert!((pointer.as_ptr() as usize).is_multiple_of(align), "misaligned block");
+        // SAFETY: a fresh block of `size` bytes, ours alone.
+        unsafe { pointer.as_ptr().write_bytes(fill, size) };
+        Self { address: pointer.as_ptr() as usize, size, align, fill }
+    }
+
+    /// Checks the block's pattern: its first and last bytes, and one in 4096 between (every
+    /// byte of a small block is written by `new`, which is where races would show).
+    fn check(&self) {
+        let offsets =
+            (0..self.size.min(64)).chain((64..self.size).step_by(4096)).chain(self.size - 1..self.size);
+        for offset in offsets {
+            // SAFETY: the block is live with `size` bytes, and the caller holds it.
+            let byte = unsafe { *(self.address as *const u8).add(offset) };
+            assert_eq!(
+                byte, self.fill,
+                "block {:#x} ({} bytes) changed at {offset}",
+                self.address, self.size
+            );
+        }
+    }
+
+    /// Checks and frees the block.
+    fn free(self, heap: &Heap) {
+        self.check();
+        // SAFETY: the block is live, allocated with this size and alignment, and freed once
+        // (a `Block` is consumed by its free).
+        unsafe { heap.deallocate(NonNull::new(self.address as *mut u8).unwrap(), self.size, self.align) };
+    }
+
+    /// The slab (or chunk) this block's memory lies in, at the granularity of `span`.
+    fn span(&self, span: usize) -> usize {
+        self.address & !(span - 1)
+    }
+}
+
+/// xorshift64*: deterministic sizes.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % bound
+    }
+}
+
+/// Runs `work` on a new thread in `slot`.
+fn spawn_in<T: Send + 'static>(
+    slot: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    thread::spawn(move || {
+        TestPlatform::enter(slot);
+        work()
+    })
+}
+
+/// Runs `work` on a new thread in `slot`, to the end.
+fn run_in<T: Send + 'static>(slot: usize, work: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in(slot, work).join().expect("the thread panicked")
+}
+
+/// Gives the calling thread's slot up, as a host thread does when it exits.
+fn exit_slot(heap: &'static Heap) {
+    // SAFETY: inside the slot closure, the slot is this thread's alone; not inside another
+    // allocator call.
+    heap.platform().with_slot(|slot| unsafe { heap.release_slot(slot) });
+}
+
+/// Frees `blocks` in slot 0, gathers every slot's pending frees, and checks that nothing is
+/// live, stranded or reported.
+fn finish(heap: &'static Heap, blocks: Vec<Block>, slots: &[usize]) {
+    run_in(0, move || {
+        for block in blocks {
+            block.free(heap);
+        }
+        heap.collect();
+    });
+    // Twice: a slot's collect hands its batched frees over, the owner's gathers them.
+    for _ in 0..2 {
+        for &slot in slots {
+            run_in(slot, move || {
+                heap.collect();
+                heap.check_invariants().unwrap();
+            });
+        }
+    }
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    assert_eq!(stats.live_bytes(), 0, "{stats}");
+    assert_eq!(stats.heap.orphan_slabs, 0, "an abandoned slab was stranded: {stats}");
+    let misuses: Vec<MisuseReport> = MISUSES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|report| heap.owns(report.address as *const u8))
+        .copied()
+        .collect();
+    assert!(misuses.is_empty(), "{misuses:?}");
+}
+
+/// Three threads in a ring: each round every thread allocates small blocks of mixed sizes,
+/// frees some itself, sends the rest to the next thread, and frees what the previous one
+/// sent (remote frees, batched, handed over by `collect` every other round).
+#[test]
+fn remote_frees_in_a_ring_are_flushed_by_collect() {
+    const THREADS: usize = 3;
+    let rounds = 4 * SCALE;
+    let per_round = 12;
+    let heap = heap(8);
+    type Batches = (Vec<Sender<Vec<Block>>>, Vec<Receiver<Vec<Block>>>);
+    let (senders, receivers): Batches = (0..THREADS).map(|_| channel()).unzip();
+    let mut receivers: Vec<Option<Receiver<Vec<Block>>>> = receivers.into_iter().map(Some).collect();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|index| {
+            let next = senders[(index + 1) % THREADS].clone();
+            let inbox = receivers[index].take().unwrap();
+            spawn_in(index + 1, move || {
+                let mut rng = Rng(0x9E37_79B9 * (index as u64 + 1));
+                for round in 0..rounds {
+                    let mut mine = Vec::new();
+                    let mut theirs = Vec::new();
+                    for count in 0..per_round {
+                        let size = 1 + rng.below(if count % 4 == 0 { 2048 } else { 160 });
+                        let align = 1 << rng.below(5);
+                        let block = Block::new(heap, size, align, (index * 64 + round * 8 + count) as u8);
+                        if rng.below(3) == 0 { mine.push(block) } else { theirs.push(block) }
+                    }
+                    next.send(theirs).unwrap();
+                    for block in mine {
+                        block.free(heap);
+                    }
+                    for block in inbox.recv().unwrap() {
+                        block.free(heap);
+                    }
+                    if round % 2 == 1 {
+                        heap.collect();
+                    }
+                }
+                heap.collect();
+            })
+        })
+        .collect();
+    drop(senders);
+    for thread in threads {
+        thread.join().expect("a ring thread panicked");
+    }
+    finish(heap, Vec::new(), &[1, 2, 3]);
+}
+
+/// A thread gives its slot up with two slabs' worth of live blocks. Then, at the same time,
+/// one thread frees every other block (remote frees into abandoned slabs) while another
+/// allocates blocks of the same size class (adopting an abandoned slab once it has room).
+/// Both then allocate again: between them, the freed blocks must have been handed out
+/// again, which only adoption can do.
+#[test]
+fn abandoned_slabs_are_freed_remotely_and_adopted() {
+    // 16 blocks a slab: few operations per slab under Miri.
+    const SIZE: usize = 4096;
+    let capacity = slab_capacity(class_for(SIZE, 8).unwrap());
+    let heap = heap(8);
+    let abandoned = run_in(1, move || {
+        let blocks: Vec<Block> =
+            (0..2 * capacity).map(|index| Block::new(heap, SIZE, 8, index as u8)).collect();
+        exit_slot(heap);
+        blocks
+    });
+    assert!(heap.stats().heap.orphan_slabs > 0, "the exited slot left no abandoned slab");
+    let freed: Vec<Block> = abandoned.iter().step_by(2).copied().collect();
+    let kept: Vec<Block> = abandoned.iter().skip(1).step_by(2).copied().collect();
+    let to_free = freed.clone();
+    let freer = spawn_in(2, move || {
+        for block in to_free {
+            block.free(heap);
+        }
+        heap.collect();
+    });
+    let allocator = spawn_in(3, move || {
+        let blocks: Vec<Block> =
+            (0..capacity / 2).map(|index| Block::new(heap, SIZE, 8, 0xA0 | index as u8)).collect();
+        for block in &blocks {
+            block.check();
+        }
+        blocks
+    });
+    freer.join().expect("the freeing thread panicked");
+    let mut reused = allocator.join().expect("the allocating thread panicked");
+    // Slot 2's batched frees are handed over. Slot 3 may have adopted a slab before the
+    // frees reached it (they are then its own, gathered on a refill): it allocates two slabs'
+    // worth more, which exhausts its current slab. A new slot then adopts what is left.
+    run_in(2, move || heap.collect());
+    reused.extend(run_in(3, move || {
+        heap.collect();
+        let blocks: Vec<Block> =
+            (0..2 * capacity).map(|index| Block::new(heap, SIZE, 8, 0xB0 | index as u8)).collect();
+        blocks
+    }));
+    let late = run_in(4, move || {
+        let blocks: Vec<Block> =
+            (0..capacity).map(|index| Block::new(heap, SIZE, 8, 0xC0 | index as u8)).collect();
+        exit_slot(heap);
+        blocks
+    });
+    reused.extend(late);
+    let freed_addresses: Vec<usize> = freed.iter().map(|block| block.address).collect();
+    assert!(
+        reused.iter().any(|block| freed_addresses.contains(&block.address)),
+        "no block freed into an abandoned slab was handed out again: no adoption"
+    );
+    // Every slab of the exited slot still has blocks in use somewhere.
+    assert!(
+        kept.iter()
+            .all(|block| abandoned.iter().any(|other| other.span(CHUNK_SIZE) == block.span(CHUNK_SIZE)))
+    );
+    let mut rest = kept;
+    rest.extend(reused);
+    finish(heap, rest, &[2, 3, 4]);
+}
+
+/// Two threads each grow a huge block with `reallocate` (the simulation provider remaps it,
+/// in place or by moving it, and gives the old range back at once), check its bytes, and
+/// hand it to the other thread to free, while both also allocate and free small blocks.
+#[test]
+fn huge_blocks_grown_by_reallocate_and_freed_by_another_thread() {
+    let heap = heap(16);
+    let rounds = if cfg!(miri) { 1 } else { 8 };
+    let (to_two, from_one) = channel::<Block>();
+    let (to_one, from_two) = channel::<Block>();
+    let worker = move |slot: usize, outbox: Sender<Block>, inbox: Receiver<Block>| {
+        move || {
+            for round in 0..rounds {
+                let fill = (slot * 16 + round) as u8;
+                let mut block = Block::new(heap, CHUNK_SIZE + 4096 * slot, 4096, fill);
+                let small: Vec<Block> =
+                    (0..8).map(|index| Block::new(heap, 24 + index * 8, 8, fill)).collect();
+                for new_size in [2 * CHUNK_SIZE + 100, 3 * CHUNK_SIZE - 4096 * slot] {
+                    block.check();
+                    let old_size = block.size;
+                    // SAFETY: a live block of this heap with this alignment, ours alone.
+                    let moved = unsafe {
+                        heap.reallocate(NonNull::new(block.address as *mut u8).unwrap(), 4096, new_size)
+                    }
+                    .expect("out of memory");
+                    block = Block { address: moved.as_ptr() as usize, size: old_size, ..block };
+                    block.check();
+                    // SAFETY: the block is live with `new_size` bytes, ours alone.
+                    unsafe { moved.as_ptr().add(old_size).write_bytes(fill, new_size - old_size) };
+                    block.size = new_size;
+                }
+                for small in small {
+                    small.free(heap);
+                }
+                outbox.send(block).unwrap();
+                inbox.recv().unwrap().free(heap);
+            }
+            heap.collect();
+        }
+    };
+    let one = spawn_in(1, worker(1, to_two, from_two));
+    let two = spawn_in(2, worker(2, to_one, from_one));
+    one.join().expect("thread one panicked");
+    two.join().expect("thread two panicked");
+    assert!(heap.provider().remaps() > 0, "no reallocation remapped");
+    finish(heap, Vec::new(), &[1, 2]);
+    assert_eq!(heap.stats().heap.huge_live, 0);
+}
