@@ -32,8 +32,9 @@
 //! with acquire ordering and each return to FREE a release operation, which orders one
 //! holder's accesses to the slot's arena before the next holder's; a slot taken from an
 //! exited owner is ordered after that owner's last accesses by the kernel (see
-//! [`take_from_exited_owner`]). An owner releases its slot with a compare-exchange, waiting
-//! while a check holds the entry, so a check never restores an owner word over a release.
+//! [`Slots::take_from_exited_owner`]). An owner releases its slot with a compare-exchange,
+//! waiting while a check holds the entry, so a check never restores an owner word over a
+//! release.
 //!
 //! Entries owned by another process's threads (a child of `fork` inherits the table) carry
 //! that process's id and are never taken over: in the child, the slots of threads that did
@@ -42,12 +43,20 @@
 //! that forked and has since exited would see the ancestor's entries as its own and could
 //! take over the slot of a thread the fork left behind; this needs the kernel to hand an
 //! ancestor's pid to its own descendant.)
+//!
+//! The protocol's code (`Slots`) works on a table it is given, and asks the kernel about
+//! processes and threads through `Threads`: in production the process's table and the
+//! kernel; under the model checker (feature `shuttle`, `model`) a test's small table and
+//! the test's answers, with every atomic operation a scheduling point (see `sync`).
 
 use core::cell::Cell;
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{self, AtomicPtr, AtomicUsize};
 
+use self::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::{MAX_SLOTS, Platform};
+
+mod sync;
 
 /// Slots that threads share behind spin locks once the exclusive ones run out.
 const SHARED_SLOTS: usize = 32;
@@ -95,14 +104,14 @@ std::thread_local! {
 #[derive(Debug)]
 pub struct HostPlatform {
     exit_hook: Option<fn(usize)>,
-    hook_registered: AtomicBool,
+    hook_registered: atomic::AtomicBool,
 }
 
 impl HostPlatform {
     /// A platform whose slots hold what they cache when their thread exits, until another
     /// thread takes the slot over or the allocator collects idle slots.
     pub const fn new() -> Self {
-        Self { exit_hook: None, hook_registered: AtomicBool::new(false) }
+        Self { exit_hook: None, hook_registered: atomic::AtomicBool::new(false) }
     }
 
     /// A platform that calls `hook(slot)` when a thread that owned `slot` exits, while the
@@ -115,7 +124,7 @@ impl HostPlatform {
     /// over after it exited without running its destructor (see the module documentation)
     /// does not run it; its slot's caches pass to the next holder.
     pub const fn with_exit_hook(hook: fn(usize)) -> Self {
-        Self { exit_hook: Some(hook), hook_registered: AtomicBool::new(false) }
+        Self { exit_hook: Some(hook), hook_registered: atomic::AtomicBool::new(false) }
     }
 
     #[cold]
@@ -169,7 +178,7 @@ impl HostPlatform {
         let index = thread_hash() % SHARED_SLOTS;
         lock_shared(index);
         let result = f(EXCLUSIVE_SLOTS + index);
-        SHARED[index].0.store(false, Ordering::Release);
+        SLOTS.unlock_shared(index);
         result
     }
 }
@@ -181,20 +190,16 @@ fn spin_until(mut done: impl FnMut() -> bool) {
     while !done() {
         spins += 1;
         if spins < 64 {
-            core::hint::spin_loop();
+            sync::spin_loop();
         } else {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
+            sync::yield_cpu();
         }
     }
 }
 
-/// Takes a shared slot's spin lock, yielding the CPU while it stays taken.
+/// Takes the process's shared slot `index`'s spin lock.
 fn lock_shared(index: usize) {
-    let lock = &SHARED[index].0;
-    while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        spin_until(|| !lock.load(Ordering::Relaxed));
-    }
+    SLOTS.lock_shared(index);
 }
 
 /// Takes every shared-slot lock, so that no thread is inside a shared slot while the
@@ -206,7 +211,7 @@ fn lock_shared(index: usize) {
 pub fn lock_shared_slots_for_fork() {
     for lock in &SHARED {
         while lock.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            core::hint::spin_loop();
+            sync::spin_loop();
         }
     }
 }
@@ -298,18 +303,45 @@ impl LazyKey {
 fn owner_word() -> u64 {
     // SAFETY: getpid and gettid have no preconditions and cannot fail.
     let (process, thread) = unsafe { (libc::getpid(), libc::gettid()) };
+    owner_word_of(process, thread)
+}
+
+/// The owner word of thread `thread` of process `process` (see [`owner_word`]).
+fn owner_word_of(process: libc::pid_t, thread: libc::pid_t) -> u64 {
     if process > 0 && thread > 0 { (process as u64) << 32 | thread as u64 } else { UNKNOWN_OWNER }
+}
+
+/// What the slot protocol asks the operating system; the model checker answers for it.
+trait Threads {
+    /// The calling thread's process id.
+    fn this_process(&self) -> libc::pid_t;
+    /// Whether thread `thread` of process `process` (this one) is gone.
+    fn thread_gone(&self, process: libc::pid_t, thread: libc::pid_t) -> bool;
+}
+
+/// The kernel's answers.
+struct Kernel;
+
+impl Threads for Kernel {
+    fn this_process(&self) -> libc::pid_t {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::getpid() }
+    }
+
+    fn thread_gone(&self, process: libc::pid_t, thread: libc::pid_t) -> bool {
+        owner_thread_gone(process, thread)
+    }
 }
 
 /// Whether the thread an owner word names is gone from this process: the word names this
 /// process, and the kernel no longer knows the thread. A thread id reused by a newer thread
 /// of the process counts as alive (the slot just stays taken).
-fn owner_exited(word: u64, this_process: libc::pid_t) -> bool {
+fn owner_exited(word: u64, this_process: libc::pid_t, threads: &impl Threads) -> bool {
     if word <= UNKNOWN_OWNER || (word >> 32) as libc::pid_t != this_process {
         return false;
     }
     let thread = (word & u64::from(u32::MAX)) as libc::pid_t;
-    owner_thread_gone(this_process, thread)
+    threads.thread_gone(this_process, thread)
 }
 
 #[cfg(not(miri))]
@@ -326,33 +358,116 @@ fn owner_thread_gone(_process: libc::pid_t, _thread: libc::pid_t) -> bool {
     false
 }
 
-/// Takes exclusive slot `slot` (leaving it `LENT`) if it is owned by a thread of this
-/// process that has exited without releasing it. The caller then holds the slot as if it
-/// had lent it, and ends with a release store of `FREE` or of its own owner word.
-///
-/// The entry is taken first and the owner checked after, so that the owner word checked is
-/// the one replaced: a slot released and claimed again meanwhile fails the exchange, and a
-/// live owner's word is put back (the owner, exiting meanwhile, waits for that; see
-/// [`release_own_slot`]). The exited owner's accesses to the slot's arena are ordered
-/// before ours by the kernel: the thread leaves the thread group (so that `tgkill` fails)
-/// only after it has stopped running, through locks that order its last user-space
-/// accesses before the lookup that fails; the fence makes that ordering hold for the
-/// compiler too.
-fn take_from_exited_owner(slot: usize, this_process: libc::pid_t) -> bool {
-    let owner = &OWNERS[slot];
-    let word = owner.load(Ordering::Relaxed);
-    if word <= UNKNOWN_OWNER || (word >> 32) as libc::pid_t != this_process {
-        return false;
+/// The slot protocol over a table: the exclusive slots' `OWNERS` entries and the shared
+/// slots' locks. Production uses the process's table ([`SLOTS`]); the model checker a small
+/// one of its own ([`model::Table`]).
+struct Slots<'a> {
+    owners: &'a [AtomicU64],
+    shared: &'a [SharedLock],
+}
+
+/// The process's slot table.
+static SLOTS: Slots<'static> = Slots { owners: &OWNERS, shared: &SHARED };
+
+impl Slots<'_> {
+    /// Takes exclusive slot `slot` (leaving it `LENT`) if it is owned by a thread of this
+    /// process that has exited without releasing it. The caller then holds the slot as if it
+    /// had lent it, and ends with a release store of `FREE` or of its own owner word.
+    ///
+    /// The entry is taken first and the owner checked after, so that the owner word checked
+    /// is the one replaced: a slot released and claimed again meanwhile fails the exchange,
+    /// and a live owner's word is put back (the owner, exiting meanwhile, waits for that; see
+    /// [`release_own_slot`](Self::release_own_slot)). The exited owner's accesses to the
+    /// slot's arena are ordered before ours by the kernel: the thread leaves the thread group
+    /// (so that `tgkill` fails) only after it has stopped running, through locks that order
+    /// its last user-space accesses before the lookup that fails; the fence makes that
+    /// ordering hold for the compiler too.
+    fn take_from_exited_owner(&self, slot: usize, this_process: libc::pid_t, threads: &impl Threads) -> bool {
+        let owner = &self.owners[slot];
+        let word = owner.load(Ordering::Relaxed);
+        if word <= UNKNOWN_OWNER || (word >> 32) as libc::pid_t != this_process {
+            return false;
+        }
+        if owner.compare_exchange(word, LENT, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        if owner_exited(word, this_process, threads) {
+            atomic::fence(Ordering::SeqCst);
+            true
+        } else {
+            owner.store(word, Ordering::Release);
+            false
+        }
     }
-    if owner.compare_exchange(word, LENT, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        return false;
+
+    /// Claims an exclusive slot for the thread whose owner word is `word`, scanning from
+    /// `start`: a free slot if there is one, else one whose owner exited without releasing
+    /// it.
+    fn claim(&self, word: u64, start: usize, threads: &impl Threads) -> Option<usize> {
+        let count = self.owners.len();
+        let slots = || (0..count).map(|step| (start + step) % count);
+        if let Some(slot) = slots().find(|&slot| {
+            self.owners[slot].compare_exchange(FREE, word, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        }) {
+            return Some(slot);
+        }
+        let this_process = threads.this_process();
+        let slot = slots().find(|&slot| self.take_from_exited_owner(slot, this_process, threads))?;
+        // The slot is ours (LENT by us); name ourselves as its owner.
+        self.owners[slot].store(word, Ordering::Release);
+        Some(slot)
     }
-    if owner_exited(word, this_process) {
-        core::sync::atomic::fence(Ordering::SeqCst);
-        true
-    } else {
-        owner.store(word, Ordering::Release);
-        false
+
+    /// Frees the calling thread's exclusive slot `slot`. The entry holds this thread's owner
+    /// word (as of the claim; in a child of `fork`, the parent's) unless a check of the owner
+    /// holds it (`LENT`) for a moment, after which it puts the word back: wait for that.
+    fn release_own_slot(&self, slot: usize) {
+        let owner = &self.owners[slot];
+        loop {
+            let word = owner.load(Ordering::Relaxed);
+            if word != LENT
+                && owner.compare_exchange(word, FREE, Ordering::Release, Ordering::Relaxed).is_ok()
+            {
+                return;
+            }
+            spin_until(|| owner.load(Ordering::Relaxed) != LENT);
+        }
+    }
+
+    /// Runs `f` with slot `slot` if it is idle: a free exclusive slot, or one whose owner
+    /// exited without releasing it, or an unlocked shared slot.
+    fn try_with_idle_slot<R>(&self, slot: usize, threads: &impl Threads, f: impl FnOnce() -> R) -> Option<R> {
+        if slot < self.owners.len() {
+            let owner = &self.owners[slot];
+            if owner.compare_exchange(FREE, LENT, Ordering::Acquire, Ordering::Relaxed).is_err()
+                && !self.take_from_exited_owner(slot, threads.this_process(), threads)
+            {
+                return None;
+            }
+            let result = f();
+            owner.store(FREE, Ordering::Release);
+            Some(result)
+        } else if let Some(lock) = self.shared.get(slot - self.owners.len()) {
+            lock.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).ok()?;
+            let result = f();
+            lock.0.store(false, Ordering::Release);
+            Some(result)
+        } else {
+            None
+        }
+    }
+
+    /// Takes shared slot `index`'s spin lock, yielding the CPU while it stays taken.
+    fn lock_shared(&self, index: usize) {
+        let lock = &self.shared[index].0;
+        while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            spin_until(|| !lock.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Releases shared slot `index`'s spin lock, taken by [`lock_shared`](Self::lock_shared).
+    fn unlock_shared(&self, index: usize) {
+        self.shared[index].0.store(false, Ordering::Release);
     }
 }
 
@@ -361,22 +476,7 @@ fn take_from_exited_owner(slot: usize, this_process: libc::pid_t) -> bool {
 #[cold]
 fn claim_slot() -> Option<usize> {
     let key = EXIT_KEY.get()?;
-    let word = owner_word();
-    let start = thread_hash() % EXCLUSIVE_SLOTS;
-    let slots = || (0..EXCLUSIVE_SLOTS).map(|step| (start + step) % EXCLUSIVE_SLOTS);
-    let slot = match slots()
-        .find(|&slot| OWNERS[slot].compare_exchange(FREE, word, Ordering::Acquire, Ordering::Relaxed).is_ok())
-    {
-        Some(slot) => slot,
-        None => {
-            // SAFETY: getpid has no preconditions.
-            let this_process = unsafe { libc::getpid() };
-            let slot = slots().find(|&slot| take_from_exited_owner(slot, this_process))?;
-            // The slot is ours (LENT by us); name ourselves as its owner.
-            OWNERS[slot].store(word, Ordering::Release);
-            slot
-        }
-    };
+    let slot = SLOTS.claim(owner_word(), thread_hash() % EXCLUSIVE_SLOTS, &Kernel)?;
     // The value is slot + 1 so that it is never null (pthreads skips null values).
     // SAFETY: `key` came from pthread_key_create and is never deleted once published.
     let status = unsafe { libc::pthread_setspecific(key, core::ptr::without_provenance(slot + 1)) };
@@ -385,20 +485,6 @@ fn claim_slot() -> Option<usize> {
         return None;
     }
     Some(slot)
-}
-
-/// Frees the calling thread's exclusive slot `slot`. The entry holds this thread's owner
-/// word (as of the claim; in a child of `fork`, the parent's) unless a check of the owner
-/// holds it (`LENT`) for a moment, after which it puts the word back: wait for that.
-fn release_own_slot(slot: usize) {
-    let owner = &OWNERS[slot];
-    loop {
-        let word = owner.load(Ordering::Relaxed);
-        if word != LENT && owner.compare_exchange(word, FREE, Ordering::Release, Ordering::Relaxed).is_ok() {
-            return;
-        }
-        spin_until(|| owner.load(Ordering::Relaxed) != LENT);
-    }
 }
 
 /// The pthread key destructor: runs the exit hooks with the thread's slot, then frees it.
@@ -414,7 +500,7 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
         }
     }
     THREAD_SLOT.with(|state| state.set(EXITED));
-    release_own_slot(slot);
+    SLOTS.release_own_slot(slot);
 }
 
 // SAFETY: an exclusive slot is held by one thread at a time: a thread records a slot as its
@@ -441,7 +527,7 @@ unsafe impl Platform for HostPlatform {
         }
         let result = f(slot);
         if slow && slot >= EXCLUSIVE_SLOTS {
-            SHARED[slot - EXCLUSIVE_SLOTS].0.store(false, Ordering::Release);
+            SLOTS.unlock_shared(slot - EXCLUSIVE_SLOTS);
         }
         result
     }
@@ -449,27 +535,7 @@ unsafe impl Platform for HostPlatform {
     /// Lends a free exclusive slot, or one whose owner exited without releasing it, or an
     /// unlocked shared slot.
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
-        if slot < EXCLUSIVE_SLOTS {
-            let owner = &OWNERS[slot];
-            if owner.compare_exchange(FREE, LENT, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                // SAFETY: getpid has no preconditions.
-                let this_process = unsafe { libc::getpid() };
-                if !take_from_exited_owner(slot, this_process) {
-                    return None;
-                }
-            }
-            let result = f();
-            owner.store(FREE, Ordering::Release);
-            Some(result)
-        } else if slot < MAX_SLOTS {
-            let lock = &SHARED[slot - EXCLUSIVE_SLOTS].0;
-            lock.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).ok()?;
-            let result = f();
-            lock.store(false, Ordering::Release);
-            Some(result)
-        } else {
-            None
-        }
+        SLOTS.try_with_idle_slot(slot, &Kernel, f)
     }
 
     fn cache_line_size(&self) -> usize {
@@ -478,6 +544,9 @@ unsafe impl Platform for HostPlatform {
         if reported > 0 { reported as usize } else { 128 }
     }
 }
+
+#[cfg(feature = "shuttle")]
+pub mod model;
 
 #[cfg(test)]
 mod tests;
