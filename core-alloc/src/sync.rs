@@ -1,12 +1,13 @@
 //! The synchronisation the allocator's concurrent protocols are built from, in one place so
 //! that the same protocol code runs in production and under the model checker.
 //!
-//! - Atomics: the `core` atomics in production. With the `shuttle` feature they are the same
-//!   atomics (same size and layout, so chunk headers keep their geometry) with a scheduling
-//!   point of the [shuttle](https://docs.rs/shuttle) model checker before every operation:
-//!   shuttle then explores the interleavings of every atomic access of the real code.
-//!   Shuttle runs one thread at a time, so each operation is sequentially consistent there;
-//!   weaker orderings are checked by Miri and ThreadSanitizer (see the README).
+//! - Atomics: `platform::sync`'s: the `core` atomics in production. With the `shuttle`
+//!   feature they are the same atomics (same size and layout, so chunk headers keep their
+//!   geometry) with a scheduling point of the [shuttle](https://docs.rs/shuttle) model
+//!   checker before every operation: shuttle then explores the interleavings of every atomic
+//!   access of the real code. Shuttle runs one thread at a time, so each operation is
+//!   sequentially consistent there; weaker orderings are checked by Miri and
+//!   ThreadSanitizer (see the README).
 //! - [`SpinLock`]: the central heap's lock. A spin lock needs no OS; under shuttle its spin
 //!   loop yields to the scheduler, so a waiting thread lets the holder run.
 //! - [`pause`]: named points inside the allocator where a test can stop a thread (feature
@@ -16,99 +17,7 @@
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 
-pub(crate) use core::sync::atomic::Ordering;
-
-#[cfg(not(feature = "shuttle"))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64};
-
-#[cfg(feature = "shuttle")]
-pub(crate) use model::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64};
-
-/// A scheduling point for the model checker: shuttle may run another thread here.
-#[cfg(feature = "shuttle")]
-#[inline(always)]
-fn schedule() {
-    // `sleep` is a plain context switch in shuttle (time is not modelled); `yield_now` would
-    // also lower the thread's priority, which is for spin loops only.
-    shuttle::thread::sleep(core::time::Duration::ZERO);
-}
-
-/// The `core` atomics with a shuttle scheduling point before every operation.
-#[cfg(feature = "shuttle")]
-mod model {
-    use super::{Ordering, schedule};
-
-    macro_rules! scheduled_atomic {
-        ($name:ident, $inner:ty, $value:ty $(, $generic:ident)?) => {
-            #[doc = concat!("`", stringify!($inner), "` with a scheduling point before each operation.")]
-            #[repr(transparent)]
-            pub(crate) struct $name$(<$generic>)?($inner);
-
-            // The whole `core` interface each type offers, whether the allocator uses all of
-            // it today or not.
-            #[allow(dead_code)]
-            impl$(<$generic>)? $name$(<$generic>)? {
-                pub(crate) const fn new(value: $value) -> Self {
-                    Self(<$inner>::new(value))
-                }
-                pub(crate) fn load(&self, order: Ordering) -> $value {
-                    schedule();
-                    self.0.load(order)
-                }
-                pub(crate) fn store(&self, value: $value, order: Ordering) {
-                    schedule();
-                    self.0.store(value, order)
-                }
-                pub(crate) fn swap(&self, value: $value, order: Ordering) -> $value {
-                    schedule();
-                    self.0.swap(value, order)
-                }
-                pub(crate) fn compare_exchange(
-                    &self,
-                    current: $value,
-                    new: $value,
-                    success: Ordering,
-                    failure: Ordering,
-                ) -> Result<$value, $value> {
-                    schedule();
-                    self.0.compare_exchange(current, new, success, failure)
-                }
-                pub(crate) fn compare_exchange_weak(
-                    &self,
-                    current: $value,
-                    new: $value,
-                    success: Ordering,
-                    failure: Ordering,
-                ) -> Result<$value, $value> {
-                    // The strong form: shuttle explores the interleavings, and a spurious
-                    // failure adds nothing but schedules.
-                    self.compare_exchange(current, new, success, failure)
-                }
-            }
-        };
-    }
-
-    scheduled_atomic!(AtomicBool, core::sync::atomic::AtomicBool, bool);
-    scheduled_atomic!(AtomicU16, core::sync::atomic::AtomicU16, u16);
-    scheduled_atomic!(AtomicU64, core::sync::atomic::AtomicU64, u64);
-    scheduled_atomic!(AtomicPtr, core::sync::atomic::AtomicPtr<T>, *mut T, T);
-
-    #[allow(dead_code)] // as above
-    impl AtomicU64 {
-        pub(crate) fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-            schedule();
-            self.0.fetch_add(value, order)
-        }
-        pub(crate) fn fetch_or(&self, value: u64, order: Ordering) -> u64 {
-            schedule();
-            self.0.fetch_or(value, order)
-        }
-        pub(crate) fn fetch_and(&self, value: u64, order: Ordering) -> u64 {
-            schedule();
-            self.0.fetch_and(value, order)
-        }
-    }
-}
+pub(crate) use platform::sync::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 
 /// Named points where a test can pause a thread inside the allocator (see [`pause`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +67,7 @@ pub(crate) fn pause(point: PausePoint) {
             hook(point);
         }
     }
-    #[cfg(feature = "shuttle")]
-    schedule();
+    platform::sync::schedule();
     let _ = point;
 }
 
@@ -186,10 +94,7 @@ impl<T> SpinLock<T> {
     pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
         while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             while self.locked.load(Ordering::Relaxed) {
-                #[cfg(feature = "shuttle")]
-                shuttle::hint::spin_loop();
-                #[cfg(not(feature = "shuttle"))]
-                core::hint::spin_loop();
+                platform::sync::spin_loop();
             }
         }
         SpinGuard { lock: self }

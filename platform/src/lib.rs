@@ -18,6 +18,7 @@
 extern crate std;
 
 pub mod arch;
+pub mod sync;
 
 #[cfg(feature = "host")]
 pub mod host;
