@@ -62,6 +62,25 @@ impl NodeReserve {
     }
 }
 
+/// Records the chunk-map entries of a huge allocation of `count` chunks at `base`, with
+/// nodes from `new_node` where the map needs them; returns how many it recorded (all of
+/// them, or the first ones until `new_node` had none). Call with the central lock held;
+/// `new_node` gives zeroed metadata memory that is never freed.
+fn record_huge_entries(
+    map: &ChunkMap,
+    base: usize,
+    count: usize,
+    new_node: &mut dyn FnMut() -> Option<NonNull<u8>>,
+) -> usize {
+    (0..count)
+        .take_while(|&index| {
+            let value = if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) };
+            // SAFETY: the caller holds the lock; `new_node` gives zeroed, never-freed nodes.
+            unsafe { map.set(base + index * CHUNK_SIZE, value, new_node) }
+        })
+        .count()
+}
+
 /// Buckets by longest free run: 0 (full), then 1, 2-3, 4-7, ... 256-510 pages.
 const BUCKETS: usize = 10;
 /// Chunks looked at in the first bucket, whose runs may be a little short, before moving on.
@@ -675,13 +694,11 @@ impl Heap {
     ) -> bool {
         self.counters.chunks_obtained += obtained;
         self.counters.chunks_returned += returned;
-        for index in 0..count {
-            let value = if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) };
-            if !self.record(base + index * CHUNK_SIZE, value, provider, map) {
-                self.forget_chunks(base, index, map);
-                self.counters.chunks_returned += count;
-                return false;
-            }
+        let recorded = record_huge_entries(map, base, count, &mut || self.new_node(provider));
+        if recorded < count {
+            self.forget_chunks(base, recorded, map);
+            self.counters.chunks_returned += count;
+            return false;
         }
         self.counters.huge_live += 1;
         self.counters.huge_live_bytes += count * CHUNK_SIZE;
@@ -795,16 +812,10 @@ impl Heap {
             self.counters.huge_live_bytes =
                 self.counters.huge_live_bytes - old_count * CHUNK_SIZE + new_count * CHUNK_SIZE;
         }
-        for index in 0..new_count {
-            let value = if index == 0 { entry(KIND_HUGE, new_count) } else { entry(KIND_HUGE_TAIL, index) };
-            let mut new_node = || reserve.take();
-            // SAFETY: the lock is held (`&mut self`); reserved nodes are zeroed metadata
-            // memory, never freed.
-            let recorded = unsafe { map.set(new + index * CHUNK_SIZE, value, &mut new_node) };
-            // Two leaves and their two interior nodes per level cover any run of at most
-            // MAX_REMAP_CHUNKS chunks, so the reserve cannot run out.
-            debug_assert!(recorded, "a node reserve ran out");
-        }
+        let recorded = record_huge_entries(map, new, new_count, &mut || reserve.take());
+        // Two leaves and their two interior nodes per level cover any run of at most
+        // MAX_REMAP_CHUNKS chunks, so the reserve cannot run out.
+        debug_assert_eq!(recorded, new_count, "a node reserve ran out");
     }
 
     /// Tests: uses up the current metadata chunk but for `left` bytes.
