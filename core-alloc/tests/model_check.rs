@@ -11,8 +11,9 @@
 //! Scenarios, and the protocols they cover:
 //! - `adoption_vs_remote_free`: slab remote word (ACTIVE/FULL/ABANDONED), adoption, orphan
 //!   lists, the last free of an abandoned slab, delayed lists (issue 8, defect 1).
-//! - `full_slab_free_vs_owner_exit`: FULL -> ACTIVE hand-off racing the owner's slot
-//!   release, delayed-list closing (issue 8, first suspected defect).
+//! - `full_slab_free_vs_owner_exit` (and `..._and_slot_reuse`): FULL -> ACTIVE hand-off
+//!   racing the owner's slot release, delayed-list closing, and its reopening by the slot's
+//!   next holder (issue 8, first suspected defect).
 //! - `huge_remap_vs_new_chunks`: chunk map under insert, forget and remap; node reserve
 //!   (issue 8, defect 2).
 //! - `orphans_under_churn`: orphan lists, batched remote frees, abandonment and adoption by
@@ -161,6 +162,34 @@ fn full_slab_free_vs_owner_exit() {
 #[test]
 fn model_full_slab_free_vs_owner_exit() {
     explore(full_slab_free_vs_owner_exit);
+}
+
+/// As above, and the exited slot is taken again at once by a new thread that allocates the
+/// same class: the free may reach the delayed list closed (then it frees through the slab)
+/// or reopened by the new holder (which then frees the block), never lose it, and the new
+/// holder may adopt the abandoned slab meanwhile.
+fn full_slab_free_vs_owner_exit_and_slot_reuse() {
+    let heap = heap(8);
+    TestPlatform::enter(1);
+    let mut blocks: Vec<usize> = (0..=slab_blocks()).map(|_| allocate(&heap, BLOCK)).collect();
+    let victim = blocks.remove(0);
+    let consumer = spawn(&heap, 2, move |heap| {
+        free(heap, victim);
+        heap.collect(); // hands the batched free over
+    });
+    let owner = spawn(&heap, 1, |heap| {
+        exit_slot(heap);
+        // A new thread in the same slot.
+        (0..3).map(|_| allocate(heap, BLOCK)).collect::<Vec<usize>>()
+    });
+    consumer.join().unwrap();
+    blocks.extend(owner.join().unwrap());
+    free_all_and_check(&heap, blocks, &[]);
+}
+
+#[test]
+fn model_full_slab_free_vs_owner_exit_and_slot_reuse() {
+    explore(full_slab_free_vs_owner_exit_and_slot_reuse);
 }
 
 /// One slot grows a huge block (the provider moves it and frees the old range at once)
