@@ -29,7 +29,7 @@
 //! release) and emptied whole by the owner (swap with acquire), so it has no ABA problem.
 //! A free that won a FULL slab's exchange pushes to the arena its FULL word named, and may
 //! get there only after that slot was given up (`release_slot`), its slabs abandoned and
-//! the thread gone. So `release_slot` ends by closing the list (`DELAYED_CLOSED`); a push
+//! the thread gone. So `release_slot` ends by closing the list (`delayed_closed()`); a push
 //! that finds it closed frees its block again through the slab's remote word, which by then
 //! is no longer FULL for that slot (abandoned, or adopted by a live arena). The next holder
 //! of the slot reopens the list on its first refill, before it owns any slab. (Deterministic
