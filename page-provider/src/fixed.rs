@@ -1,7 +1,14 @@
-//! A provider over a caller-given span of memory: a static array in firmware without an
-//! MMU, or a region carved out in tests. Chunks are handed out from the 2 MiB-aligned part
-//! of the span (align the span to 2 MiB to use all of it) and taken back for reuse; nothing
-//! is ever returned to a system, and purging is not supported.
+//! A provider over a caller-given span of memory: a kernel's heap region it has already
+//! mapped, a static array in firmware without an MMU, or a region carved out in tests. Any
+//! size from 64 KiB works, at any 16-byte alignment:
+//!
+//! - a span holding fewer than the allocator's threshold of whole 2 MiB chunks is claimed
+//!   whole ([`PageProvider::claim_span`]): the allocator manages it itself, in its compact
+//!   mode, with its metadata inside the span;
+//! - a bigger span hands out chunks from its 2 MiB-aligned part (align it to 2 MiB to use
+//!   all of it) and takes them back for reuse.
+//!
+//! Nothing is ever returned to a system, and purging is not supported.
 //!
 //! Concurrency: one spin lock around the chunk bitmap; the allocator calls providers only on
 //! its slow paths.
@@ -9,7 +16,7 @@
 use core::ptr::NonNull;
 
 use crate::bitmap::ChunkBitmap;
-use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider};
+use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider, Span};
 
 /// Chunks out of a fixed span; tracks up to `WORDS * 64` chunks (the default, 64 words,
 /// covers 8 GiB; a larger span is used up to that).
@@ -25,6 +32,8 @@ struct State<const WORDS: usize> {
     zeroed: bool,
     /// Address of chunk 0, once the span has been measured (on first use, as `new` is const).
     base: Option<usize>,
+    /// The whole span was handed over by `claim_span`.
+    claimed: bool,
     chunks: ChunkBitmap<WORDS>,
 }
 
@@ -40,7 +49,13 @@ impl<const WORDS: usize> FixedRegion<WORDS> {
     /// The span is valid for reads and writes, used by nothing else for as long as the
     /// provider or memory from it is in use, and all zero if `zeroed` is true.
     pub const unsafe fn new(start: *mut u8, len: usize, zeroed: bool) -> Self {
-        Self { state: spin::Mutex::new(State { start, len, zeroed, base: None, chunks: ChunkBitmap::new() }) }
+        Self { state: spin::Mutex::new(State { start, len, zeroed, base: None, claimed: false, chunks: ChunkBitmap::new() }) }
+    }
+
+    /// The span, as given to [`new`](Self::new): its first byte and its length.
+    pub fn span(&self) -> (*mut u8, usize) {
+        let state = self.state.lock();
+        (state.start, state.len)
     }
 
     /// The number of chunks not handed out.
@@ -59,17 +74,23 @@ impl<const WORDS: usize> State<WORDS> {
         let start = self.start as usize;
         let end = start.saturating_add(self.len);
         let base = start.next_multiple_of(CHUNK_SIZE);
-        let count =
-            if end > base { ((end - base) / CHUNK_SIZE).min(ChunkBitmap::<WORDS>::CAPACITY) } else { 0 };
+        let count = self.whole_chunks(base, end);
         self.chunks.add(0, count, self.zeroed);
         self.base = Some(base);
         base
+    }
+
+    /// The whole chunks between `base` (chunk-aligned) and `end` that the bitmap can track.
+    fn whole_chunks(&self, base: usize, end: usize) -> usize {
+        if end > base { ((end - base) / CHUNK_SIZE).min(ChunkBitmap::<WORDS>::CAPACITY) } else { 0 }
     }
 }
 
 // SAFETY: chunks are 2 MiB-aligned pieces of the span that `new`'s caller gave to the
 // provider alone; the bitmap hands each out once until it is given back, and reports a run
-// clean only if no byte of it was handed out since the span was declared zeroed.
+// clean only if no byte of it was handed out since the span was declared zeroed. The span is
+// claimed whole only before any chunk was handed out (`base` unset), and no chunk is handed
+// out after a claim.
 unsafe impl<const WORDS: usize> PageProvider for FixedRegion<WORDS> {
     fn capabilities(&self) -> Capabilities {
         Capabilities::empty()
@@ -79,8 +100,27 @@ unsafe impl<const WORDS: usize> PageProvider for FixedRegion<WORDS> {
         4096
     }
 
+    const MAY_CLAIM_SPAN: bool = true;
+
+    fn claim_span(&self, max_chunks: usize) -> Option<Span> {
+        let mut state = self.state.lock();
+        if state.base.is_some() || state.claimed {
+            return None; // chunks were handed out already, or the span is gone
+        }
+        let start = state.start as usize;
+        let end = start.checked_add(state.len)?;
+        if state.whole_chunks(start.next_multiple_of(CHUNK_SIZE), end) >= max_chunks {
+            return None;
+        }
+        state.claimed = true;
+        Some(Span { base: NonNull::new(state.start)?, len: state.len, zeroed: state.zeroed })
+    }
+
     fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
         let mut state = self.state.lock();
+        if state.claimed {
+            return None;
+        }
         let base = state.measure();
         let (index, zeroed) = state.chunks.take(count)?;
         let address = base + index * CHUNK_SIZE;
@@ -125,5 +165,18 @@ mod tests {
         assert_eq!(again.base, first.base);
         assert!(!again.zeroed);
         assert_eq!(region.available_chunks(), total - 5);
+        assert!(region.claim_span(usize::MAX).is_none(), "claimed a span with chunks handed out");
+    }
+
+    #[test]
+    fn a_small_span_is_claimed_whole_once_and_then_hands_out_no_chunks() {
+        let mut backing = vec![0u8; 3 * CHUNK_SIZE];
+        // SAFETY: the vector outlives the regions and nothing else touches it.
+        let region: FixedRegion<1> = unsafe { FixedRegion::new(backing.as_mut_ptr(), backing.len(), true) };
+        assert!(region.claim_span(2).is_none(), "3 chunks' worth holds at least 2 whole chunks");
+        let span = region.claim_span(4).unwrap();
+        assert_eq!((span.base.as_ptr(), span.len, span.zeroed), (backing.as_mut_ptr(), 3 * CHUNK_SIZE, true));
+        assert!(region.claim_span(4).is_none(), "claimed twice");
+        assert!(region.alloc_chunks(1).is_none(), "handed out a chunk of a claimed span");
     }
 }

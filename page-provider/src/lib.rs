@@ -58,6 +58,17 @@ pub struct Chunks {
     pub zeroed: bool,
 }
 
+/// One span of memory handed over whole by [`PageProvider::claim_span`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The first byte (any alignment).
+    pub base: NonNull<u8>,
+    /// Its length in bytes.
+    pub len: usize,
+    /// Whether every byte of the span reads as zero.
+    pub zeroed: bool,
+}
+
 /// A source of 2 MiB-aligned chunks of memory.
 ///
 /// Implementations must not allocate through the allocator they serve: the core calls them
@@ -72,8 +83,26 @@ pub struct Chunks {
 ///   that is handed out and not yet given back;
 /// - if [`Chunks::zeroed`] is true, every byte of the run reads as zero;
 /// - memory stays valid until given back with `free_chunks`, whatever `purge` did to it;
-/// - `page_size` and `huge_page_size` return the same values for the provider's lifetime.
+/// - `page_size` and `huge_page_size` return the same values for the provider's lifetime;
+/// - a span returned by `claim_span` is readable and writable, overlaps nothing handed out
+///   before or after, and stays valid for the provider's lifetime; after a successful
+///   claim, `alloc_chunks` returns `None`.
 pub unsafe trait PageProvider: Sync {
+    /// Whether [`claim_span`](PageProvider::claim_span) can ever return a span. The
+    /// allocator reads it at compile time: with `false` (the default) its paths carry no
+    /// check for a claimed span at all.
+    const MAY_CLAIM_SPAN: bool = false;
+
+    /// Hands over all of the provider's memory as one span, if it is one span holding fewer
+    /// than `max_chunks` whole chunks (too little for chunks to pay: a header and a metadata
+    /// chunk would take most of it). The allocator then manages the span itself, with no
+    /// 2 MiB geometry (its compact mode), and asks for no chunks. Called at most once,
+    /// before any other request; providers whose memory is not one fixed span return `None`.
+    fn claim_span(&self, max_chunks: usize) -> Option<Span> {
+        let _ = max_chunks;
+        None
+    }
+
     /// What the provider can do; see [`Capabilities`].
     fn capabilities(&self) -> Capabilities;
 
@@ -129,6 +158,10 @@ pub unsafe trait PageProvider: Sync {
 
 // SAFETY: forwards every call to the referenced provider, which keeps the promises.
 unsafe impl<P: PageProvider> PageProvider for &P {
+    const MAY_CLAIM_SPAN: bool = P::MAY_CLAIM_SPAN;
+    fn claim_span(&self, max_chunks: usize) -> Option<Span> {
+        (**self).claim_span(max_chunks)
+    }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
