@@ -8,7 +8,8 @@
 //! - `cache_line_size()`: read from the CPU, never assumed.
 //!
 //! Only code for bare-metal targets (`target_os = "none"`) is built here, plus the portable
-//! nesting rule of interrupt guards (`nesting`, used by AArch64), which host tests check.
+//! nesting rule of interrupt guards (`nesting`, used by AArch64) and the x86-64 page-table
+//! walks (`x86_tables`, used by x86-64's `HeapMapper`), which host tests check.
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
@@ -18,3 +19,6 @@ pub mod aarch64;
 
 #[cfg(any(test, all(target_arch = "aarch64", target_os = "none")))]
 mod nesting;
+
+#[cfg(any(test, all(target_arch = "x86_64", target_os = "none")))]
+mod x86_tables;

@@ -11,7 +11,9 @@
 //! The boot page tables are Rust statics (atomics: the boot CPU adds entries while other
 //! CPUs walk the tables). Below 4 GiB, four page directories are ready, so
 //! [`identity_map`] can map firmware tables and device registers later by writing one
-//! entry per 2 MiB. The heap window (PML4 entry 1) belongs to `platform`'s `HeapMapper`.
+//! entry per 2 MiB. [`map_physical_memory`] maps all RAM at [`PHYS_OFFSET`] (as a
+//! bootloader would), which is how `platform`'s `HeapMapper` reaches the tables it builds for
+//! the heap window.
 //!
 //! The kernel's `global_asm!` blocks (here, in `interrupts` and in `smp`) use AT&T syntax,
 //! their only option: they switch between `.code16`, `.code32` and `.code64` and use far
@@ -45,6 +47,39 @@ const LARGE_PAGE: u64 = 0x83;
 /// Page-level write-through and cache disable: uncached (device registers).
 const UNCACHED: u64 = 0x18;
 const TWO_MIB: u64 = 2 << 20;
+
+/// Where the kernel maps all of physical memory, as bootloaders do: physical address `p` at
+/// virtual `PHYS_OFFSET + p` (PML4 entry 256, 1 GiB pages). Page-table code reaches tables
+/// through it (`platform`'s `HeapMapper`, the `x86_64` crate's `OffsetPageTable`).
+pub(crate) const PHYS_OFFSET: usize = 0xFFFF_8000_0000_0000;
+/// The PDPT of the physical-memory map: entry `i` maps GiB `i` with a 1 GiB page.
+static PHYS_MAP_PDPT: PageTable = PageTable::new();
+const ONE_GIB: u64 = 1 << 30;
+
+/// Maps every GiB of physical memory that holds some of the RAM ranges `ram` (`(start,
+/// length)` pairs; below 512 GiB) at [`PHYS_OFFSET`], read-write, with 1 GiB pages. GiBs
+/// without RAM (the PCI hole) stay unmapped, so device registers get no cacheable alias.
+/// Boot CPU, once, before the secondaries run.
+///
+/// # Panics
+///
+/// If the CPU has no 1 GiB pages (CPUID 0x80000001 EDX bit 26; QEMU's `-cpu max` has them).
+pub(crate) fn map_physical_memory(ram: &[(u64, u64)]) {
+    let has_1g_pages = core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0001
+        && core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
+    assert!(has_1g_pages, "the physical-memory map needs 1 GiB pages");
+    for &(start, len) in ram {
+        let end = start.saturating_add(len).div_ceil(ONE_GIB).min(512);
+        for gib in start / ONE_GIB..end {
+            PHYS_MAP_PDPT.0[gib as usize].store((gib * ONE_GIB) | LARGE_PAGE, Ordering::Relaxed);
+        }
+    }
+    // The kernel is identity-mapped: the static's address is its physical address. Release:
+    // the PDPT's entries are visible before the entry that leads to them. Not present to
+    // present: no TLB invalidation.
+    let pdpt = &raw const PHYS_MAP_PDPT as u64;
+    BOOT_PML4.0[(PHYS_OFFSET >> 39) & 511].store(pdpt | 0x3, Ordering::Release);
+}
 
 /// The GDT selector of the 64-bit kernel code segment.
 pub(crate) const KERNEL_CODE_SELECTOR: u16 = 0x08;

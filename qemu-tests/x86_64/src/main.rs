@@ -15,6 +15,7 @@ mod apic;
 mod boot;
 mod console;
 mod cpu;
+mod frames;
 mod heap;
 mod interrupts;
 mod machine;

@@ -7,8 +7,11 @@
 //!    CPU's dense index (0 for the boot CPU). It points `IA32_GS_BASE` at the CPU's record;
 //!    [`KernelPlatform`], [`InterruptGuard`] and [`current_cpu_racy`] read and write that
 //!    record through `gs:`. The kernel must not change the GS base afterwards.
-//! 2. Once, before the heap is used, call [`HeapMapper::install`] with its top-level page
-//!    table, shared by every CPU (4-level paging; the window takes PML4 entry 1).
+//! 2. Once, before the heap is used, call [`HeapMapper::install`] on the mapper of the
+//!    kernel's frame provider, with the kernel's physical-memory offset, the RAM range and a
+//!    source of 4 KiB frames for page tables: it builds the heap window (frame `phys` at
+//!    `phys + heap_offset`, an offset the kernel chooses) in the page tables of CR3, shared
+//!    by every CPU (4-level paging).
 //! 3. Mask interrupts only through [`InterruptGuard`] (or not at all) while a guard or a
 //!    [`KernelPlatform::with_slot`] closure is alive: a raw `sti` inside one breaks the
 //!    exclusivity the allocator relies on.
@@ -19,4 +22,4 @@ mod paging;
 
 pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, current_cpu_racy, init_cpu};
 pub use interrupts::{InterruptGuard, interrupts_enabled};
-pub use paging::{HeapMapper, VIRT_OFFSET, WINDOW_BYTES};
+pub use paging::{HeapMapper, InstallError};

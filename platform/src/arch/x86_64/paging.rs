@@ -1,97 +1,143 @@
-//! The heap window: 2 MiB mappings at a fixed offset from physical memory, for the
-//! bare-metal chunk provider ([`HugeMapper`]).
+//! The heap window: 2 MiB mappings at an offset from physical memory that the kernel
+//! chooses, for the bare-metal chunk provider ([`HugeMapper`]).
 //!
-//! Frame `phys` maps only at `phys + VIRT_OFFSET`, for `phys` below [`WINDOW_BYTES`]. The
-//! page-directory-pointer table and the page directories of the whole window are static,
-//! page-aligned arrays linked into the kernel image and hooked into the kernel's top-level
-//! table once by [`HeapMapper::install`]; after that, mapping a frame writes one
-//! page-directory entry and unmapping clears one and runs `invlpg`.
+//! A [`HeapMapper`] maps frame `phys` only at `phys + heap_offset`, for the physical RAM range
+//! given to [`HeapMapper::install`]. `install` builds the page-directory-pointer tables and
+//! page directories the window needs in the kernel's own page tables (CR3), from frames the
+//! kernel hands over through a closure (its frame allocator, or a range of RAM it set aside),
+//! and reaches every table through the kernel's map of physical memory (`phys_offset`, 0 for
+//! an identity-mapped kernel), the way the `x86_64` crate's `OffsetPageTable` does. After
+//! that, mapping a frame writes one page-directory entry and unmapping clears one and runs
+//! `invlpg`. Nothing depends on where the kernel image or this crate's statics lie.
 //!
 //! No TLB shootdown: because a frame only ever maps at its one fixed address, a stale TLB
 //! entry left on another CPU after an unmap can only translate that address to the same
 //! frame, which is what the [`HugeMapper`] contract allows. Mapping changes an entry from
 //! not present to present, which processors never cache, so it needs no invalidation either.
 //!
-//! Concurrency: entries are atomics, one per frame; the provider serialises calls for a
+//! Concurrency: the window's state is written once by `install` and published by the leaf
+//! flags (release); entries are atomics, one per frame; the provider serialises calls for a
 //! frame (its own lock), and the page walker reads an entry with one aligned 8-byte load.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ops::Range;
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+pub use super::super::x86_tables::InstallError;
+use super::super::x86_tables::{self as tables, HUGE, HUGE_PAGE, NO_EXECUTE, PRESENT, PhysMap, WRITABLE};
 use crate::HugeMapper;
-
-/// Where the window starts: physical address 0 maps here. PML4 entry 1 (512 GiB), outside
-/// the low half a kernel usually identity-maps.
-pub const VIRT_OFFSET: usize = 1 << 39;
-/// Physical address space the window covers: RAM below this can back the heap.
-pub const WINDOW_BYTES: u64 = 16 << 30;
-
-const HUGE_PAGE: u64 = 2 << 20;
-const ENTRIES: usize = 512;
-/// Page directories in the window, one per GiB.
-const DIRECTORIES: usize = (WINDOW_BYTES >> 30) as usize;
-const PML4_SLOT: usize = (VIRT_OFFSET >> 39) & (ENTRIES - 1);
-const _: () = assert!(VIRT_OFFSET.is_multiple_of(1 << 39) && DIRECTORIES <= ENTRIES);
-
-/// Present.
-const PRESENT: u64 = 1 << 0;
-/// Writable.
-const WRITABLE: u64 = 1 << 1;
-/// Page size: the page-directory entry maps a 2 MiB page (no page table below).
-const HUGE: u64 = 1 << 7;
-/// No execute; a reserved bit unless EFER.NXE is set.
-const NO_EXECUTE: u64 = 1 << 63;
 
 const IA32_EFER: u32 = 0xC000_0080;
 const EFER_NXE: u64 = 1 << 11;
 const CR4_LA57: u64 = 1 << 12;
+/// CR3 bits 51:12: the top-level table's physical address.
+const CR3_ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
 
-/// A 4 KiB paging structure.
-#[repr(C, align(4096))]
-struct Table([AtomicU64; ENTRIES]);
+/// `HeapMapper::state`: not installed.
+const IDLE: u8 = 0;
+/// `HeapMapper::state`: `install` is running.
+const INSTALLING: u8 = 1;
+/// `HeapMapper::state`: installed; the fields below are fixed.
+const INSTALLED: u8 = 2;
 
-impl Table {
-    const fn new() -> Self {
-        Self([const { AtomicU64::new(0) }; ENTRIES])
-    }
-}
-
-static WINDOW_PDPT: Table = Table::new();
-static WINDOW_DIRECTORIES: [Table; DIRECTORIES] = [const { Table::new() }; DIRECTORIES];
-/// The flags of a leaf entry; 0 until `install` has run.
-static LEAF_FLAGS: AtomicU64 = AtomicU64::new(0);
-
-/// Maps 2 MiB frames in the heap window; see the module documentation.
-#[derive(Debug, Clone, Copy, Default)]
+/// Maps 2 MiB frames at `physical address + heap_offset` in the kernel's page tables; see
+/// the module documentation. One mapper serves one provider: give it to
+/// `FrameProvider::new` with the same offset and reach it through `FrameProvider::mapper`.
+#[derive(Debug)]
 pub struct HeapMapper {
-    _private: (),
+    heap_offset: usize,
+    state: AtomicU8,
+    /// The top-level table's physical address.
+    pml4: AtomicU64,
+    /// Where the kernel maps physical memory.
+    phys_offset: AtomicUsize,
+    /// The physical range the window covers.
+    phys_start: AtomicU64,
+    phys_end: AtomicU64,
+    /// The flags of a leaf entry; 0 until `install` has run.
+    leaf_flags: AtomicU64,
 }
 
 impl HeapMapper {
-    /// The mapper. It maps nothing until [`install`](Self::install) has run.
-    pub const fn new() -> Self {
-        Self { _private: () }
-    }
-
-    /// Hooks the window's tables into the top-level page table `pml4` (entry 1) and
-    /// decides the leaf flags (no-execute if EFER.NXE is on).
+    /// A mapper that will map frame `phys` at `phys + heap_offset` (wrapping, so a
+    /// higher-half window is `0xFFFF_C000_0000_0000`, say). It maps nothing until
+    /// [`install`](Self::install) has run.
     ///
     /// # Panics
     ///
-    /// If it already ran, if 5-level paging is on, or if entry 1 of `pml4` is present.
+    /// If `heap_offset` is not a multiple of 2 MiB (at compile time in a `static`).
+    pub const fn new(heap_offset: usize) -> Self {
+        assert!(heap_offset.is_multiple_of(HUGE_PAGE as usize), "the heap offset must be 2 MiB aligned");
+        Self {
+            heap_offset,
+            state: AtomicU8::new(IDLE),
+            pml4: AtomicU64::new(0),
+            phys_offset: AtomicUsize::new(0),
+            phys_start: AtomicU64::new(0),
+            phys_end: AtomicU64::new(0),
+            leaf_flags: AtomicU64::new(0),
+        }
+    }
+
+    /// The offset from a frame's physical address to its heap address.
+    pub const fn heap_offset(&self) -> usize {
+        self.heap_offset
+    }
+
+    /// Builds the window's tables in the page tables the calling CPU runs on (CR3) for the
+    /// physical RAM `ram` (rounded out to 2 MiB), so that frames in it can be mapped at
+    /// `phys + heap_offset`, and decides the leaf flags (no-execute if EFER.NXE is on).
+    /// `table_frame` returns the physical address of an unused 4 KiB frame each time it is
+    /// called (at most 1 per 512 GiB plus 1 per GiB of the window, plus 2; the returned
+    /// count says how many it took); the frames need not be zeroed. Present upper-level
+    /// tables on the way are reused, so the window may share a PML4 entry with the kernel.
+    ///
+    /// # Errors
+    ///
+    /// [`InstallError`] says why nothing can be mapped yet: 5-level paging, a second call, a
+    /// window that is not canonical, a frame source that ran dry, or an address of the window
+    /// that is mapped already.
     ///
     /// # Safety
     ///
-    /// - `pml4` is the writable virtual address of the 4-level top-level table that every
-    ///   CPU which may touch the heap uses (CR3), and nothing else uses its entry 1;
-    /// - this crate's statics lie at physical address `virtual - image_offset` (0 for a
-    ///   kernel that identity-maps its image), in RAM that stays reserved for them.
-    pub unsafe fn install(pml4: *mut u64, image_offset: usize) {
-        let cr4: u64;
-        // SAFETY: reading CR4 has no side effects; ring 0 is implied by being a kernel that
-        // edits page tables. No memory, stack or flags involved.
-        unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) };
-        assert!(cr4 & CR4_LA57 == 0, "the heap window needs 4-level paging");
+    /// - The CPU's CR3 points at the 4-level top-level table that every CPU which may touch
+    ///   the heap uses, and nothing else maps or creates tables in the window meanwhile or
+    ///   later;
+    /// - every physical address of a page table (the existing ones, and the frames
+    ///   `table_frame` returns) is readable and writable at `phys + phys_offset`, for as long
+    ///   as the mapper is used;
+    /// - the frames `table_frame` returns are unused RAM, and become page tables for good.
+    pub unsafe fn install(
+        &self,
+        phys_offset: usize,
+        ram: Range<u64>,
+        mut table_frame: impl FnMut() -> Option<u64>,
+    ) -> Result<usize, InstallError> {
+        if self.state.compare_exchange(IDLE, INSTALLING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return Err(InstallError::AlreadyInstalled);
+        }
+        let result = self.build(phys_offset, ram, &mut table_frame);
+        self.state.store(if result.is_ok() { INSTALLED } else { IDLE }, Ordering::Release);
+        result
+    }
+
+    /// `install`'s work, with the state claimed.
+    fn build(
+        &self,
+        phys_offset: usize,
+        ram: Range<u64>,
+        table_frame: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<usize, InstallError> {
+        let (cr3, cr4): (u64, u64);
+        // SAFETY: reading CR3 and CR4 has no side effects; ring 0 is implied by being a
+        // kernel that edits page tables. No memory, stack or flags involved.
+        unsafe {
+            asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
+            asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+        }
+        if cr4 & CR4_LA57 != 0 {
+            return Err(InstallError::FiveLevelPaging);
+        }
         let (low, high): (u32, u32);
         // SAFETY: IA32_EFER exists on every x86-64 CPU; `rdmsr` reads the MSR in ecx into
         // edx:eax and touches no memory, stack or flags.
@@ -102,31 +148,68 @@ impl HeapMapper {
         let efer = (u64::from(high) << 32) | u64::from(low);
         let no_execute = if efer & EFER_NXE != 0 { NO_EXECUTE } else { 0 };
 
-        let phys = |table: &'static Table| (table as *const Table as usize - image_offset) as u64;
-        for (gib, directory) in WINDOW_DIRECTORIES.iter().enumerate() {
-            WINDOW_PDPT.0[gib].store(phys(directory) | PRESENT | WRITABLE, Ordering::Relaxed);
+        let phys_start = ram.start & !(HUGE_PAGE - 1);
+        let phys_end = ram.end.checked_next_multiple_of(HUGE_PAGE).ok_or(InstallError::BadWindow)?;
+        let virt = |phys: u64| (phys as usize).wrapping_add(self.heap_offset);
+        let window = virt(phys_start)..virt(phys_end);
+        if window.start > window.end || phys_end > usize::MAX as u64 {
+            return Err(InstallError::BadWindow);
         }
-        let leaf = PRESENT | WRITABLE | HUGE | no_execute;
-        let claimed = LEAF_FLAGS.compare_exchange(0, leaf, Ordering::AcqRel, Ordering::Acquire);
-        assert!(claimed.is_ok(), "HeapMapper::install called twice");
-        // SAFETY: the caller vouches that `pml4` is the live top-level table and entry 1 is
-        // ours. One aligned 8-byte volatile store, so the page walker sees the old or the
-        // new entry; going from not present to present needs no TLB invalidation.
-        unsafe {
-            let slot = pml4.add(PML4_SLOT);
-            assert!(slot.read_volatile() & PRESENT == 0, "PML4 entry {PML4_SLOT} is in use");
-            slot.write_volatile(phys(&WINDOW_PDPT) | PRESENT | WRITABLE);
-        }
+        let pml4 = cr3 & CR3_ADDRESS;
+        let map = PhysMap { offset: phys_offset };
+        // SAFETY: CR3 holds the live top-level table every CPU uses, and the caller vouches
+        // that `phys_offset` reaches it, every table below it and every frame the source
+        // returns, which are unused RAM handed over for tables.
+        let taken = unsafe { tables::prepare(map, pml4, window, table_frame)? };
+        self.pml4.store(pml4, Ordering::Relaxed);
+        self.phys_offset.store(phys_offset, Ordering::Relaxed);
+        self.phys_start.store(phys_start, Ordering::Relaxed);
+        self.phys_end.store(phys_end, Ordering::Relaxed);
+        // Release: whoever sees the leaf flags sees the fields above and the tables.
+        self.leaf_flags.store(PRESENT | WRITABLE | HUGE | no_execute, Ordering::Release);
+        Ok(taken)
     }
 
-    /// The entry that maps `virt` to `phys`, if the window can hold that mapping.
-    fn entry(virt: usize, phys: u64) -> Option<&'static AtomicU64> {
-        let offset = virt.checked_sub(VIRT_OFFSET)? as u64;
-        if offset != phys || offset >= WINDOW_BYTES || !offset.is_multiple_of(HUGE_PAGE) {
+    /// The heap's virtual addresses: `ram + heap_offset` of [`install`](Self::install)
+    /// rounded out to 2 MiB; empty before it ran.
+    pub fn window(&self) -> Range<usize> {
+        if self.leaf_flags.load(Ordering::Acquire) == 0 {
+            return 0..0;
+        }
+        let virt = |phys: &AtomicU64| (phys.load(Ordering::Relaxed) as usize).wrapping_add(self.heap_offset);
+        virt(&self.phys_start)..virt(&self.phys_end)
+    }
+
+    /// The physical address `virt` translates to in the page tables the mapper installed
+    /// into (any address, in the window or not: 4 KiB, 2 MiB and 1 GiB pages are followed),
+    /// or `None` if it is not mapped or `install` has not run. Lets a kernel check what the
+    /// heap mapped, and look up the frames of a heap block (for DMA, say).
+    pub fn translate(&self, virt: usize) -> Option<u64> {
+        if self.leaf_flags.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let frame = (offset / HUGE_PAGE) as usize;
-        Some(&WINDOW_DIRECTORIES[frame / ENTRIES].0[frame % ENTRIES])
+        let map = PhysMap { offset: self.phys_offset.load(Ordering::Relaxed) };
+        // SAFETY: `install` succeeded (the acquire above), so its caller vouched that the
+        // map reaches the live top-level table and every table below it.
+        unsafe { tables::translate(map, self.pml4.load(Ordering::Relaxed), virt) }
+    }
+
+    /// The installed leaf flags and the entry that maps `virt` to `phys`, if the window can
+    /// hold that mapping.
+    fn entry(&self, virt: usize, phys: u64) -> Option<(u64, &'static AtomicU64)> {
+        let leaf = self.leaf_flags.load(Ordering::Acquire);
+        let in_window = phys >= self.phys_start.load(Ordering::Relaxed)
+            && phys < self.phys_end.load(Ordering::Relaxed)
+            && phys.is_multiple_of(HUGE_PAGE)
+            && virt == (phys as usize).wrapping_add(self.heap_offset);
+        if leaf == 0 || !in_window {
+            return None;
+        }
+        let map = PhysMap { offset: self.phys_offset.load(Ordering::Relaxed) };
+        // SAFETY: `install` succeeded and built a page directory for every 2 MiB of the
+        // window (checked above), reachable through the map its caller vouched for.
+        let entry = unsafe { tables::directory_entry(map, self.pml4.load(Ordering::Relaxed), virt)? };
+        Some((leaf, entry))
     }
 }
 
@@ -134,22 +217,19 @@ impl HeapMapper {
 // memory (PWT, PCD and PAT clear: PAT entry 0, write-back unless the kernel reprograms the
 // PAT) in the tables every CPU walks (`install`'s contract). Unmapping clears the entry and
 // invalidates the local TLB; other CPUs may keep a stale entry, but it maps `virt` to the
-// frame it always maps to (frames map only at `phys + VIRT_OFFSET`). Nothing allocates.
+// frame it always maps to (frames map only at `phys + heap_offset`). Nothing allocates: the
+// tables were all built by `install`.
 unsafe impl HugeMapper for HeapMapper {
     unsafe fn map_2m(&self, virt: usize, phys: u64) -> bool {
-        let leaf = LEAF_FLAGS.load(Ordering::Acquire);
-        let Some(entry) = Self::entry(virt, phys) else { return false };
-        if leaf == 0 {
-            return false;
-        }
+        let Some((leaf, entry)) = self.entry(virt, phys) else { return false };
         debug_assert_eq!(entry.load(Ordering::Relaxed), 0, "{virt:#x} is already mapped");
         entry.store(phys | leaf, Ordering::Release);
         true
     }
 
     unsafe fn unmap_2m(&self, virt: usize) {
-        let phys = virt.wrapping_sub(VIRT_OFFSET) as u64;
-        let Some(entry) = Self::entry(virt, phys) else {
+        let phys = virt.wrapping_sub(self.heap_offset) as u64;
+        let Some((_, entry)) = self.entry(virt, phys) else {
             debug_assert!(false, "{virt:#x} is outside the heap window");
             return;
         };
