@@ -71,6 +71,21 @@ pub struct HeapUnderTest<'a, P, Pl> {
     pub free_frames: &'a (dyn Fn() -> usize + Sync),
 }
 
+/// The allocator tests that need nothing of the provider, for a kernel's second heap (another
+/// `Allocator` instance over another provider): every alignment up to 2 MiB, huge blocks
+/// spanning chunks (grown and shrunk), the cross-CPU stress on every CPU, and the heap's
+/// invariants on every CPU. Stops at the first failure, naming the test. The heap needs about
+/// 300 MiB on 4 CPUs.
+pub fn second_heap<P: PageProvider, Pl: Platform>(
+    machine: &dyn Machine,
+    heap: &HeapUnderTest<'_, P, Pl>,
+) -> Outcome {
+    heap::alignments_up_to_2_mib(machine, heap).map_err(|why| alloc::format!("alignments: {why}"))?;
+    heap::huge_allocations_span_chunks(machine, heap).map_err(|why| alloc::format!("huge: {why}"))?;
+    heap::concurrent_stress(machine, heap).map_err(|why| alloc::format!("stress: {why}"))?;
+    heap::invariants_on_every_cpu(machine, heap).map_err(|why| alloc::format!("invariants: {why}"))
+}
+
 /// Prints one line, prefixed with the architecture, in a single console write.
 pub fn say(machine: &dyn Machine, args: core::fmt::Arguments<'_>) {
     let mut line = String::new();
@@ -122,6 +137,17 @@ impl Rng {
 /// Runs every test and prints the summary line; the kernel exits with success only if
 /// `failed` is zero.
 pub fn run<P: PageProvider, Pl: Platform>(machine: &dyn Machine, heap: &HeapUnderTest<'_, P, Pl>) -> Summary {
+    run_with(machine, heap, |_| {})
+}
+
+/// As [`run`], and before the statistics and the summary line, `more` runs the kernel's
+/// own tests, reporting each through the function it is given (`test(name, outcome)`): they
+/// print and count like the suite's.
+pub fn run_with<P: PageProvider, Pl: Platform>(
+    machine: &dyn Machine,
+    heap: &HeapUnderTest<'_, P, Pl>,
+    more: impl FnOnce(&mut dyn FnMut(&str, Outcome)),
+) -> Summary {
     let mut summary = Summary::default();
     let mut test = |name: &str, outcome: Outcome| record(machine, &mut summary, name, outcome);
     test("cpus_online", smoke::cpus_online(machine));
@@ -137,6 +163,7 @@ pub fn run<P: PageProvider, Pl: Platform>(machine: &dyn Machine, heap: &HeapUnde
     test("torture_every_path_on_every_cpu_and_in_interrupts", torture::torture(machine, heap));
     test("compare_with_linked_list_allocator", compare::against_linked_list(machine, heap));
     test("heap_invariants_on_every_cpu", heap::invariants_on_every_cpu(machine, heap));
+    more(&mut test);
     let stats = heap.allocator.stats();
     for line in alloc::format!("{stats}").lines() {
         say(machine, format_args!("stats {line}"));
