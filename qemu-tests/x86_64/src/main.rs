@@ -20,6 +20,7 @@ mod heap;
 mod interrupts;
 mod machine;
 mod memory;
+mod paged;
 mod pvh;
 mod smp;
 mod time;
@@ -59,6 +60,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     apic::init_boot_cpu();
     time::calibrate();
     memory::init(&boot);
+    paged::init();
     let (frames, highest) = memory::check_every_frame();
     println!("x86_64 boot: checked {frames} frames through the heap window, highest byte {highest:#x}");
     println!(
@@ -79,7 +81,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     let free_frames = || memory::FRAMES.free_frames();
     let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };
-    let summary = qemu_suite::run(&machine::X86Machine, &under_test);
+    let summary = qemu_suite::run_with(&machine::X86Machine, &under_test, |test| {
+        test("second_heap_over_x86_64_crate_paging", paged::test(&machine::X86Machine));
+    });
     exit(if summary.failed == 0 { ExitCode::Success } else { ExitCode::Failure })
 }
 

@@ -30,8 +30,10 @@ const TRACKED_BYTES: u64 = 16 << 30;
 /// Bitmap words to track every frame of [`TRACKED_BYTES`] (64 frames a word).
 const FRAME_WORDS: usize = (TRACKED_BYTES / CHUNK_SIZE as u64 / 64) as usize;
 
-/// RAM set aside for the kernel's own frame allocator.
-const KERNEL_FRAME_BYTES: u64 = 32 << 20;
+/// RAM set aside for the kernel's own frame allocator: 4 KiB frames (the heap window's
+/// tables, and the second heap's chunks when it has no 2 MiB frame left) and 2 MiB frames.
+const KERNEL_SMALL_FRAME_BYTES: u64 = 448 << 20;
+const KERNEL_HUGE_FRAME_BYTES: u64 = 64 << 20;
 
 /// The kernel's frame provider: physical address 0 is frame 0, mapped at `HEAP_OFFSET`.
 pub(crate) type Frames = FrameProvider<HeapMapper, FRAME_WORDS>;
@@ -74,11 +76,13 @@ pub(crate) fn init(boot: &BootInfo) {
         memmap,
         cmdline,
         (0, 0),
+        (0, 0),
     ];
-    let kernel_ram =
-        find_ram(boot, KERNEL_FRAME_BYTES, &excluded).expect("no RAM for the kernel's frame allocator");
-    KERNEL_FRAMES.give(kernel_ram, KERNEL_FRAME_BYTES);
-    excluded[6] = (kernel_ram, KERNEL_FRAME_BYTES);
+    for (slot, bytes) in [(6, KERNEL_SMALL_FRAME_BYTES), (7, KERNEL_HUGE_FRAME_BYTES)] {
+        let start = find_ram(boot, bytes, &excluded).expect("no RAM for the kernel's frame allocator");
+        excluded[slot] = (start, bytes);
+    }
+    KERNEL_FRAMES.give(excluded[6], excluded[7]);
 
     let ram_end = boot.ram().iter().map(|&(start, len)| start + len).max().unwrap_or(0).min(TRACKED_BYTES);
     // SAFETY: CR3 is BOOT_PML4, which every CPU loads (the boot code and the SMP trampoline
