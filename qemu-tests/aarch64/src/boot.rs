@@ -55,7 +55,7 @@ unsafe extern "C" {
 
 // `enter_el1`: if running at EL2 (QEMU with virtualization=on), configures EL2 so that it
 // stays out of the way (EL1 is AArch64, no stage 2, no traps of FP, timers or ID registers,
-// interrupts routed to EL1) and returns to the next instruction at EL1h with DAIF masked.
+// interrupts routed to EL1, EL1 may use a GICv3's system registers) and returns to the next instruction at EL1h with DAIF masked.
 // At EL1 it does nothing. Uses x9 only, so x0 survives.
 //
 // `enable_fp`: CPACR_EL1.FPEN = 0b11, so FP/SIMD instructions (which the compiler emits
@@ -85,6 +85,15 @@ global_asm!(
     mov     x9, #0x0800
     movk    x9, #0x30d0, lsl #16        // SCTLR_EL1: RES1 bits only (MMU, caches off)
     msr     sctlr_el1, x9
+    mrs     x9, id_aa64pfr0_el1
+    ubfx    x9, x9, #24, #4             // GIC: a GICv3 system-register interface exists?
+    cbz     x9, 7f
+    mrs     x9, icc_sre_el2
+    orr     x9, x9, #0x1                // ICC_SRE_EL2.SRE: EL2 uses the system registers
+    orr     x9, x9, #0x8                // ICC_SRE_EL2.Enable: EL1 may set ICC_SRE_EL1.SRE
+    msr     icc_sre_el2, x9
+    isb
+7:
     mov     x9, #0x3c5                  // SPSR_EL2: EL1h, D, A, I, F masked
     msr     spsr_el2, x9
     adr     x9, 1f

@@ -1,5 +1,5 @@
 //! What the kernel learns from the device tree QEMU leaves at the start of RAM: RAM, reserved
-//! ranges, CPUs, the PSCI conduit, the GIC, the UART and the virtual timer's interrupt.
+//! ranges, CPUs, the PSCI conduit, the GIC (v2 or v3), the UART and the virtual timer's interrupt.
 //!
 //! Parsed once on the boot CPU, with the MMU off and before the heap exists, into a plain
 //! [`BootInfo`] with fixed-size arrays (nothing here allocates).
@@ -65,6 +65,35 @@ pub(crate) enum Conduit {
     Smc,
 }
 
+/// The interrupt controller the device tree describes: a GICv2 (`arm,cortex-a15-gic`,
+/// `arm,gic-400`: memory-mapped CPU interface, at most 8 CPUs) or a GICv3 (`arm,gic-v3`: one
+/// redistributor per CPU, CPU interface through the ICC_* system registers).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gic {
+    /// 2 or 3.
+    pub(crate) version: u32,
+    /// Distributor registers (GICD).
+    pub(crate) distributor: Region,
+    /// GICv2: the CPU interface registers (GICC).
+    pub(crate) cpu_interface: Region,
+    /// GICv3: the redistributor regions (`#redistributor-regions` of them), each a run of
+    /// redistributors.
+    pub(crate) redistributors: Regions,
+    /// GICv3: bytes from one redistributor to the next (`redistributor-stride`), or 0 when
+    /// the tree leaves it to the hardware (GICR_TYPER says).
+    pub(crate) redistributor_stride: u64,
+}
+
+impl Gic {
+    /// The register ranges to map as Device memory.
+    pub(crate) fn register_regions(&self) -> impl Iterator<Item = Region> + '_ {
+        [self.distributor, self.cpu_interface]
+            .into_iter()
+            .chain(self.redistributors.as_slice().iter().copied())
+            .filter(|region| region.len > 0)
+    }
+}
+
 /// The machine as the device tree describes it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BootInfo {
@@ -82,10 +111,8 @@ pub(crate) struct BootInfo {
     pub(crate) cpus_dropped: usize,
     /// The PSCI conduit, if there is a PSCI node.
     pub(crate) psci: Option<Conduit>,
-    /// GICv2 distributor registers.
-    pub(crate) gic_distributor: Region,
-    /// GICv2 CPU interface registers.
-    pub(crate) gic_cpu_interface: Region,
+    /// The interrupt controller.
+    pub(crate) gic: Gic,
     /// The console PL011's registers.
     pub(crate) uart: Region,
     /// The interrupt ID of the EL1 virtual timer.
@@ -109,7 +136,7 @@ pub(crate) fn own_mpidr() -> u64 {
 ///
 /// # Panics
 ///
-/// If there is no valid tree there, or it lacks a GICv2, which the kernel needs.
+/// If there is no valid tree there, or it lacks a GIC (v2 or v3), which the kernel needs.
 pub(crate) fn parse() -> BootInfo {
     // SAFETY: DTB_ADDRESS is RAM on -M virt (readable whether or not the MMU is on: the
     // kernel identity-maps it); `from_ptr` reads the header, then `totalsize` bytes.
@@ -127,8 +154,13 @@ pub(crate) fn parse() -> BootInfo {
         cpu_count: 0,
         cpus_dropped: 0,
         psci: None,
-        gic_distributor: Region::default(),
-        gic_cpu_interface: Region::default(),
+        gic: Gic {
+            version: 0,
+            distributor: Region::default(),
+            cpu_interface: Region::default(),
+            redistributors: Regions::new(),
+            redistributor_stride: 0,
+        },
         uart: Region { start: crate::console::DEFAULT_UART as u64, len: 0x1000 },
         timer_intid: DEFAULT_TIMER_INTID,
         qemu_virt: false,
@@ -184,12 +216,7 @@ pub(crate) fn parse() -> BootInfo {
             },
         );
 
-    let gic = fdt
-        .find_compatible(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a9-gic"])
-        .expect("no GICv2 in the device tree (GICv3 is not supported: run -M virt without gic-version=3)");
-    let mut gic_regions = regions(gic);
-    info.gic_distributor = gic_regions.next().expect("GIC without distributor registers");
-    info.gic_cpu_interface = gic_regions.next().expect("GIC without CPU interface registers");
+    info.gic = gic(&fdt);
 
     if let Some(uart) = stdout(&fdt).or_else(|| fdt.find_compatible(&["arm,pl011"]))
         && let Some(region) = regions(uart).next()
@@ -214,6 +241,41 @@ pub(crate) fn parse() -> BootInfo {
         }
     }
     info
+}
+
+/// The interrupt controller: a GICv3 if the tree has one, else a GICv2.
+///
+/// # Panics
+///
+/// If the tree has neither, or the node lacks its register ranges.
+fn gic(fdt: &Fdt<'_>) -> Gic {
+    if let Some(node) = fdt.find_compatible(&["arm,gic-v3"]) {
+        // reg: the distributor, then `#redistributor-regions` redistributor regions (1 if
+        // absent), then the optional GICv2-compatible CPU interface and virtualization frames.
+        let count = node.property("#redistributor-regions").and_then(|p| p.as_usize()).unwrap_or(1);
+        let mut ranges = regions(node);
+        let distributor = ranges.next().expect("GICv3 without distributor registers");
+        let mut redistributors = Regions::new();
+        for region in ranges.take(count) {
+            redistributors.push(region);
+        }
+        assert!(!redistributors.as_slice().is_empty(), "GICv3 without redistributor regions");
+        let stride = node.property("redistributor-stride").and_then(|p| p.as_usize()).unwrap_or(0) as u64;
+        return Gic {
+            version: 3,
+            distributor,
+            cpu_interface: Region::default(),
+            redistributors,
+            redistributor_stride: stride,
+        };
+    }
+    let node = fdt
+        .find_compatible(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a9-gic"])
+        .expect("no GICv2 or GICv3 in the device tree");
+    let mut ranges = regions(node);
+    let distributor = ranges.next().expect("GIC without distributor registers");
+    let cpu_interface = ranges.next().expect("GIC without CPU interface registers");
+    Gic { version: 2, distributor, cpu_interface, redistributors: Regions::new(), redistributor_stride: 0 }
 }
 
 /// The `reg` ranges of a node.

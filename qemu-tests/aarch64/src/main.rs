@@ -75,7 +75,11 @@ extern "C" fn boot_main() -> ! {
     gic::init(&info);
     gic::init_cpu();
     let cpus = smp::start_secondaries(&info);
-    println!("aarch64: boot: {cpus} of {} CPUs online", info.cpu_count + info.cpus_dropped);
+    println!(
+        "aarch64: boot: {cpus} of {} CPUs online, GICv{}",
+        info.cpu_count + info.cpus_dropped,
+        gic::version()
+    );
 
     let free_frames = || FRAMES.free_frames();
     let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };

@@ -97,8 +97,9 @@ pub(crate) unsafe fn init_boot_cpu(info: &BootInfo) {
     map_identity(kernel_image(), Kind::Code);
     map_identity(info.dtb, Kind::Data);
     map_identity(info.uart, Kind::Device);
-    map_identity(info.gic_distributor, Kind::Device);
-    map_identity(info.gic_cpu_interface, Kind::Device);
+    for region in info.gic.register_regions() {
+        map_identity(region, Kind::Device);
+    }
     // SAFETY: ROOT is the table every CPU's TTBR0 will use, its window entries are unused
     // (the identity map stays below 256 GiB, checked in `map_identity`), the kernel runs
     // identity-mapped, and no MMU uses ROOT yet.
