@@ -107,6 +107,57 @@ pub fn boot_timeout() -> Duration {
     BOOT_TIMEOUT + Duration::from_secs(2 * torture.unwrap_or(0))
 }
 
+/// The environment variable that sets how many CPUs every boot has (the `-smp` value;
+/// unset, each kernel's own, 4). Beyond 8 CPUs, GICv2's limit, the AArch64 machine gets a
+/// GICv3 and 8 GiB of RAM: `QEMU_CPUS=64 cargo qemu aarch64` is the long run on a
+/// server-sized machine.
+pub const CPUS: &str = "QEMU_CPUS";
+
+/// The CPU count [`CPUS`] asks for, if it is set to a number.
+pub fn cpus() -> Option<usize> {
+    std::env::var(CPUS).ok().and_then(|text| text.trim().parse::<usize>().ok()).filter(|&cpus| cpus > 0)
+}
+
+/// A further configuration a built kernel boots in, with some of QEMU's arguments changed:
+/// each one boots the same ELF again (no rebuild), and its results print under its name.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    /// The architecture of the kernel it boots (the prefix of its result lines).
+    pub arch: &'static str,
+    /// Its name in the summary line.
+    pub name: &'static str,
+    /// `(option, value)` pairs: the option's value in the kernel's arguments is replaced, or
+    /// the pair is added if the option is not there (`-append` reaches the kernel as the
+    /// device tree's `/chosen/bootargs`).
+    pub changes: &'static [(&'static str, &'static str)],
+}
+
+/// The configurations booted after each kernel's main boot: the AArch64 kernel on a GICv3
+/// (the main boot has the `virt` board's default GICv2).
+pub const VARIANTS: [Variant; 1] =
+    [Variant { arch: "aarch64", name: "aarch64 (GICv3)", changes: &[("-M", "virt,gic-version=3")] }];
+
+/// QEMU's arguments for a boot of `kernel` with `changes` (see [`Variant::changes`]) and
+/// the CPU count of [`CPUS`] when it is set.
+pub fn qemu_arguments(kernel: &Kernel, changes: &[(&str, &str)]) -> Vec<String> {
+    let mut arguments: Vec<String> = kernel.arguments.iter().map(|argument| argument.to_string()).collect();
+    let mut set = |option: &str, value: &str| match arguments.iter().position(|argument| argument == option) {
+        Some(at) if at + 1 < arguments.len() => arguments[at + 1] = value.to_string(),
+        _ => arguments.extend([option.to_string(), value.to_string()]),
+    };
+    for &(option, value) in changes {
+        set(option, value);
+    }
+    if let Some(cpus) = cpus() {
+        set("-smp", &cpus.to_string());
+        if kernel.arch == "aarch64" && cpus > 8 {
+            set("-M", "virt,gic-version=3");
+            set("-m", "8G");
+        }
+    }
+    arguments
+}
+
 /// The outcome of building and booting one kernel.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -230,9 +281,23 @@ pub fn boot(kernel: &Kernel, elf: &Path, echo: bool) -> Report {
 
 /// As [`boot`], counting the boot as a hang after `timeout`.
 pub fn boot_within(kernel: &Kernel, elf: &Path, echo: bool, timeout: Duration) -> Report {
-    let mut report = Report { arch: kernel.arch.to_string(), ..Report::default() };
+    let arguments: Vec<String> = kernel.arguments.iter().map(|argument| argument.to_string()).collect();
+    boot_with(kernel, elf, echo, timeout, &arguments, kernel.arch)
+}
+
+/// Boots a built kernel with `arguments` before `-kernel` (see [`qemu_arguments`]); the
+/// report carries `name`.
+pub fn boot_with(
+    kernel: &Kernel,
+    elf: &Path,
+    echo: bool,
+    timeout: Duration,
+    arguments: &[String],
+    name: &str,
+) -> Report {
+    let mut report = Report { arch: name.to_string(), ..Report::default() };
     let spawned = Command::new(kernel.qemu)
-        .args(kernel.arguments)
+        .args(arguments)
         .arg("-kernel")
         .arg(elf)
         .stdin(Stdio::null())
@@ -343,6 +408,33 @@ pub fn build_and_boot(kernel: &Kernel, echo: bool) -> Report {
     }
 }
 
+/// Builds one kernel and boots it in its main configuration and then in each of its
+/// [`VARIANTS`]; one report per boot. With [`CPUS`] set, only the main configuration boots,
+/// with that many CPUs.
+pub fn build_and_boot_all(kernel: &Kernel, echo: bool) -> Vec<Report> {
+    let elf = match build(kernel) {
+        Ok(elf) => elf,
+        Err(why) => {
+            return vec![Report {
+                arch: kernel.arch.to_string(),
+                failed: 1,
+                problem: Some(why),
+                ..Report::default()
+            }];
+        }
+    };
+    // Emulated CPUs share the host's: a boot with many takes longer (about 5 s a CPU under
+    // TCG on two host cores, measured with 64).
+    let timeout = boot_timeout() + Duration::from_secs(10 * cpus().unwrap_or(0).saturating_sub(4) as u64);
+    let main = (kernel.arch, &[][..]);
+    // A long run with many CPUs boots the main configuration only.
+    let variants = VARIANTS.iter().filter(|variant| variant.arch == kernel.arch && cpus().is_none());
+    std::iter::once(main)
+        .chain(variants.map(|variant| (variant.name, variant.changes)))
+        .map(|(name, changes)| boot_with(kernel, &elf, echo, timeout, &qemu_arguments(kernel, changes), name))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +457,17 @@ mod tests {
         assert_eq!(summary_counts("x86_64", &report.serial[3]), Some((1, 1)));
         assert_eq!(summary_counts("aarch64", &report.serial[3]), None);
         assert_eq!(report.summary(), "x86_64: 1 passed, 1 failed");
+    }
+
+    #[test]
+    fn variants_replace_or_add_arguments() {
+        let kernel = KERNELS[1];
+        let arguments = qemu_arguments(&kernel, &[("-M", "virt,gic-version=3"), ("-append", "granule=16k")]);
+        let at = arguments.iter().position(|argument| argument == "-M").unwrap();
+        assert_eq!(arguments[at + 1], "virt,gic-version=3");
+        assert_eq!(arguments.iter().filter(|argument| *argument == "-M").count(), 1);
+        assert_eq!(arguments[arguments.len() - 2..], ["-append", "granule=16k"]);
+        assert_eq!(arguments.len(), kernel.arguments.len() + 2);
     }
 
     /// A stand-in for QEMU: `sh -c <script>`, which ignores the `-kernel <elf>` arguments.

@@ -1,14 +1,19 @@
 //! Boots both test kernels under QEMU (4 CPUs each), shows their serial output (the tests,
 //! the allocator's statistics, its speed against linked_list_allocator), and ends with one
-//! line per architecture: `x86_64: N passed, M failed`, `aarch64: N passed, M failed`.
+//! line per architecture: `x86_64: N passed, M failed`, `aarch64: N passed, M failed`, and
+//! one per further configuration (`qemu_runner::VARIANTS`: the AArch64 kernel on a GICv3).
 //!
 //! `cargo run --release -p qemu-runner [-- x86_64|aarch64] [--quiet]`
 //!
 //! The suite's torture test runs a few seconds of guest time on each kernel. For a long run,
 //! set `QEMU_TORTURE_SECONDS` (guest seconds): the kernels are rebuilt with it and each boot
 //! may take twice that much longer, e.g. `QEMU_TORTURE_SECONDS=300 cargo qemu aarch64`.
+//!
+//! `QEMU_CPUS=N` boots each kernel's main configuration with N CPUs instead (the AArch64
+//! one with a GICv3 and 8 GiB beyond 8 CPUs): `QEMU_CPUS=64 cargo qemu aarch64` is the long
+//! run on a server-sized machine (about N minutes under TCG on two host cores).
 
-use qemu_runner::{KERNELS, build_and_boot, ensure_qemu};
+use qemu_runner::{KERNELS, build_and_boot_all, ensure_qemu};
 
 fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
@@ -23,7 +28,7 @@ fn main() {
         KERNELS.iter().filter(|kernel| chosen.is_empty() || chosen.iter().any(|arch| *arch == kernel.arch))
     {
         eprintln!("qemu-runner: building and booting the {} kernel", kernel.arch);
-        reports.push(build_and_boot(kernel, !quiet));
+        reports.extend(build_and_boot_all(kernel, !quiet));
     }
     for report in &reports {
         if report.failed > 0 {

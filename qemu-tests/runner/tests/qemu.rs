@@ -1,12 +1,13 @@
 //! The bare-metal tests as part of `cargo test`: both kernels built and booted under QEMU
-//! with 4 CPUs; every test in each must pass.
+//! with 4 CPUs, and again in each further configuration (`VARIANTS`); every test in each
+//! boot must pass.
 
-use qemu_runner::{KERNELS, build_and_boot, ensure_qemu};
+use qemu_runner::{KERNELS, build_and_boot_all, ensure_qemu};
 
 #[test]
 fn both_kernels_pass_every_test_under_qemu() {
     ensure_qemu().unwrap_or_else(|why| panic!("{why}"));
-    let reports: Vec<_> = KERNELS.iter().map(|kernel| build_and_boot(kernel, false)).collect();
+    let reports: Vec<_> = KERNELS.iter().flat_map(|kernel| build_and_boot_all(kernel, false)).collect();
     for report in &reports {
         println!("{}", report.summary());
     }
