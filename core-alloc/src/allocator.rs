@@ -22,6 +22,7 @@ use crate::chunk::{ChunkHeader, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, MAX_LARGE, PAGE, PAGE_SHIFT};
 use crate::heap::{Heap, Release};
+use crate::region::{FailureHook, Mode, ignore_failure};
 use crate::size_class::{CLASS_COUNT, class_for};
 use crate::stats::Stats;
 
@@ -64,7 +65,10 @@ pub struct Allocator<P, Pl> {
     pub(crate) arenas: [AtomicPtr<Arena>; MAX_SLOTS],
     pub(crate) heap: SpinLock<Heap>,
     pub(crate) map: ChunkMap,
+    /// Chunks, or compact mode over one span (see `region`).
+    pub(crate) mode: Mode,
     misuse_hook: MisuseHook,
+    pub(crate) failure_hook: FailureHook,
     /// Frees counted here when their slot's arena could not be made (out of memory).
     pub(crate) stray_frees: [AtomicU64; CLASS_COUNT],
 }
@@ -86,7 +90,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             arenas: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_SLOTS],
             heap: SpinLock::new(Heap::new()),
             map: ChunkMap::new(),
+            mode: Mode::new(),
             misuse_hook: ignore_misuse,
+            failure_hook: ignore_failure,
             stray_frees: [const { AtomicU64::new(0) }; CLASS_COUNT],
         }
     }
@@ -95,6 +101,21 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub const fn with_misuse_hook(mut self, hook: MisuseHook) -> Self {
         self.misuse_hook = hook;
         self
+    }
+
+    /// The same allocator, calling `hook` whenever an allocation is about to return null,
+    /// with the reason (see [`Failure`](crate::Failure)). The statistics count failures by
+    /// reason and keep the last one whether or not a hook is set.
+    pub const fn with_failure_hook(mut self, hook: FailureHook) -> Self {
+        self.failure_hook = hook;
+        self
+    }
+
+    /// Whether the allocator runs in compact mode: its provider handed over one span too
+    /// small for 2 MiB chunks, which the allocator manages itself (decided at the first
+    /// allocation; false before).
+    pub fn is_compact(&self) -> bool {
+        P::MAY_CLAIM_SPAN && self.mode.compact()
     }
 
     /// The page provider.
@@ -178,6 +199,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[inline]
     pub fn owns(&self, ptr: *const u8) -> bool {
         let address = ptr as usize;
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            return self.compact_owns(address);
+        }
         let kind = crate::chunk_map::kind_of(self.map.get(address));
         kind == crate::chunk_map::KIND_SLAB
             || (kind == crate::chunk_map::KIND_HUGE && address & CHUNK_MASK == 0)
@@ -190,6 +214,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// `ptr` came from this allocator and is not freed.
     pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
         let address = ptr.as_ptr() as usize;
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            // SAFETY: forwarded caller promise.
+            return unsafe { self.compact_usable_size(address) };
+        }
         if address & CHUNK_MASK == 0 {
             return Heap::huge_chunks(address, &self.map).map_or(0, |count| count * CHUNK_SIZE);
         }
@@ -207,6 +235,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// The allocation paths shared by every API.
     #[inline(always)]
     pub(crate) fn alloc_inner(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // Compile-time false unless the provider may hand over a span (see `region`).
+        if P::MAY_CLAIM_SPAN
+            && !self.mode.chunks()
+            && !(self.mode.compact() && Mode::slab_request(layout.size(), layout.align()))
+        {
+            return self.alloc_compact(layout, zeroed);
+        }
         let Some(class) = class_for(layout.size(), layout.align()) else {
             return self.alloc_big(layout, zeroed);
         };
@@ -249,7 +284,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
                 block
             }
-            None => ptr::null_mut(),
+            None => {
+                self.failed(size, align);
+                ptr::null_mut()
+            }
         }
     }
 
@@ -262,6 +300,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// is noticed, and is otherwise undefined behaviour).
     #[inline(always)]
     pub(crate) unsafe fn free_inner(&self, block: *mut u8, layout: Option<(usize, usize)>) {
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            // SAFETY: forwarded caller promise.
+            return unsafe { self.free_compact(block, layout) };
+        }
         let address = block as usize;
         if address & CHUNK_MASK == 0 {
             // SAFETY: forwarded caller promise.
@@ -354,7 +396,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub(crate) unsafe fn realloc_inner(&self, block: *mut u8, old_size: usize, layout: Layout) -> *mut u8 {
         let address = block as usize;
         let new_size = layout.size();
-        if address & CHUNK_MASK == 0 {
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            // SAFETY: a live block of this allocator, the caller's.
+            if unsafe { self.compact_resize(address, new_size, layout.align()) } {
+                return block;
+            }
+        } else if address & CHUNK_MASK == 0 {
             if new_size > MAX_LARGE && layout.align() <= CHUNK_SIZE {
                 let resized = self.platform.with_slot(|_| {
                     let mut heap = self.heap.lock();
@@ -419,6 +466,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// Carves a page run from the central heap, getting a new chunk from the provider
     /// (outside the lock) when no chunk the heap holds has room. Call inside a slot closure.
     pub(crate) fn take_run(&self, pages: usize, align_pages: usize, kind: u8) -> Option<(*mut Run, bool)> {
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            debug_assert!(kind == RUN_SLAB && pages >= 1);
+            return self.take_slab_page();
+        }
         if let Some(found) = self.heap.lock().alloc_run(pages, align_pages, kind) {
             return Some(found);
         }
@@ -447,6 +498,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// `run` is a live run of this allocator with nothing in it live; call inside a slot
     /// closure.
     pub(crate) unsafe fn release_run(&self, run: *mut Run) {
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            // SAFETY: in compact mode every slab is a slab page (the caller's promise).
+            return unsafe { self.release_slab_page(run) };
+        }
         // SAFETY: the caller's promise.
         let release = unsafe { self.heap.lock().free_run(run, &self.map) };
         self.give_back(release);
@@ -561,7 +616,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         for (class, stray) in stats.classes.iter_mut().zip(&self.stray_frees) {
             class.frees += stray.load(Ordering::Relaxed);
         }
-        stats.heap = self.platform.with_slot(|_| self.heap.lock().counters);
+        stats.heap = self.platform.with_slot(|_| {
+            let mut heap = self.heap.lock();
+            Self::refresh_region_counters(&mut heap);
+            heap.counters
+        });
         stats
     }
 
@@ -608,7 +667,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// description of the first inconsistency. For tests, at quiet moments.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         self.platform.with_slot(|slot| {
-            self.heap.lock().check_invariants()?;
+            let mut heap = self.heap.lock();
+            heap.check_invariants()?;
+            Self::check_region(&mut heap)?;
+            drop(heap);
             // SAFETY: the slot closure gives exclusive use of the slot's arena.
             unsafe { self.check_arena(slot) }
         })

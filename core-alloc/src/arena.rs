@@ -186,6 +186,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // SAFETY: the caller holds the slot.
         let arena = unsafe { self.arena(slot) };
         if arena.is_null() {
+            self.failed(crate::size_class::class_size(class), crate::size_class::class_align(class));
             return ptr::null_mut();
         }
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
@@ -224,6 +225,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     continue;
                 }
                 let Some((run, _)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
+                    if P::MAY_CLAIM_SPAN && self.mode.compact() {
+                        // No page for a slab: the block alone, from the span.
+                        let block = self.alloc_compact_fallback(class);
+                        if !block.is_null() {
+                            return block;
+                        }
+                    }
+                    self.failed(crate::size_class::class_size(class), crate::size_class::class_align(class));
                     return ptr::null_mut();
                 };
                 slab::init(run, class, slot);
@@ -273,7 +282,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return existing;
         }
         let size = core::mem::size_of::<Arena>().next_multiple_of(ARENA_ALIGN);
-        let Some(memory) = self.heap.lock().meta_alloc(size, ARENA_ALIGN, &self.provider) else {
+        if P::MAY_CLAIM_SPAN && !self.mode.chunks() {
+            self.decide_mode();
+        }
+        let memory = if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            self.compact_meta_alloc(size, ARENA_ALIGN)
+        } else {
+            self.heap.lock().meta_alloc(size, ARENA_ALIGN, &self.provider)
+        };
+        let Some(memory) = memory else {
             return ptr::null_mut();
         };
         let arena = memory.as_ptr().cast::<Arena>();
@@ -602,6 +619,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         unsafe {
             if slab::abandon(run) {
                 heap.push_orphan(run);
+            } else if P::MAY_CLAIM_SPAN && self.mode.compact() {
+                Self::free_slab_page_locked(&mut heap, run);
             } else {
                 let release = heap.free_run(run, &self.map);
                 drop(heap);

@@ -38,6 +38,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// Records a block handed out of a slab chunk as live.
     pub(crate) fn mark_live(&self, block: *mut u8) {
         let address = block as usize;
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            return self.mark_compact_live(address);
+        }
         if address & CHUNK_MASK != 0 {
             // SAFETY: a block just handed out, in a slab chunk of this allocator.
             let (word, bit) = unsafe { live_bit(address) };
@@ -62,9 +65,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let boundary = match kind {
                 RUN_SLAB => {
                     let size = (*run).block_size as usize;
-                    address >= start
-                        && (address - start).is_multiple_of(size)
-                        && address - start < size * crate::size_class::slab_capacity((*run).class as usize)
+                    let (first, capacity) = crate::slab::blocks_of(run, (*run).class as usize);
+                    let offset = address & CHUNK_MASK;
+                    offset >= first
+                        && (offset - first).is_multiple_of(size)
+                        && offset - first < size * capacity
                 }
                 RUN_LARGE => address == start,
                 _ => false,

@@ -80,7 +80,9 @@ pub(crate) struct Run {
     pub first_page: u16,
     /// The run's length in pages.
     pub pages: u16,
-    _reserved: u16,
+    /// Slab: bytes at the start of the first page that hold no block (compact mode's
+    /// slabs keep their descriptor there; 0 for slabs in chunks).
+    pub head: u16,
     /// Slab: blocks freed by other CPUs; see `slab` for the encoding.
     pub remote: AtomicU64,
     /// Owner list links (the arena's bins).
@@ -108,7 +110,7 @@ impl Run {
             owner: AtomicU16::new(NO_OWNER),
             first_page: 0,
             pages: 0,
-            _reserved: 0,
+            head: 0,
             remote: AtomicU64::new(0),
             next: ptr::null_mut(),
             prev: ptr::null_mut(),

@@ -115,6 +115,10 @@ pub struct HeapCounters {
     pub chunks_returned: usize,
     /// Requests the provider refused.
     pub provider_refusals: usize,
+    /// Compact mode: the span and what is in it (all zero in the usual mode).
+    pub region: crate::region::RegionCounters,
+    /// Allocations that returned null, by reason, and the last one.
+    pub failures: crate::region::FailureCounters,
 }
 
 /// Chunks the heap let go of, to be given back to the provider by the caller once the
@@ -151,6 +155,8 @@ pub(crate) struct Heap {
     #[cfg(feature = "checked")]
     spare_live_bits: *mut u8,
     pub(crate) counters: HeapCounters,
+    /// Compact mode's span (see `region`).
+    pub(crate) region: Option<crate::region::Region>,
 }
 
 // SAFETY: the raw pointers are chunk headers owned by the heap; the heap is only used
@@ -182,7 +188,26 @@ impl Heap {
                 chunks_obtained: 0,
                 chunks_returned: 0,
                 provider_refusals: 0,
+                region: crate::region::RegionCounters {
+                    span_bytes: 0,
+                    fit: crate::fit::FitCounters {
+                        capacity: 0,
+                        free_bytes: 0,
+                        used_blocks: 0,
+                        largest_free: 0,
+                    },
+                    slab_pages: 0,
+                    blocks_live: 0,
+                    blocks_live_bytes: 0,
+                },
+                failures: crate::region::FailureCounters {
+                    out_of_memory: 0,
+                    fragmented: 0,
+                    too_big: 0,
+                    last: None,
+                },
             },
+            region: None,
         }
     }
 
@@ -423,7 +448,7 @@ impl Heap {
     /// # Safety
     ///
     /// `run` is a live run of this heap.
-    unsafe fn unlink_orphan(&mut self, run: *mut Run) {
+    pub(crate) unsafe fn unlink_orphan(&mut self, run: *mut Run) {
         // SAFETY: the lock guards orphan lists and their tags; only slabs carry list tags.
         unsafe {
             if (*run).kind != RUN_SLAB || (*run).list != LIST_ORPHAN {

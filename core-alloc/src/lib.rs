@@ -26,7 +26,9 @@ mod checked;
 mod chunk;
 mod chunk_map;
 pub mod config;
+mod fit;
 mod heap;
+mod region;
 pub mod size_class;
 mod slab;
 mod stats;
@@ -38,4 +40,8 @@ pub mod host;
 pub mod testkit;
 
 pub use allocator::{Allocator, Misuse, MisuseHook, MisuseReport};
+pub use fit::FitCounters;
+pub use region::{
+    COMPACT_CHUNKS, COMPACT_SLAB_MAX, Failure, FailureCounters, FailureHook, FailureReport, RegionCounters,
+};
 pub use stats::{ClassStats, HeapCounters, Stats};

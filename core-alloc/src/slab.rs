@@ -41,7 +41,7 @@ use core::ptr;
 
 use crate::chunk::{LIST_NONE, NO_OWNER, RUN_SLAB, Run};
 use crate::config::{CHUNK_MASK, PAGE, PAGE_SHIFT};
-use crate::size_class::{class_size, slab_capacity};
+use crate::size_class::{class_align, class_size, slab_capacity};
 
 /// The owner will collect remote frees on its own.
 pub(crate) const ACTIVE: u64 = 0;
@@ -112,6 +112,25 @@ pub(crate) unsafe fn link_to(block: *mut u8, next: *mut u8) {
     unsafe { write_link(block as usize, next) }
 }
 
+/// The chunk offset of a slab's first block and the number of blocks it holds: its pages
+/// past its head, tiled by blocks of `class` from the first boundary of the class's
+/// alignment.
+///
+/// # Safety
+///
+/// `run` is a slab descriptor whose first page, pages and head are set and stable.
+pub(crate) unsafe fn blocks_of(run: *const Run, class: usize) -> (usize, usize) {
+    // SAFETY: the caller's promise.
+    let (first_page, pages, head) = unsafe { ((*run).first_page, (*run).pages, (*run).head) };
+    let start = (first_page as usize) << PAGE_SHIFT;
+    if head == 0 {
+        return (start, slab_capacity(class));
+    }
+    let first = (start + head as usize).next_multiple_of(class_align(class));
+    let end = start + ((pages as usize) << PAGE_SHIFT);
+    (first, end.saturating_sub(first) / class_size(class))
+}
+
 /// Sets up `run` (freshly carved, `RUN_SLAB`) as a slab of `class` owned by `owner`.
 ///
 /// # Safety
@@ -121,7 +140,7 @@ pub(crate) unsafe fn init(run: *mut Run, class: usize, owner: usize) {
     // SAFETY: exclusive use of the descriptor (caller).
     unsafe {
         debug_assert_eq!((*run).kind, RUN_SLAB);
-        let start = ((*run).first_page as usize) << PAGE_SHIFT;
+        let (start, capacity) = blocks_of(run, class);
         let size = class_size(class);
         (*run).class = class as u8;
         (*run).block_size = size as u32;
@@ -129,7 +148,7 @@ pub(crate) unsafe fn init(run: *mut Run, class: usize, owner: usize) {
         (*run).local_free = 0;
         (*run).used = 0;
         (*run).bump = start as u32;
-        (*run).end = (start + slab_capacity(class) * size) as u32;
+        (*run).end = (start + capacity * size) as u32;
         (*run).list = LIST_NONE;
         (*run).owner.store(owner as u16, Ordering::Relaxed);
         (*run).remote.store(pack(0, 0, ACTIVE), Ordering::Relaxed);
@@ -460,7 +479,7 @@ pub(crate) unsafe fn push_remote(run: *mut Run, first: *mut u8, last: *mut u8, c
 pub(crate) unsafe fn check_invariants(run: *const Run) -> Result<(), &'static str> {
     // SAFETY: owner-only fields and free blocks of the owned slab.
     unsafe {
-        let start = ((*run).first_page as usize) << PAGE_SHIFT;
+        let start = blocks_of(run, (*run).class as usize).0;
         let (bump, end, size) = ((*run).bump as usize, (*run).end as usize, (*run).block_size as usize);
         if !(start..=end).contains(&bump) || !(bump - start).is_multiple_of(size) {
             return Err("bump pointer outside the slab or off a block boundary");

@@ -66,13 +66,16 @@ impl Stats {
     /// Bytes in live blocks of every kind: small blocks, large runs and huge allocations,
     /// each counted at its rounded-up size.
     pub fn live_bytes(&self) -> usize {
-        self.small_live_bytes() + self.heap.large_live_bytes + self.heap.huge_live_bytes
+        self.small_live_bytes()
+            + self.heap.large_live_bytes
+            + self.heap.huge_live_bytes
+            + self.heap.region.blocks_live_bytes
     }
 
     /// Live allocations of every kind.
     pub fn live_allocations(&self) -> u64 {
         let small: u64 = self.classes.iter().map(ClassStats::live).sum();
-        small + (self.heap.large_live + self.heap.huge_live) as u64
+        small + (self.heap.large_live + self.heap.huge_live + self.heap.region.blocks_live) as u64
     }
 
     /// Chunks the allocator holds from its provider: slab chunks, cached empty chunks,
@@ -114,6 +117,32 @@ impl fmt::Display for Stats {
             self.heap.orphan_slabs,
             self.heap.provider_refusals,
         )?;
+        let region = &self.heap.region;
+        if region.span_bytes > 0 {
+            writeln!(
+                f,
+                "compact span: {} KiB, {} KiB free (largest piece {} KiB), {} slab pages, {} fit blocks live ({} KiB)",
+                region.span_bytes / 1024,
+                region.fit.free_bytes / 1024,
+                region.fit.largest_free / 1024,
+                region.slab_pages,
+                region.blocks_live,
+                region.blocks_live_bytes / 1024,
+            )?;
+        }
+        let failures = &self.heap.failures;
+        if let Some(last) = failures.last {
+            writeln!(
+                f,
+                "failed allocations: {} out of memory, {} fragmented, {} too big; last: {:?}, {} bytes aligned to {}",
+                failures.out_of_memory,
+                failures.fragmented,
+                failures.too_big,
+                last.reason,
+                last.size,
+                last.align,
+            )?;
+        }
         write!(f, "classes (size: live/allocated):")?;
         for class in self.classes.iter().filter(|class| class.allocations > 0) {
             write!(f, " {}: {}/{}", class.block_size, class.live(), class.allocations)?;

@@ -17,7 +17,9 @@
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 
-pub(crate) use platform::sync::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
+pub(crate) use platform::sync::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering,
+};
 
 /// Named points where a test can pause a thread inside the allocator (see [`pause`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

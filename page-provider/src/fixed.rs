@@ -49,7 +49,16 @@ impl<const WORDS: usize> FixedRegion<WORDS> {
     /// The span is valid for reads and writes, used by nothing else for as long as the
     /// provider or memory from it is in use, and all zero if `zeroed` is true.
     pub const unsafe fn new(start: *mut u8, len: usize, zeroed: bool) -> Self {
-        Self { state: spin::Mutex::new(State { start, len, zeroed, base: None, claimed: false, chunks: ChunkBitmap::new() }) }
+        Self {
+            state: spin::Mutex::new(State {
+                start,
+                len,
+                zeroed,
+                base: None,
+                claimed: false,
+                chunks: ChunkBitmap::new(),
+            }),
+        }
     }
 
     /// The span, as given to [`new`](Self::new): its first byte and its length.

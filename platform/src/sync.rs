@@ -14,10 +14,10 @@
 pub use core::sync::atomic::Ordering;
 
 #[cfg(not(feature = "shuttle"))]
-pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64};
+pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU64, AtomicUsize};
 
 #[cfg(feature = "shuttle")]
-pub use model::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64};
+pub use model::{AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU64, AtomicUsize};
 
 /// One turn of a spin loop (under shuttle: a yield to its scheduler).
 #[inline(always)]
@@ -94,7 +94,9 @@ mod model {
     }
 
     scheduled_atomic!(AtomicBool, core::sync::atomic::AtomicBool, bool);
+    scheduled_atomic!(AtomicU8, core::sync::atomic::AtomicU8, u8);
     scheduled_atomic!(AtomicU16, core::sync::atomic::AtomicU16, u16);
+    scheduled_atomic!(AtomicUsize, core::sync::atomic::AtomicUsize, usize);
     scheduled_atomic!(AtomicU64, core::sync::atomic::AtomicU64, u64);
     scheduled_atomic!(AtomicPtr, core::sync::atomic::AtomicPtr<T>, *mut T, T);
 

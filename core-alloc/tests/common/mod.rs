@@ -124,6 +124,18 @@ pub fn region_heap(chunks: usize) -> &'static RegionHeap {
     Box::leak(Box::new(Allocator::new(Metered::new(region), HostPlatform::new())))
 }
 
+pub type CompactHeap = Allocator<FixedRegion, HostPlatform>;
+
+/// A fresh allocator over a span of `bytes` bytes starting `offset` bytes past a 16-byte
+/// boundary (leaked, zeroed): compact mode when the span holds few whole chunks.
+pub fn compact_heap(bytes: usize, offset: usize) -> &'static CompactHeap {
+    let span = vec![0u128; (bytes + offset).div_ceil(16)].leak();
+    let start = span.as_mut_ptr().cast::<u8>().wrapping_add(offset);
+    // SAFETY: the leaked, zeroed vector is used by nothing else.
+    let region = unsafe { FixedRegion::new(start, bytes, true) };
+    Box::leak(Box::new(Allocator::new(region, HostPlatform::new())))
+}
+
 /// xorshift64*: deterministic test inputs.
 pub struct Rng(pub u64);
 
