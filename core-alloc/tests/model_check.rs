@@ -20,6 +20,8 @@
 //!   several slots at once, the last free releasing a slab.
 //! - `chunk_map_under_churn`: large, huge and cached chunks recorded and forgotten while
 //!   other threads look pointers up.
+//! - `compact_mode_under_churn`: the mode decided by racing first allocations, one-page
+//!   slabs in a span (remote frees, abandonment, release to the fit heap), fit blocks.
 #![cfg(feature = "shuttle")]
 
 use std::ptr::NonNull;
@@ -305,4 +307,89 @@ fn chunk_map_under_churn() {
 #[test]
 fn model_chunk_map_under_churn() {
     explore(chunk_map_under_churn);
+}
+
+type CompactHeap = Allocator<page_provider::fixed::FixedRegion, TestPlatform>;
+
+/// An allocator over a span of `bytes` (leaked): compact mode.
+fn compact_heap(bytes: usize) -> Arc<CompactHeap> {
+    let span = vec![0u128; bytes / 16].leak();
+    // SAFETY: the leaked, zeroed vector is used by nothing else.
+    let region = unsafe { page_provider::fixed::FixedRegion::new(span.as_mut_ptr().cast(), bytes, true) };
+    Arc::new(Allocator::new(region, TestPlatform::new()).with_misuse_hook(panic_on_misuse))
+}
+
+/// Compact mode (issue 9): two slots' first allocations race the decision of the mode;
+/// slab blocks and fit blocks are freed by other slots while their owner exits (remote
+/// frees into one-page slabs, abandonment, the last free releasing a slab page to the fit
+/// heap) and while a fourth slot takes and gives back slab pages and fit blocks.
+fn compact_mode_under_churn() {
+    let heap = compact_heap(64 * 1024);
+    let sizes = [48, 600, 48, 200];
+    let producers: Vec<_> = (1..=2)
+        .map(|slot| {
+            let heap = Arc::clone(&heap);
+            thread::spawn(move || {
+                TestPlatform::enter(slot);
+                let blocks: Vec<usize> = (0..12)
+                    .map(|index| heap.allocate(sizes[index % 4], 8).expect("out of memory").as_ptr() as usize)
+                    .collect();
+                if slot == 1 {
+                    heap.platform().with_slot(|slot| {
+                        // SAFETY: the slot is this thread's alone, and not inside another call.
+                        unsafe { heap.release_slot(slot) }
+                    });
+                }
+                blocks
+            })
+        })
+        .collect();
+    let mut blocks: Vec<usize> = producers.into_iter().flat_map(|producer| producer.join().unwrap()).collect();
+    let theirs = blocks.split_off(blocks.len() / 2);
+    let freer = {
+        let heap = Arc::clone(&heap);
+        thread::spawn(move || {
+            TestPlatform::enter(3);
+            for block in theirs {
+                // SAFETY: each block is freed once.
+                unsafe { heap.free(NonNull::new(block as *mut u8).unwrap()) };
+            }
+            heap.collect();
+        })
+    };
+    let churner = {
+        let heap = Arc::clone(&heap);
+        thread::spawn(move || {
+            TestPlatform::enter(4);
+            for round in 0..3 {
+                let block = heap.allocate(sizes[round % 4] + 8, 8).expect("out of memory");
+                // SAFETY: a fresh block, freed once.
+                unsafe { heap.free(block) };
+                heap.collect();
+            }
+        })
+    };
+    freer.join().unwrap();
+    churner.join().unwrap();
+    TestPlatform::enter(0);
+    for block in blocks {
+        // SAFETY: each block is freed once.
+        unsafe { heap.free(NonNull::new(block as *mut u8).unwrap()) };
+    }
+    for slot in [0, 2, 3, 4] {
+        TestPlatform::enter(slot);
+        heap.collect();
+        heap.check_invariants().unwrap();
+    }
+    TestPlatform::enter(0);
+    let stats = heap.stats();
+    assert!(heap.is_compact());
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    assert_eq!(stats.heap.orphan_slabs, 0, "an abandoned slab page was stranded");
+    assert_eq!(stats.heap.region.slab_pages, 0, "a slab page was not given back: {stats}");
+}
+
+#[test]
+fn model_compact_mode_under_churn() {
+    explore(compact_mode_under_churn);
 }
