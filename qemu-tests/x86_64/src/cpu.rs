@@ -122,3 +122,37 @@ pub(crate) fn exit(code: ExitCode) -> ! {
     unsafe { outl(DEBUG_EXIT_PORT, code as u32) };
     halt_forever()
 }
+
+/// `IA32_GS_BASE`, which `platform`'s `init_cpu` sets.
+const IA32_GS_BASE: u32 = 0xC000_0101;
+
+/// With the GS base back at 0 for a moment (as on a CPU that never ran `init_cpu`), the
+/// platform reaches its uninitialised record instead of faulting at a low address: the CPU
+/// index reads `usize::MAX` (so `KernelPlatform` panics naming `init_cpu`), and a guard
+/// masks interrupts and does not unmask them. Boot CPU, interrupts masked, no timer.
+pub(crate) fn uninitialized_cpu_is_detected() -> qemu_suite::Outcome {
+    use platform::arch::x86_64::{InterruptGuard, cpu_initialized, current_cpu_racy, interrupts_enabled};
+    let _outer = InterruptGuard::new();
+    // SAFETY: IA32_GS_BASE exists on every x86-64 CPU.
+    let base = unsafe { rdmsr(IA32_GS_BASE) };
+    // SAFETY: interrupts are masked and nothing on this CPU uses the GS base until it is
+    // restored below; the platform's accesses with GS base 0 hit a static of its own.
+    let (index, initialized, masked_after_guard) = unsafe {
+        wrmsr(IA32_GS_BASE, 0);
+        let index = current_cpu_racy();
+        let initialized = cpu_initialized();
+        drop(InterruptGuard::new());
+        let masked = !interrupts_enabled();
+        wrmsr(IA32_GS_BASE, base);
+        (index, initialized, masked)
+    };
+    if index != usize::MAX || initialized || !masked_after_guard {
+        return Err(alloc::format!(
+            "with GS base 0: index {index:#x}, initialised {initialized}, masked after a guard {masked_after_guard}"
+        ));
+    }
+    if !cpu_initialized() || current_cpu_racy() != 0 {
+        return Err(alloc::format!("after restoring the GS base the CPU index is {:#x}", current_cpu_racy()));
+    }
+    Ok(())
+}

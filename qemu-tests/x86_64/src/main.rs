@@ -83,6 +83,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };
     let summary = qemu_suite::run_with(&machine::X86Machine, &under_test, |test| {
         test("second_heap_over_x86_64_crate_paging", paged::test(&machine::X86Machine));
+        test("a_cpu_without_init_cpu_is_detected", cpu::uninitialized_cpu_is_detected());
     });
     exit(if summary.failed == 0 { ExitCode::Success } else { ExitCode::Failure })
 }

@@ -1,11 +1,23 @@
 //! Per-CPU records reached through the GS base, the CPU index as the allocator's slot, and
 //! the cache-line size.
 //!
-//! Each CPU's `IA32_GS_BASE` points at its own [`CpuRecord`] (a static array entry), set
-//! once by [`init_cpu`]. Only the owning CPU reads or writes its record after that, with
+//! Each CPU reaches its own [`CpuRecord`] (a static array entry) through `IA32_GS_BASE`,
+//! set once by [`init_cpu`]. Only the owning CPU reads or writes its record after that, with
 //! single instructions or with interrupts masked, so no field needs a lock or an atomic
 //! read-modify-write. The fields are atomics only because the records are a shared static
 //! that Rust code (`init_cpu`) and `gs:`-relative assembly both access.
+//!
+//! A CPU that never ran `init_cpu` must fail loudly, not fault at address 0x8, and the fast
+//! path must not pay for the check. So every access is RIP-relative to [`UNINITIALIZED`], a
+//! record of its own: `gs:[rip + UNINITIALIZED + field]` reads `GS base + &UNINITIALIZED +
+//! field` (in 64-bit mode the GS base is added to the RIP-relative address), and `init_cpu`
+//! sets the GS base to `&RECORDS[i] - &UNINITIALIZED`, so an initialised CPU reaches its
+//! record. A CPU whose GS base is still 0 (as at reset, and as boot loaders leave it) reaches
+//! `UNINITIALIZED` itself, whose index is `usize::MAX`: [`KernelPlatform`] already checks the
+//! index against [`MAX_CPUS`] and panics saying that `init_cpu` was not called, and
+//! [`current_cpu_racy`] returns `usize::MAX`. Its guard depth starts near `2^62`, so guards
+//! on such a CPU mask interrupts and never unmask them, whatever other uninitialised CPUs
+//! do to the shared count. Same instructions as absolute `gs:` offsets, same length.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +51,14 @@ pub(super) const DEPTH_OFFSET: usize = core::mem::offset_of!(CpuRecord, mask_dep
 /// `gs:` offset of [`CpuRecord::saved_flags`].
 pub(super) const FLAGS_OFFSET: usize = core::mem::offset_of!(CpuRecord, saved_flags);
 
+/// The record a CPU with GS base 0 reaches: index `usize::MAX`, and a guard depth no
+/// number of guards brings to 0 (see the module documentation).
+pub(super) static UNINITIALIZED: CpuRecord = CpuRecord {
+    index: AtomicUsize::new(usize::MAX),
+    mask_depth: AtomicUsize::new(1 << 62),
+    saved_flags: AtomicUsize::new(0),
+};
+
 static RECORDS: [CpuRecord; MAX_CPUS] = [const {
     CpuRecord {
         index: AtomicUsize::new(0),
@@ -47,7 +67,9 @@ static RECORDS: [CpuRecord; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
-/// Makes `index` the calling CPU's index: points `IA32_GS_BASE` at the CPU's record.
+/// Makes `index` the calling CPU's index: sets `IA32_GS_BASE` so that the CPU reaches its
+/// record (the record's address minus that of the uninitialised record; see the module
+/// documentation).
 ///
 /// # Panics
 ///
@@ -65,9 +87,11 @@ pub unsafe fn init_cpu(index: usize) {
     record.index.store(index, Ordering::Relaxed);
     record.mask_depth.store(0, Ordering::Relaxed);
     record.saved_flags.store(0, Ordering::Relaxed);
-    let base = record as *const CpuRecord as u64;
+    let base = (record as *const CpuRecord as u64).wrapping_sub(&raw const UNINITIALIZED as u64);
     // SAFETY: the caller runs this once per CPU before any `gs:` access of this module and
-    // nobody else owns the GS base; the record is a static, so the base stays valid.
+    // nobody else owns the GS base; the record is a static, so the base stays valid. The
+    // base is the distance between two statics of the image, a small value of either sign,
+    // so it is canonical as `wrmsr` requires.
     // `wrmsr` writes the MSR in ecx from edx:eax; it touches no memory Rust knows of
     // (nomem), not the stack (nostack), and no status flags (preserves_flags).
     unsafe {
@@ -81,7 +105,8 @@ pub unsafe fn init_cpu(index: usize) {
     }
 }
 
-/// The calling CPU's index.
+/// The calling CPU's index, or `usize::MAX` on a CPU that never ran [`init_cpu`] (whose GS
+/// base is still 0).
 ///
 /// Racy in general: code that can move between CPUs may run elsewhere by the time it uses
 /// the value. It is exact with interrupts masked, or in a kernel that never moves code
@@ -89,18 +114,25 @@ pub unsafe fn init_cpu(index: usize) {
 #[inline]
 pub fn current_cpu_racy() -> usize {
     let index: usize;
-    // SAFETY: the kernel called `init_cpu` on this CPU first (the module's contract), so
-    // `gs:0` is this CPU's record index. One load: it reads memory (readonly, no `nomem`),
-    // uses no stack and leaves the flags alone.
+    // SAFETY: the address is this CPU's record index after `init_cpu`, or the uninitialised
+    // record's with GS base 0 (the module documentation): a static either way. One load: it
+    // reads memory (readonly, no `nomem`), uses no stack and leaves the flags alone.
     unsafe {
         asm!(
-            "mov {index}, qword ptr gs:[{offset}]",
+            "mov {index}, qword ptr gs:[rip + {record} + {offset}]",
             index = out(reg) index,
+            record = sym UNINITIALIZED,
             offset = const INDEX_OFFSET,
             options(nostack, preserves_flags, readonly),
         );
     }
     index
+}
+
+/// Whether the calling CPU ran [`init_cpu`] (its GS base was 0 before, as at reset).
+#[inline]
+pub fn cpu_initialized() -> bool {
+    current_cpu_racy() < MAX_CPUS
 }
 
 /// The kernel's [`Platform`]: the slot is the dense CPU index, and a slot's closure runs
@@ -132,13 +164,26 @@ unsafe impl Platform for KernelPlatform {
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         let _masked = InterruptGuard::new();
         let index = current_cpu_racy();
-        assert!(index < MAX_CPUS, "init_cpu was not called on this CPU");
+        if index >= MAX_CPUS {
+            not_initialized();
+        }
         f(index)
     }
 
     fn cache_line_size(&self) -> usize {
         cache_line_size()
     }
+}
+
+/// The panic of [`KernelPlatform`] on a CPU that never ran `init_cpu`, out of the fast path.
+#[cold]
+#[inline(never)]
+fn not_initialized() -> ! {
+    panic!(
+        "platform::arch::x86_64::KernelPlatform used on a CPU that never ran init_cpu: call \
+         platform::arch::x86_64::init_cpu(index) on every CPU at bring-up (0 on the boot CPU), \
+         before its first allocation"
+    )
 }
 
 /// The line size the allocator's fallback uses when CPUID reports none.

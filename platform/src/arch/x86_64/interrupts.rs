@@ -13,7 +13,7 @@
 use core::arch::asm;
 use core::marker::PhantomData;
 
-use super::cpu::{DEPTH_OFFSET, FLAGS_OFFSET};
+use super::cpu::{DEPTH_OFFSET, FLAGS_OFFSET, UNINITIALIZED};
 
 /// RFLAGS.IF: maskable interrupts are delivered.
 const RFLAGS_IF: u64 = 1 << 9;
@@ -32,7 +32,8 @@ pub fn interrupts_enabled() -> bool {
 /// to drop restores the interrupt flag saved by the first. Guards nest.
 ///
 /// `!Send`: a guard belongs to the CPU that made it. The kernel must have run
-/// [`init_cpu`](super::init_cpu) on the CPU first.
+/// [`init_cpu`](super::init_cpu) on the CPU first; on a CPU that did not (GS base 0), guards
+/// mask interrupts and never unmask them.
 #[must_use = "interrupts are unmasked again as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct InterruptGuard {
@@ -43,8 +44,9 @@ impl InterruptGuard {
     /// Masks interrupts (if they were not masked already) until the guard drops.
     #[inline]
     pub fn new() -> Self {
-        // SAFETY: the CPU's GS base points at its record (`init_cpu` ran first, the module's
-        // contract), so the `gs:` accesses hit this CPU's depth count and saved flags.
+        // SAFETY: the `gs:` accesses hit this CPU's depth count and saved flags (`init_cpu`
+        // ran first, the module's contract), or, on a CPU that never ran it, the fields of
+        // the uninitialised record, a static whose depth never drops to 0 (`cpu.rs`).
         // Order matters: RFLAGS is read before `cli`, the count is raised before the flags
         // are saved, and saved only if this guard raised it from 0; a nested handler (an
         // NMI) running between any two instructions sees either count 0 and finds the
@@ -57,12 +59,13 @@ impl InterruptGuard {
                 "pushfq",
                 "pop {flags}",
                 "cli",
-                "add qword ptr gs:[{depth}], 1",
-                "cmp qword ptr gs:[{depth}], 1",
+                "add qword ptr gs:[rip + {record} + {depth}], 1",
+                "cmp qword ptr gs:[rip + {record} + {depth}], 1",
                 "jne 2f",
-                "mov qword ptr gs:[{saved}], {flags}",
+                "mov qword ptr gs:[rip + {record} + {saved}], {flags}",
                 "2:",
                 flags = out(reg) _,
+                record = sym UNINITIALIZED,
                 depth = const DEPTH_OFFSET,
                 saved = const FLAGS_OFFSET,
             );
@@ -89,14 +92,15 @@ impl Drop for InterruptGuard {
         // status flags.
         unsafe {
             asm!(
-                "mov {saved}, qword ptr gs:[{saved_offset}]",
-                "sub qword ptr gs:[{depth}], 1",
+                "mov {saved}, qword ptr gs:[rip + {record} + {saved_offset}]",
+                "sub qword ptr gs:[rip + {record} + {depth}], 1",
                 "jne 2f",
                 "test {saved}, {interrupt_flag}",
                 "jz 2f",
                 "sti",
                 "2:",
                 saved = out(reg) _,
+                record = sym UNINITIALIZED,
                 saved_offset = const FLAGS_OFFSET,
                 depth = const DEPTH_OFFSET,
                 interrupt_flag = const RFLAGS_IF,

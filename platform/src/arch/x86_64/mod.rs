@@ -6,7 +6,9 @@
 //! 1. On every CPU, before anything here is used on that CPU, call [`init_cpu`] with the
 //!    CPU's dense index (0 for the boot CPU). It points `IA32_GS_BASE` at the CPU's record;
 //!    [`KernelPlatform`], [`InterruptGuard`] and [`current_cpu_racy`] read and write that
-//!    record through `gs:`. The kernel must not change the GS base afterwards.
+//!    record through `gs:`. The kernel must not change the GS base afterwards. On a CPU that
+//!    skipped it (GS base 0, as at reset), `KernelPlatform` panics with a message naming
+//!    `init_cpu` at the first allocation, never a page fault.
 //! 2. Once, before the heap is used, call [`HeapMapper::install`] on the mapper of the
 //!    kernel's frame provider, with the kernel's physical-memory offset, the RAM range and a
 //!    source of 4 KiB frames for page tables: it builds the heap window (frame `phys` at
@@ -20,6 +22,6 @@ mod cpu;
 mod interrupts;
 mod paging;
 
-pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, current_cpu_racy, init_cpu};
+pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, cpu_initialized, current_cpu_racy, init_cpu};
 pub use interrupts::{InterruptGuard, interrupts_enabled};
 pub use paging::{HeapMapper, InstallError};
