@@ -66,6 +66,28 @@ pub unsafe trait Platform: Sync {
     }
 }
 
+// SAFETY: forwards every call to the referenced platform, which keeps the promises; two
+// allocators sharing one platform each get its exclusive slots in turn (neither calls the
+// other inside a closure).
+unsafe impl<P: Platform> Platform for &P {
+    fn slot_count(&self) -> usize {
+        (**self).slot_count()
+    }
+
+    #[inline(always)]
+    fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        (**self).with_slot(f)
+    }
+
+    fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
+        (**self).try_with_idle_slot(slot, f)
+    }
+
+    fn cache_line_size(&self) -> usize {
+        (**self).cache_line_size()
+    }
+}
+
 /// A platform with a single slot, for firmware with one CPU that never allocates from an
 /// interrupt handler (or masks interrupts around every allocation itself).
 #[derive(Debug)]

@@ -16,6 +16,7 @@ extern crate alloc;
 
 mod compare;
 mod heap;
+mod small;
 mod smoke;
 mod torture;
 
@@ -163,6 +164,7 @@ pub fn run_with<P: PageProvider, Pl: Platform>(
     test("torture_every_path_on_every_cpu_and_in_interrupts", torture::torture(machine, heap));
     test("compare_with_linked_list_allocator", compare::against_linked_list(machine, heap));
     test("heap_invariants_on_every_cpu", heap::invariants_on_every_cpu(machine, heap));
+    test("small_heaps_in_compact_mode", small::small_heaps(machine, heap));
     more(&mut test);
     let stats = heap.allocator.stats();
     for line in alloc::format!("{stats}").lines() {
