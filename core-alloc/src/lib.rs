@@ -20,6 +20,8 @@
 extern crate std;
 
 mod allocator;
+#[cfg(feature = "allocator-api2")]
+mod api2;
 mod arena;
 #[cfg(feature = "checked")]
 mod checked;

@@ -344,7 +344,8 @@ fn compact_mode_under_churn() {
             })
         })
         .collect();
-    let mut blocks: Vec<usize> = producers.into_iter().flat_map(|producer| producer.join().unwrap()).collect();
+    let mut blocks: Vec<usize> =
+        producers.into_iter().flat_map(|producer| producer.join().unwrap()).collect();
     let theirs = blocks.split_off(blocks.len() / 2);
     let freer = {
         let heap = Arc::clone(&heap);
