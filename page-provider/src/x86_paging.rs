@@ -16,7 +16,9 @@
 //! backed: given back, it returns to the provider's free chunks and is handed out again
 //! without touching the page tables. So a mapping never changes its frame (no TLB shootdown
 //! is ever needed, on any CPU), and frame allocators that cannot take frames back (most
-//! tutorial ones) lose nothing. The provider does not give memory back to the kernel.
+//! tutorial ones) lose nothing. The provider does not give memory back to the kernel. Runs of
+//! backed chunks are handed out before chunks that need frames; a run that no free backed
+//! run fits takes fresh frames even when enough backed chunks are free but scattered.
 //!
 //! Running out of frames in the middle of a chunk loses nothing either: the pages mapped so
 //! far stay in the page tables, which are the record of them, and backing that chunk again
@@ -35,7 +37,7 @@ use x86_64::structures::paging::{
     FrameAllocator, Mapper, Page, PageSize, PageTableFlags, PhysFrame, Size2MiB, Size4KiB,
 };
 
-use crate::bitmap::{Bitmap, ChunkBitmap};
+use crate::bitmap::Bitmap;
 use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider};
 
 /// 4 KiB pages in a chunk.
@@ -78,9 +80,12 @@ pub struct PagingStats {
 struct State<M, A, H, const WORDS: usize> {
     paging: Option<Paging<M, A, H>>,
     /// Chunks of the window not handed out.
-    free: ChunkBitmap<WORDS>,
+    free: Bitmap<WORDS>,
     /// Chunks whose every page is mapped.
     backed: Bitmap<WORDS>,
+    /// Chunks that are free and backed: handed out first, so that fresh frames are taken
+    /// only when no backed run fits.
+    ready: Bitmap<WORDS>,
     /// A frame taken from an allocator that the mapper could not use yet.
     spare_small: Option<PhysFrame<Size4KiB>>,
     spare_huge: Option<PhysFrame<Size2MiB>>,
@@ -117,17 +122,15 @@ where
     /// compile time in a `static`).
     pub const fn new(base: usize, chunks: usize) -> Self {
         assert!(base.is_multiple_of(CHUNK_SIZE), "the window must be 2 MiB aligned");
-        assert!(
-            chunks > 0 && chunks <= ChunkBitmap::<WORDS>::CAPACITY,
-            "the window has 0 or too many chunks"
-        );
+        assert!(chunks > 0 && chunks <= Bitmap::<WORDS>::BITS, "the window has 0 or too many chunks");
         Self {
             base,
             chunks,
             state: spin::Mutex::new(State {
                 paging: None,
-                free: ChunkBitmap::new(),
+                free: Bitmap::new(),
                 backed: Bitmap::new(),
+                ready: Bitmap::new(),
                 spare_small: None,
                 spare_huge: None,
                 stats: PagingStats { backed_chunks: 0, huge_chunks: 0, free_chunks: 0 },
@@ -164,7 +167,7 @@ where
         let mut state = self.state.lock();
         assert!(state.paging.is_none(), "PagingProvider::init ran twice");
         state.paging = Some(Paging { mapper, frames, huge_frames });
-        state.free.add(0, self.chunks, false);
+        state.free.set_range(0, self.chunks, true);
         state.stats.free_chunks = self.chunks;
     }
 
@@ -266,24 +269,30 @@ where
 
     fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
         let mut state = self.state.lock();
-        state.paging.as_ref()?;
-        let (index, _) = state.free.take(count)?;
-        for chunk in index..index + count {
-            if state.backed.get(chunk) {
-                continue;
-            }
-            match state.back(self.address(chunk)) {
-                Some(huge) => {
+        if count == 0 || count > self.chunks || state.paging.is_none() {
+            return None;
+        }
+        // The lowest run of backed chunks, else the lowest free run, backed now.
+        let index = match state.ready.find_set_run(count, 1, self.chunks) {
+            Some(index) => index,
+            None => {
+                let index = state.free.find_set_run(count, 1, self.chunks)?;
+                for chunk in index..index + count {
+                    if state.backed.get(chunk) {
+                        continue;
+                    }
+                    // The chunks backed before a failure stay free, ready for the next request.
+                    let huge = state.back(self.address(chunk))?;
                     state.backed.set_range(chunk, 1, true);
+                    state.ready.set_range(chunk, 1, true);
                     state.stats.backed_chunks += 1;
                     state.stats.huge_chunks += usize::from(huge);
                 }
-                None => {
-                    state.free.give_back(index, count);
-                    return None;
-                }
+                index
             }
-        }
+        };
+        state.free.set_range(index, count, false);
+        state.ready.set_range(index, count, false);
         state.stats.free_chunks -= count;
         Some(Chunks { base: NonNull::new(self.address(index) as *mut u8)?, zeroed: false })
     }
@@ -291,9 +300,14 @@ where
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         let index = (base.as_ptr() as usize).wrapping_sub(self.base) / CHUNK_SIZE;
         let mut state = self.state.lock();
-        let accepted = state.free.give_back(index, count);
-        debug_assert!(accepted, "chunks given back that were not handed out");
-        if accepted {
+        let handed_out = index < self.chunks
+            && count <= self.chunks - index
+            && state.free.all_in_range(index, count, false);
+        debug_assert!(handed_out, "chunks given back that were not handed out");
+        if handed_out {
+            // Handed-out chunks are all backed.
+            state.free.set_range(index, count, true);
+            state.ready.set_range(index, count, true);
             state.stats.free_chunks += count;
         }
     }

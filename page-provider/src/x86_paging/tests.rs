@@ -206,3 +206,25 @@ fn nothing_before_init_and_the_window_is_its_limit() {
 fn provider_with_window(chunks: usize) -> Provider<HugeFrames> {
     provider(chunks, 64, HugeFrames { next: HUGE_BASE, left: 8 })
 }
+
+#[test]
+fn freed_chunks_are_handed_out_again_before_fresh_frames_are_taken() {
+    // Frames for two chunks and their tables (a PDPT, a page directory, a page table each).
+    let provider = provider(4, 4 + 2 * 512, NoHugeFrames);
+    let first = provider.alloc_chunks(1).unwrap();
+    let second = provider.alloc_chunks(1).unwrap();
+    // SAFETY: the first chunk came from this provider and is unused.
+    unsafe { provider.free_chunks(first.base, 1) };
+    // A single chunk comes from the backed free one; a run of 2 needs frames there are none
+    // of.
+    assert_eq!(provider.alloc_chunks(1).unwrap().base, first.base);
+    assert!(provider.alloc_chunks(2).is_none());
+    // SAFETY: both chunks came from this provider and are unused.
+    unsafe {
+        provider.free_chunks(first.base, 1);
+        provider.free_chunks(second.base, 1);
+    }
+    let run = provider.alloc_chunks(2).expect("the two backed chunks form a run");
+    assert_eq!(run.base, first.base);
+    assert_eq!(provider.stats().backed_chunks, 2);
+}

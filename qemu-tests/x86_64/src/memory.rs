@@ -32,7 +32,7 @@ const FRAME_WORDS: usize = (TRACKED_BYTES / CHUNK_SIZE as u64 / 64) as usize;
 
 /// RAM set aside for the kernel's own frame allocator: 4 KiB frames (the heap window's
 /// tables, and the second heap's chunks when it has no 2 MiB frame left) and 2 MiB frames.
-const KERNEL_SMALL_FRAME_BYTES: u64 = 448 << 20;
+const KERNEL_SMALL_FRAME_BYTES: u64 = 704 << 20;
 const KERNEL_HUGE_FRAME_BYTES: u64 = 64 << 20;
 
 /// The kernel's frame provider: physical address 0 is frame 0, mapped at `HEAP_OFFSET`.
