@@ -21,7 +21,7 @@ pub mod bitmap;
 pub mod fixed;
 #[cfg(feature = "linux")]
 pub mod linux;
-#[cfg(feature = "x86_64")]
+#[cfg(any(test, feature = "x86_64"))]
 pub mod x86_paging;
 
 use core::ptr::NonNull;
