@@ -25,6 +25,24 @@
 //! maps only the pages still missing; a frame the mapper could not use (it ran out of frames
 //! for tables) is kept for the next try.
 //!
+//! A tutorial kernel (an `OffsetPageTable` and a frame allocator of 4 KiB frames) adopts it
+//! like this; `qemu-tests/x86_64/src/paged.rs` does it with 2 MiB frames too:
+//!
+//! ```ignore
+//! type Pages = PagingProvider<OffsetPageTable<'static>, BootInfoFrameAllocator>;
+//! static PAGES: Pages = PagingProvider::new(0xFFFF_9000_0000_0000, 512); // any free, 2 MiB-aligned window
+//! #[global_allocator]
+//! static HEAP: Allocator<&Pages, KernelPlatform> = Allocator::new(&PAGES, KernelPlatform::new());
+//!
+//! // At boot, before the first allocation:
+//! unsafe {
+//!     init_cpu(0);
+//!     PAGES.init(mapper, frame_allocator, NoHugeFrames);
+//! }
+//! // Later, the kernel maps other memory with the same mapper and frames:
+//! PAGES.with_paging(|paging| unsafe { paging.mapper.map_to(page, frame, flags, &mut paging.frames) });
+//! ```
+//!
 //! Concurrency: one spin lock around the mapper, the frame allocators and the chunk
 //! bitmaps; the allocator calls providers only on its slow paths, with interrupts masked on
 //! kernels. New mappings go from not present to present, which no TLB caches, so none

@@ -17,6 +17,28 @@
 //! 3. Mask interrupts only through [`InterruptGuard`] (or not at all) while a guard or a
 //!    [`KernelPlatform::with_slot`] closure is alive: a raw `sti` inside one breaks the
 //!    exclusivity the allocator relies on.
+//!
+//! A kernel that owns its RAM (PVH, multiboot, its own boot loader) puts the heap on it with
+//! page-provider's `FrameProvider` over a [`HeapMapper`] (the x86-64 test kernel does this in
+//! `qemu-tests/x86_64/src/memory.rs`):
+//!
+//! ```ignore
+//! const HEAP_OFFSET: usize = 0xFFFF_C000_0000_0000; // heap address = physical + this (2 MiB multiple)
+//! static FRAMES: FrameProvider<HeapMapper> = FrameProvider::new(HeapMapper::new(HEAP_OFFSET), 0, HEAP_OFFSET);
+//! #[global_allocator]
+//! static HEAP: Allocator<&FrameProvider<HeapMapper>, KernelPlatform> = Allocator::new(&FRAMES, KernelPlatform::new());
+//!
+//! // Boot CPU, before the first allocation (other CPUs: `init_cpu(index)` at bring-up):
+//! unsafe {
+//!     init_cpu(0);
+//!     FRAMES.mapper().install(PHYS_OFFSET, 0..ram_end, || frames.allocate_4k()).expect("heap window");
+//!     FRAMES.add_ram(start, len, &[kernel_image, boot_data, frames_ram], false);
+//! }
+//! ```
+//!
+//! A kernel that already manages paging with the `x86_64` crate (an `OffsetPageTable` and a
+//! `FrameAllocator`, as in the tutorial kernels) uses page-provider's
+//! `x86_paging::PagingProvider` instead (feature `x86_64`), and needs no `HeapMapper`.
 
 mod cpu;
 mod interrupts;
