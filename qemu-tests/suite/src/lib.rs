@@ -18,6 +18,7 @@ mod compare;
 mod heap;
 mod small;
 mod smoke;
+mod speed;
 mod torture;
 
 use alloc::string::String;
@@ -165,6 +166,7 @@ pub fn run_with<P: PageProvider, Pl: Platform>(
     test("compare_with_linked_list_allocator", compare::against_linked_list(machine, heap));
     test("heap_invariants_on_every_cpu", heap::invariants_on_every_cpu(machine, heap));
     test("small_heaps_in_compact_mode", small::small_heaps(machine, heap));
+    test("compare_with_talc_and_linked_list_allocator", speed::against_peers(machine, heap));
     more(&mut test);
     let stats = heap.allocator.stats();
     for line in alloc::format!("{stats}").lines() {
