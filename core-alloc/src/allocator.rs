@@ -22,7 +22,7 @@ use crate::chunk::{ChunkHeader, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, MAX_LARGE, PAGE, PAGE_SHIFT};
 use crate::heap::{Heap, Release};
-use crate::region::{FailureHook, Mode, ignore_failure};
+use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
 use crate::size_class::{CLASS_COUNT, class_for};
 use crate::stats::Stats;
 
@@ -236,11 +236,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[inline(always)]
     pub(crate) fn alloc_inner(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         // Compile-time false unless the provider may hand over a span (see `region`).
-        if P::MAY_CLAIM_SPAN
-            && !self.mode.chunks()
-            && !(self.mode.compact() && Mode::slab_request(layout.size(), layout.align()))
-        {
-            return self.alloc_compact(layout, zeroed);
+        if P::MAY_CLAIM_SPAN {
+            let mode = self.mode.get();
+            if mode != CHUNKS && (mode != COMPACT || !Mode::slab_request(layout.size(), layout.align())) {
+                return self.alloc_compact(layout, zeroed);
+            }
         }
         let Some(class) = class_for(layout.size(), layout.align()) else {
             return self.alloc_big(layout, zeroed);

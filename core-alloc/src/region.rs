@@ -55,11 +55,11 @@ static_assertions::const_assert!(
 );
 
 /// The allocator has not met its provider yet.
-const UNDECIDED: u8 = 0;
+pub(crate) const UNDECIDED: u8 = 0;
 /// The usual mode: chunks from the provider.
-const CHUNKS: u8 = 1;
+pub(crate) const CHUNKS: u8 = 1;
 /// Compact mode: one span, run by the allocator.
-const COMPACT: u8 = 2;
+pub(crate) const COMPACT: u8 = 2;
 
 /// Page-map values.
 const PAGE_FIT: u8 = 0;
@@ -87,10 +87,16 @@ impl Mode {
         }
     }
 
+    /// `UNDECIDED`, `CHUNKS` or `COMPACT` (one load, for paths that test more than one).
+    #[inline(always)]
+    pub(crate) fn get(&self) -> u8 {
+        self.mode.load(Ordering::Acquire)
+    }
+
     /// Whether the allocator runs in compact mode.
     #[inline(always)]
     pub(crate) fn compact(&self) -> bool {
-        self.mode.load(Ordering::Acquire) == COMPACT
+        self.get() == COMPACT
     }
 
     /// Whether the allocator has decided its mode and it is the usual one.
@@ -110,7 +116,7 @@ impl Mode {
     #[inline(always)]
     pub(crate) fn page_kind(&self, address: usize) -> Option<bool> {
         let base = self.page_base.load(Ordering::Relaxed);
-        if address < base || address >= self.end.load(Ordering::Relaxed) {
+        if address.wrapping_sub(base) >= self.end.load(Ordering::Relaxed).wrapping_sub(base) {
             return None;
         }
         let pages = self.pages.load(Ordering::Relaxed);
