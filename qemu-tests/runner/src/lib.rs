@@ -436,7 +436,23 @@ pub fn build_and_boot_all(kernel: &Kernel, echo: bool) -> Vec<Report> {
     std::iter::once(main)
         .chain(variants.map(|variant| (variant.name, variant.changes)))
         .map(|(name, changes)| boot_with(kernel, &elf, echo, timeout, &qemu_arguments(kernel, changes), name))
+        .map(|mut report| {
+            require_cpus_online(kernel, &mut report);
+            report
+        })
         .collect()
+}
+
+/// With [`CPUS`] set, a boot passes only if every CPU came up: the suite's
+/// `<arch>: N CPUs online` line must name that many (a kernel whose CPU failed to start
+/// runs the suite on fewer, which would prove nothing about N).
+fn require_cpus_online(kernel: &Kernel, report: &mut Report) {
+    let Some(cpus) = cpus() else { return };
+    let wanted = format!("{}: {cpus} CPUs online", kernel.arch);
+    if report.problem.is_none() && !report.serial.contains(&wanted) {
+        report.failed += 1;
+        report.problem = Some(format!("QEMU_CPUS={cpus} but no `{wanted}` line: not every CPU came up"));
+    }
 }
 
 #[cfg(test)]
