@@ -9,7 +9,8 @@
 //!
 //! Only code for bare-metal targets (`target_os = "none"`) is built here, plus the portable
 //! nesting rule of interrupt guards (`nesting`, used by AArch64) and the x86-64 page-table
-//! walks (`x86_tables`, used by x86-64's `HeapMapper`), which host tests check.
+//! walks (`x86_tables`, used by x86-64's `HeapMapper`) and the AArch64 translation tables of
+//! every granule (`aarch64_tables`, used by AArch64's `HeapMapper`), which host tests check.
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
@@ -22,3 +23,6 @@ mod nesting;
 
 #[cfg(any(test, all(target_arch = "x86_64", target_os = "none")))]
 mod x86_tables;
+
+#[cfg(any(test, all(target_arch = "aarch64", target_os = "none")))]
+mod aarch64_tables;

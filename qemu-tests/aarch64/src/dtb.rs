@@ -119,6 +119,9 @@ pub(crate) struct BootInfo {
     pub(crate) timer_intid: u32,
     /// The machine is QEMU's `virt` board (root compatible `linux,dummy-virt`).
     pub(crate) qemu_virt: bool,
+    /// The translation granule asked for with `granule=4k`, `16k` or `64k` in
+    /// `/chosen/bootargs` (QEMU's `-append`), in bytes; 4096 when absent.
+    pub(crate) granule: usize,
 }
 
 /// The MPIDR_EL1 bits that identify a CPU (Aff3, Aff2, Aff1, Aff0), as in a cpu node's reg.
@@ -164,6 +167,7 @@ pub(crate) fn parse() -> BootInfo {
         uart: Region { start: crate::console::DEFAULT_UART as u64, len: 0x1000 },
         timer_intid: DEFAULT_TIMER_INTID,
         qemu_virt: false,
+        granule: 4096,
     };
     info.qemu_virt = fdt
         .find_node("/")
@@ -217,6 +221,20 @@ pub(crate) fn parse() -> BootInfo {
         );
 
     info.gic = gic(&fdt);
+
+    let bootargs =
+        fdt.find_node("/chosen").and_then(|chosen| chosen.property("bootargs")).and_then(|p| p.as_str());
+    let bootargs = bootargs.unwrap_or("");
+    for argument in bootargs.split_ascii_whitespace() {
+        if let Some(value) = argument.strip_prefix("granule=") {
+            info.granule = match value {
+                "4k" => 4096,
+                "16k" => 16384,
+                "64k" => 65536,
+                _ => panic!("granule={value} in the boot arguments: use 4k, 16k or 64k"),
+            };
+        }
+    }
 
     if let Some(uart) = stdout(&fdt).or_else(|| fdt.find_compatible(&["arm,pl011"]))
         && let Some(region) = regions(uart).next()

@@ -25,15 +25,20 @@ mod timer;
 
 use page_provider::bare_metal::FrameProvider;
 use page_provider::{CHUNK_SIZE, PageProvider};
-use platform::arch::aarch64::{HeapMapper, VIRT_OFFSET, init_cpu};
+use platform::arch::aarch64::{Granule, HeapMapper, init_cpu};
 
 use crate::console::println;
 
 /// Where RAM starts on `-M virt`: frame 0 of the provider.
 const RAM_BASE: u64 = 0x4000_0000;
 
-/// RAM of the heap, in 2 MiB frames mapped at `physical + VIRT_OFFSET`.
-static FRAMES: FrameProvider<HeapMapper> = FrameProvider::new(HeapMapper::new(), RAM_BASE, VIRT_OFFSET);
+/// Where the heap sees RAM: frame `phys` maps at `phys + HEAP_OFFSET` (256 GiB up, half-way
+/// into the 512 GiB of TTBR0; any 2 MiB-aligned offset the kernel chooses works).
+const HEAP_OFFSET: usize = 0x40_0000_0000;
+
+/// RAM of the heap, in 2 MiB frames mapped at `physical + HEAP_OFFSET`.
+static FRAMES: FrameProvider<HeapMapper> =
+    FrameProvider::new(HeapMapper::new(HEAP_OFFSET), RAM_BASE, HEAP_OFFSET);
 
 /// The boot CPU's Rust entry, called by `_start` with the MMU off and interrupts masked.
 extern "C" fn boot_main() -> ! {
@@ -43,30 +48,36 @@ extern "C" fn boot_main() -> ! {
     // SAFETY: the device tree names the console PL011; `mmu` maps it as Device memory.
     unsafe { console::set_base(info.uart.start as usize) };
     // SAFETY: first thing after parsing, on the boot CPU, MMU off, no other CPU running.
-    unsafe { mmu::init_boot_cpu(&info) };
+    let granule = Granule::from_size(info.granule).expect("dtb::parse accepts only granule sizes");
+    // SAFETY: as above; the table pool after the image is RAM nothing else uses (the heap
+    // does not get it, see below).
+    unsafe { mmu::init_boot_cpu(&info, granule, FRAMES.mapper()) };
     // SAFETY: the boot CPU is index 0 and nothing else writes TPIDR_EL1.
     unsafe { init_cpu(0) };
 
     let image = mmu::kernel_image();
-    let mut exclude = [(0u64, 0u64); 2 + dtb::MAX_REGIONS];
+    let tables = mmu::table_pool();
+    let mut exclude = [(0u64, 0u64); 3 + dtb::MAX_REGIONS];
     exclude[0] = (image.start, image.len);
     exclude[1] = (info.dtb.start, info.dtb.len);
-    for (slot, region) in exclude[2..].iter_mut().zip(info.reserved.as_slice()) {
+    exclude[2] = (tables.start, tables.len);
+    for (slot, region) in exclude[3..].iter_mut().zip(info.reserved.as_slice()) {
         *slot = (region.start, region.len);
     }
     let mut frames = 0;
     for region in info.memory.as_slice() {
-        // SAFETY: the device tree calls this RAM; the image (with its page tables and boot
-        // stack), the tree and the reserved ranges are left out; QEMU RAM is not known to be
+        // SAFETY: the device tree calls this RAM; the image (with its boot stack), the table
+        // pool, the tree and the reserved ranges are left out; QEMU RAM is not known to be
         // zero after loading, so it is not claimed to be.
         frames += unsafe { FRAMES.add_ram(region.start, region.len, &exclude, false) };
     }
     let checked = check_heap_window();
     println!(
-        "aarch64: boot: {} MiB of RAM in {frames} frames ({} MiB mapped and unmapped), \
+        "aarch64: boot: {} MiB of RAM in {frames} frames ({} MiB mapped and unmapped, {} KiB granule), \
          allocator {}, cache line {} bytes, PSCI {:?}",
         info.memory.as_slice().iter().map(|region| region.len).sum::<u64>() >> 20,
         checked >> 20,
+        granule.size() >> 10,
         heap::NAME,
         platform::arch::aarch64::cache_line_size(),
         info.psci,
@@ -89,16 +100,27 @@ extern "C" fn boot_main() -> ! {
 
 /// Maps every free frame through the heap window in one run, writes and reads a word in the
 /// first and last chunk and in one chunk of every 256 MiB (touching every chunk would make
-/// the host back all of the guest's RAM), unmaps them all, then maps one again: exercises
-/// `HeapMapper` over all of RAM, beyond the first GiB too, and its TLB invalidation.
-/// Returns the bytes mapped.
+/// the host back all of the guest's RAM), checks what those chunks translate to, unmaps them
+/// all, then maps one again: exercises `HeapMapper` over all of RAM, beyond the first GiB
+/// too, its 2 MiB mappings in the chosen granule, and its TLB invalidation. Returns the
+/// bytes mapped.
 fn check_heap_window() -> usize {
     let count = FRAMES.free_frames();
     assert!(count > 0, "no whole 2 MiB frame of RAM outside the kernel and the device tree");
     let run = FRAMES.alloc_chunks(count).expect("the free frames are one contiguous run");
     let base = run.base.as_ptr();
+    let mapper = FRAMES.mapper();
+    let granule = mapper.tables().expect("the mapper is installed").regime.granule;
     let probes = (0..count).step_by(128).chain([count - 1]);
-    for chunk in probes {
+    for chunk in probes.clone() {
+        let virt = base as usize + chunk * CHUNK_SIZE;
+        for offset in [0, CHUNK_SIZE / 2 + 8, CHUNK_SIZE - 1] {
+            let found = mapper.translate(virt + offset).expect("a heap chunk translates");
+            assert_eq!(found.phys as usize, virt + offset - HEAP_OFFSET, "heap chunk at {virt:#x}");
+            let contiguous = granule != Granule::Size4KiB;
+            assert_eq!(found.contiguous, contiguous, "the contiguous hint with the {granule:?} granule");
+            assert_eq!(found.size, if contiguous { granule.size() } else { CHUNK_SIZE });
+        }
         let offset = chunk * CHUNK_SIZE + CHUNK_SIZE - 8;
         let value = (base as usize + offset) as u64 ^ 0x5A5A_5A5A;
         // SAFETY: the run is `count` chunks of mapped memory that nothing else uses.
@@ -111,6 +133,10 @@ fn check_heap_window() -> usize {
     }
     // SAFETY: the run came from FRAMES and is no longer used.
     unsafe { FRAMES.free_chunks(run.base, count) };
+    for chunk in probes {
+        let virt = base as usize + chunk * CHUNK_SIZE;
+        assert_eq!(mapper.translate(virt), None, "heap chunk at {virt:#x} still mapped after unmapping");
+    }
     let again = FRAMES.alloc_chunks(1).expect("a frame after giving all back");
     // SAFETY: one mapped chunk that nothing else uses.
     unsafe {

@@ -1,29 +1,40 @@
-//! The kernel's translation tables and MMU start-up: an identity map, in 2 MiB blocks, of
-//! what the kernel touches (its image, the device tree, the UART, the GIC), plus the heap
-//! window of [`HeapMapper`], all under one level-1 table that every CPU's TTBR0 uses.
+//! The kernel's translation tables and MMU start-up: an identity map, in 2 MiB blocks (or
+//! runs of 16 KiB or 64 KiB pages with the contiguous bit), of what the kernel touches (its
+//! image, its table pool, the device tree, the UART, the GIC), plus the heap window of
+//! [`HeapMapper`], all under one top-level table that every CPU's TTBR0 uses.
 //!
-//! Built once by the boot CPU with its MMU off; secondary CPUs load the same register values
-//! (see [`MmuSettings`]) in their entry code. The layout (4 KiB granule, T0SZ = 25, MAIR
-//! attributes) comes from `platform::arch::aarch64::paging`, which also writes the heap
-//! window's descriptors, so the two cannot disagree.
+//! The granule is chosen at boot (`granule=` in the boot arguments). Every table, the top
+//! level included, comes from a pool of RAM right after the kernel image
+//! ([`table_pool`]), identity-mapped, which the heap does not get. Built once by the boot CPU
+//! with its MMU off; secondary CPUs load the same register values (see [`MmuSettings`]) in
+//! their entry code. The descriptors and register values come from
+//! `platform::arch::aarch64::paging`, whose table code also writes the heap window, so the
+//! two cannot disagree.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use platform::arch::aarch64::HeapMapper;
 use platform::arch::aarch64::paging::{
-    self, BLOCK_SIZE, LEVEL1_SPAN, MAIR_VALUE, PageTable, descriptor, device_block, normal_block,
-    table_descriptor,
+    self, Granule, MAIR_VALUE, Memory, PhysMap, Regime, Tables, TablesError,
 };
 
 use crate::dtb::{BootInfo, Region};
 
-/// Level-2 tables available to the identity map (one per GiB touched).
-const IDENTITY_TABLES: usize = 4;
+/// Bits of virtual address TTBR0 translates: 512 GiB, walks from level 1 (4 KiB and 16 KiB
+/// granules) or level 2 (64 KiB).
+const VA_BITS: u32 = 39;
+/// Bytes of the table pool: enough for the identity map and a heap window over 8 GiB of RAM
+/// with any granule (16 KiB: a level-3 table per 32 MiB, 4 MiB in all).
+const TABLE_POOL_BYTES: u64 = 6 << 20;
+/// 2 MiB: the unit of every mapping here.
+const BLOCK: u64 = 2 << 20;
 
-static ROOT: PageTable = PageTable::new();
-static IDENTITY: [PageTable; IDENTITY_TABLES] = [const { PageTable::new() }; IDENTITY_TABLES];
-static IDENTITY_USED: AtomicUsize = AtomicUsize::new(0);
+/// The next free byte of the table pool, and its end.
+static POOL_NEXT: AtomicU64 = AtomicU64::new(0);
+static POOL_END: AtomicU64 = AtomicU64::new(0);
+/// The top-level table and TCR_EL1, set by [`init_boot_cpu`].
+static ROOT: AtomicU64 = AtomicU64::new(0);
+static TCR: AtomicU64 = AtomicU64::new(0);
 
 /// SCTLR_EL1.M: stage-1 translation on.
 const SCTLR_M: u64 = 1 << 0;
@@ -38,17 +49,6 @@ const SCTLR_I: u64 = 1 << 12;
 const SCTLR_WXN: u64 = 1 << 19;
 /// SCTLR_EL1.EE: big-endian at EL1 (off).
 const SCTLR_EE: u64 = 1 << 25;
-
-/// What kind of memory an identity block maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Normal memory that may hold code (the kernel image).
-    Code,
-    /// Normal memory, execute-never.
-    Data,
-    /// Device-nGnRnE, execute-never.
-    Device,
-}
 
 /// The register values of a CPU with the kernel's MMU set-up, recorded by the boot CPU.
 #[derive(Debug, Clone, Copy)]
@@ -69,8 +69,8 @@ static SCTLR_ON: AtomicU64 = AtomicU64::new(0);
 pub(crate) fn settings() -> MmuSettings {
     MmuSettings {
         mair: MAIR_VALUE,
-        tcr: paging::tcr_value(),
-        ttbr0: ROOT.address(),
+        tcr: TCR.load(Ordering::Relaxed),
+        ttbr0: ROOT.load(Ordering::Relaxed),
         sctlr: SCTLR_ON.load(Ordering::Relaxed),
     }
 }
@@ -80,47 +80,111 @@ unsafe extern "C" {
     static __kernel_end: u8;
 }
 
-/// The kernel image, `.bss`, boot stack and page tables included.
+/// The kernel image, `.bss` and boot stack included.
 pub(crate) fn kernel_image() -> Region {
     // Only the addresses of the linker script's symbols are taken, which needs no unsafe.
     let (start, end) = (&raw const __kernel_start as u64, &raw const __kernel_end as u64);
     Region { start, len: end - start }
 }
 
-/// Builds the tables and turns the MMU and caches on for the boot CPU.
+/// The RAM the translation tables come from: [`TABLE_POOL_BYTES`] from the first 2 MiB
+/// boundary after the kernel image.
+pub(crate) fn table_pool() -> Region {
+    let image = kernel_image();
+    Region { start: (image.start + image.len).next_multiple_of(BLOCK), len: TABLE_POOL_BYTES }
+}
+
+/// A frame of the pool for a table of `granule`: the frame source given to the table code.
+fn table_frame(granule: Granule) -> Option<u64> {
+    let size = granule.size() as u64;
+    let mut next = POOL_NEXT.load(Ordering::Relaxed);
+    loop {
+        let frame = next.next_multiple_of(size);
+        if frame + size > POOL_END.load(Ordering::Relaxed) {
+            return None;
+        }
+        match POOL_NEXT.compare_exchange(next, frame + size, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(frame),
+            Err(now) => next = now,
+        }
+    }
+}
+
+/// Builds the tables (the identity map, and the heap window over all of RAM through
+/// `heap`'s `install`) with `granule`, and turns the MMU and caches on for the boot CPU.
+///
+/// # Panics
+///
+/// If the CPU does not implement `granule`, the pool runs out, or the identity map and the
+/// heap window collide.
 ///
 /// # Safety
 ///
 /// Runs once, on the boot CPU, with the MMU off, before any other CPU is started; `info`
-/// describes this machine.
-pub(crate) unsafe fn init_boot_cpu(info: &BootInfo) {
-    map_identity(kernel_image(), Kind::Code);
-    map_identity(info.dtb, Kind::Data);
-    map_identity(info.uart, Kind::Device);
-    for region in info.gic.register_regions() {
-        map_identity(region, Kind::Device);
+/// describes this machine; the table pool is RAM that nothing else uses.
+pub(crate) unsafe fn init_boot_cpu(
+    info: &BootInfo,
+    granule: Granule,
+    heap: &platform::arch::aarch64::HeapMapper,
+) {
+    assert!(
+        paging::granule_supported(granule),
+        "the CPU does not implement the {} KiB granule (QEMU's -cpu max has all three)",
+        granule.size() >> 10
+    );
+    let pool = table_pool();
+    POOL_NEXT.store(pool.start, Ordering::Relaxed);
+    POOL_END.store(pool.start + pool.len, Ordering::Relaxed);
+    let regime = Regime::new(granule, VA_BITS).expect("a valid regime");
+    let root = table_frame(granule).expect("a table pool");
+    for offset in (0..granule.size() as u64).step_by(8) {
+        // SAFETY: the root frame is pool RAM that nothing else uses; the MMU is off, so the
+        // physical address is the address.
+        unsafe { ((root + offset) as *mut u64).write_volatile(0) };
     }
-    // SAFETY: ROOT is the table every CPU's TTBR0 will use, its window entries are unused
-    // (the identity map stays below 256 GiB, checked in `map_identity`), the kernel runs
-    // identity-mapped, and no MMU uses ROOT yet.
-    unsafe { HeapMapper::new().install(&ROOT) };
+    let tables = Tables { root, regime, map: PhysMap { offset: 0 } };
+    ROOT.store(root, Ordering::Relaxed);
+    TCR.store(paging::tcr_value(regime), Ordering::Relaxed);
+
+    let regions = [
+        (kernel_image(), Memory::NormalExecutable),
+        (pool, Memory::Normal),
+        (info.dtb, Memory::Normal),
+        (info.uart, Memory::Device),
+    ];
+    for (region, memory) in
+        regions.into_iter().chain(info.gic.register_regions().map(|region| (region, Memory::Device)))
+    {
+        map_identity(&tables, region, memory);
+    }
+    let ram_start = info.memory.as_slice().iter().map(|region| region.start).min().unwrap_or(0);
+    let ram_end = info.memory.as_slice().iter().map(|region| region.start + region.len).max().unwrap_or(0);
+    // SAFETY: the root is the table every CPU's TTBR0 will use, with this regime; the kernel
+    // is identity-mapped and the pool's frames are unused RAM, reached at their physical
+    // addresses; no MMU uses the tables yet.
+    let taken = unsafe { heap.install(tables, ram_start..ram_end, || table_frame(granule)) };
+    if let Err(why) = taken {
+        panic!("the heap window over RAM {ram_start:#x}..{ram_end:#x}: {why}");
+    }
 
     // The tables (and everything else written so far) went straight to memory, as the
-    // caches are off. Discard any stale lines the image range may hold from earlier boot
-    // stages, so that the walker and the data side see memory once caches are on.
-    let image = kernel_image();
+    // caches are off. Discard any stale lines the image and the pool may hold from earlier
+    // boot stages, so that the walker and the data side see memory once caches are on.
     let line = dcache_min_line();
-    let mut address = image.start & !(line - 1);
-    while address < image.start + image.len {
-        // SAFETY: invalidating lines of the image loses nothing: with caches off none of
-        // them holds data newer than memory.
-        unsafe {
-            // `dc ivac`: invalidate the data cache line holding `address` to the point of
-            // coherency. Operates on cache state only (`nomem` would let the compiler move
-            // memory accesses across it, so it is left out); no stack, flags untouched.
-            asm!("dc ivac, {address}", address = in(reg) address, options(nostack, preserves_flags));
+    for region in [kernel_image(), pool] {
+        let mut address = region.start & !(line - 1);
+        while address < region.start + region.len {
+            // SAFETY: invalidating lines of the image or the pool loses nothing: with caches
+            // off none of them holds data newer than memory.
+            unsafe {
+                // `dc ivac`: invalidate the data cache line holding `address` to the point
+                // of coherency. Operates on cache state only (`nomem` would let the compiler
+                // move memory accesses across it, so it is left out); no stack, flags
+                // untouched.
+                asm!("dc ivac, {address}", address = in(reg) address, options(nostack, preserves_flags));
+            }
+            address += line;
         }
-        address += line;
     }
 
     let sctlr_off = sctlr();
@@ -155,58 +219,51 @@ pub(crate) unsafe fn init_boot_cpu(info: &BootInfo) {
     }
 }
 
-/// Identity-maps the 2 MiB blocks that `region` touches.
-fn map_identity(region: Region, kind: Kind) {
+/// Identity-maps the 2 MiB blocks that `region` touches as `memory`. Two regions may share
+/// a block if both are normal memory; code wins over data.
+fn map_identity(tables: &Tables, region: Region, memory: Memory) {
     if region.len == 0 {
         return;
     }
-    let block = BLOCK_SIZE as u64;
-    let mut address = region.start & !(block - 1);
-    let end = (region.start + region.len).next_multiple_of(block);
+    let granule = tables.regime.granule;
+    let mut address = region.start & !(BLOCK - 1);
+    let end = (region.start + region.len).next_multiple_of(BLOCK);
     while address < end {
-        assert!(
-            (address as usize) < HeapMapper::new().window().start,
-            "identity map at {address:#x} would run into the heap window"
-        );
-        let table = level2_for(address);
-        let index = (address as usize % LEVEL1_SPAN) / BLOCK_SIZE;
-        let wanted = match kind {
-            Kind::Code => normal_block(address, true),
-            Kind::Data => normal_block(address, false),
-            Kind::Device => device_block(address),
-        };
-        let present = table.entry(index);
-        if present == 0 {
-            // SAFETY: the MMU is off: no walker uses the tables yet.
-            unsafe { table.set_entry(index, wanted) };
-        } else {
-            // Two regions share a block: they must agree on the memory type (code wins over
-            // data: both are normal memory).
-            let attributes = |entry: u64| entry & (0b111 << descriptor::ATTR_INDEX_SHIFT);
-            assert_eq!(attributes(present), attributes(wanted), "block {address:#x} both device and normal");
-            if kind == Kind::Code {
-                // SAFETY: as above.
-                unsafe { table.set_entry(index, wanted) };
+        let virt = address as usize;
+        // SAFETY: the MMU is off: no walker uses the tables yet; they are pool RAM, reached
+        // at their physical addresses.
+        let present = unsafe { tables.translate(virt) };
+        match present.map(|found| found.memory) {
+            Some(existing)
+                if existing == memory || existing == Memory::NormalExecutable && memory == Memory::Normal => {
             }
+            Some(Memory::Normal) if memory == Memory::NormalExecutable => {
+                // SAFETY: as above; nothing runs with these tables yet.
+                unsafe {
+                    assert!(tables.unmap_2m(virt));
+                    map_or_panic(tables, virt, memory, granule);
+                }
+            }
+            Some(existing) => panic!("block {address:#x} both {existing:?} and {memory:?}"),
+            // SAFETY: as above.
+            None => unsafe { map_or_panic(tables, virt, memory, granule) },
         }
-        address += block;
+        address += BLOCK;
     }
 }
 
-/// The identity level-2 table for the GiB holding `address`, linked into the root on first
-/// use.
-fn level2_for(address: u64) -> &'static PageTable {
-    let root_index = address as usize / LEVEL1_SPAN;
-    let entry = ROOT.entry(root_index);
-    if entry != 0 {
-        let table = entry & descriptor::TABLE_ADDRESS;
-        return IDENTITY.iter().find(|candidate| candidate.address() == table).expect("a table of ours");
+/// Identity-maps the 2 MiB at `virt`, with tables from the pool.
+///
+/// # Safety
+///
+/// The tables are not in use, and reached at their physical addresses.
+unsafe fn map_or_panic(tables: &Tables, virt: usize, memory: Memory, granule: Granule) {
+    // SAFETY: the caller's promise; the pool's frames are unused RAM.
+    let result: Result<(), TablesError> =
+        unsafe { tables.map_2m(virt, virt as u64, memory, Some(&mut || table_frame(granule))) };
+    if let Err(why) = result {
+        panic!("identity map of {virt:#x}: {why}");
     }
-    let next = IDENTITY_USED.fetch_add(1, Ordering::Relaxed);
-    let table = IDENTITY.get(next).expect("the identity map touches more GiBs than IDENTITY_TABLES");
-    // SAFETY: the MMU is off: no walker uses the root yet.
-    unsafe { ROOT.set_entry(root_index, table_descriptor(table.address())) };
-    table
 }
 
 /// SCTLR_EL1 now.

@@ -25,8 +25,9 @@ const PSCI_CPU_ON: u64 = 0xC400_0003;
 const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
 /// Bytes of stack each secondary CPU gets (interrupt frames included).
 const SECONDARY_STACK: usize = 128 * 1024;
-/// How long a started CPU may take to report in.
-const START_TIMEOUT_NS: u64 = 1_000_000_000;
+/// How long a started CPU may take to report in (generous: under emulation on a loaded host
+/// a vCPU may not run for a while).
+const START_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// One boot record per CPU index; a started CPU reads its own with the MMU off.
 static RECORDS: [SecondaryBoot; MAX_CPUS] = [const { SecondaryBoot::new() }; MAX_CPUS];
@@ -113,7 +114,7 @@ pub(crate) fn start_secondaries(info: &BootInfo) -> usize {
         while online() == index {
             assert!(
                 crate::timer::now_ns() - start < START_TIMEOUT_NS,
-                "CPU with MPIDR {mpidr:#x} did not come up within 1 s"
+                "CPU with MPIDR {mpidr:#x} did not come up within 10 s"
             );
             core::hint::spin_loop();
         }

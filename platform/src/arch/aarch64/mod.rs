@@ -1,18 +1,19 @@
 //! AArch64 kernel platform: the CPU index in TPIDR_EL1, interrupt masking through DAIF, the
-//! cache-line size from CTR_EL0, and 2 MiB heap mappings in a TTBR0 window.
+//! cache-line size from CTR_EL0, and 2 MiB heap mappings in the kernel's translation tables
+//! with any granule (4 KiB, 16 KiB or 64 KiB).
 //!
-//! The kernel using this module runs at EL1 with a 4 KiB granule and a 39-bit virtual address
-//! space in TTBR0 (T0SZ = 25, so a walk starts at level 1), identity-maps its own image, and
-//! calls, in this order on every CPU:
+//! The kernel using this module runs at EL1 and calls, in this order:
 //!
-//! 1. (boot CPU only, before enabling the MMU) [`HeapMapper::install`] to link the heap
-//!    window's level-2 tables into its level-1 table;
-//! 2. [`init_cpu`] with the CPU's dense index (0 for the boot CPU) before anything uses a
-//!    [`KernelPlatform`].
+//! 1. (once, before the heap's first allocation) [`HeapMapper::install`] with its top-level
+//!    table ([`paging::current_tables`] reads it from TTBR0_EL1 and TCR_EL1 once the MMU is
+//!    on), the RAM the heap may use, and a source of frames for the window's tables;
+//! 2. (every CPU) [`init_cpu`] with the CPU's dense index (0 for the boot CPU) before
+//!    anything uses a [`KernelPlatform`].
 //!
-//! The register values it needs for its MMU set-up are here too ([`paging::MAIR_VALUE`],
-//! [`paging::tcr_value`]), so the descriptors [`HeapMapper`] writes and the attributes the
-//! kernel programs cannot disagree.
+//! The register values a kernel programs for its own MMU set-up are here too
+//! ([`paging::MAIR_VALUE`], [`paging::tcr_value`]), and the table code ([`paging::Tables`])
+//! can build its own mappings, so the descriptors [`HeapMapper`] writes and the attributes
+//! the kernel programs cannot disagree.
 
 mod cpu;
 mod interrupts;
@@ -20,4 +21,4 @@ pub mod paging;
 
 pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, current_cpu_racy, init_cpu};
 pub use interrupts::{InterruptGuard, interrupts_masked};
-pub use paging::{HeapMapper, VIRT_OFFSET};
+pub use paging::{Granule, HeapMapper, PhysMap, Regime, Tables, TablesError, Translation};

@@ -1,100 +1,48 @@
-//! Stage-1 translation at EL1 with a 4 KiB granule and a 39-bit TTBR0 space: the register
-//! values and descriptor formats the kernel and the heap mapper share, and [`HeapMapper`],
-//! which maps 2 MiB blocks in the heap window.
+//! Stage-1 translation at EL1: the register values a kernel programs, the translation tables
+//! of every granule (4 KiB, 16 KiB, 64 KiB), and [`HeapMapper`], which maps the heap's 2 MiB
+//! frames at an offset from physical memory that the kernel chooses.
 //!
-//! The heap window is [`WINDOW_SIZE`] bytes of virtual addresses from [`VIRT_OFFSET`]
-//! (256 GiB, half-way up the 512 GiB that T0SZ = 25 gives). A chunk provider that maps frame
-//! `phys` at `phys + VIRT_OFFSET` can use it for all RAM below [`WINDOW_SIZE`] physical. Its
-//! level-2 tables are static and linked into the kernel's level-1 table once, at boot, by
-//! [`HeapMapper::install`]; after that a mapping is one level-2 block descriptor, and no
-//! table is ever allocated.
+//! A [`HeapMapper`] maps frame `phys` only at `phys + heap_offset`, for the physical RAM range
+//! given to [`HeapMapper::install`]. `install` builds the tables the window needs under the
+//! kernel's top-level table (the one TTBR0_EL1 or TTBR1_EL1 holds), from frames the kernel
+//! hands over through a closure (its frame allocator, or a range of RAM it set aside), and
+//! reaches every table through the kernel's map of physical memory (`phys_offset`, 0 for an
+//! identity-mapped kernel). After that, mapping a frame writes one level-2 block descriptor
+//! (4 KiB granule) or a run of level-3 page descriptors with the contiguous bit (128 of
+//! 16 KiB, 32 of 64 KiB), and unmapping clears them and invalidates their TLB entries on
+//! every CPU. Nothing depends on where the kernel image or this crate's statics lie.
+//! [`HeapMapper::translate`] reads back what any address maps to.
 //!
-//! Concurrency: descriptors are atomics written with plain stores; the provider serialises
-//! calls for one address, and different addresses use different descriptors. Every CPU walks
-//! the same tables, so one broadcast TLB invalidation (`tlbi vae1is`) covers them all.
+//! A kernel that builds its page tables itself can use the same table code for its own
+//! mappings ([`Tables::map_2m`], [`Tables::translate`]) and the register values here
+//! ([`MAIR_VALUE`], [`tcr_value`]), so the descriptors and the attributes it programs cannot
+//! disagree.
+//!
+//! Concurrency: the window's state is written once by `install` and published by `state`
+//! (release); descriptors are atomics; the provider serialises calls for a frame (its own
+//! lock), and different frames use different descriptors. Every CPU walks the same tables, so
+//! one broadcast TLB invalidation (`tlbi vae1is`) covers them all.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::ops::Range;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use super::super::aarch64_tables::HUGE;
+pub use super::super::aarch64_tables::{
+    Granule, MAIR_DEVICE, MAIR_NORMAL, MAIR_VALUE, Memory, PhysMap, Regime, Tables, TablesError, Translation,
+    descriptor,
+};
 use crate::HugeMapper;
 
-/// Bytes a level-2 block maps.
-pub const BLOCK_SIZE: usize = 1 << 21;
-/// Bytes a level-1 entry covers.
-pub const LEVEL1_SPAN: usize = 1 << 30;
-/// Entries in a translation table of the 4 KiB granule.
-pub const ENTRIES: usize = 512;
-/// TCR_EL1.T0SZ: TTBR0 translates 2^(64 - 25) = 512 GiB, starting its walks at level 1.
-pub const T0SZ: u64 = 25;
-
-/// Where the heap window starts: virtual address = physical address + `VIRT_OFFSET`.
-pub const VIRT_OFFSET: usize = 0x40_0000_0000;
-/// Bytes of virtual addresses in the heap window (16 GiB: 16 level-2 tables, 64 KiB).
-pub const WINDOW_SIZE: usize = 16 << 30;
-const WINDOW_TABLES: usize = WINDOW_SIZE / LEVEL1_SPAN;
-const _: () = assert!(VIRT_OFFSET + WINDOW_SIZE <= 1 << (64 - T0SZ));
-const _: () = assert!(VIRT_OFFSET.is_multiple_of(LEVEL1_SPAN));
-
-/// MAIR_EL1 attribute index of Device-nGnRnE memory (MMIO).
-pub const MAIR_DEVICE: u64 = 0;
-/// MAIR_EL1 attribute index of normal memory, inner and outer write-back, read- and
-/// write-allocate, non-transient.
-pub const MAIR_NORMAL: u64 = 1;
-/// MAIR_EL1: attribute 0 = 0x00 (Device-nGnRnE), attribute 1 = 0xFF (normal write-back).
-pub const MAIR_VALUE: u64 = 0x00 << (8 * MAIR_DEVICE) | 0xFF << (8 * MAIR_NORMAL);
-
-/// Descriptor bits (VMSAv8-64 stage 1, levels 1 and 2).
-pub mod descriptor {
-    /// The entry is valid.
-    pub const VALID: u64 = 1 << 0;
-    /// With `VALID`, at levels 0-2: the entry points to a next-level table (clear: a block).
-    pub const TABLE: u64 = 1 << 1;
-    /// Shift of AttrIndx, the MAIR_EL1 attribute index (3 bits).
-    pub const ATTR_INDEX_SHIFT: u32 = 2;
-    /// AP[2:1] = 0b00: read/write at EL1, no access at EL0 (the value is zero bits).
-    pub const AP_EL1_READ_WRITE: u64 = 0 << 6;
-    /// SH = 0b11: inner shareable.
-    pub const INNER_SHAREABLE: u64 = 0b11 << 8;
-    /// Access flag: set, so the first access does not fault.
-    pub const ACCESS: u64 = 1 << 10;
-    /// Privileged execute-never.
-    pub const PXN: u64 = 1 << 53;
-    /// Unprivileged execute-never.
-    pub const UXN: u64 = 1 << 54;
-    /// The output address bits of a table descriptor (bits 47:12).
-    pub const TABLE_ADDRESS: u64 = 0x0000_FFFF_FFFF_F000;
-    /// The output address bits of a level-2 block descriptor (bits 47:21).
-    pub const BLOCK_ADDRESS: u64 = 0x0000_FFFF_FFE0_0000;
-}
-
-/// A block descriptor for normal write-back memory, inner shareable, read/write at EL1, with
-/// the access flag set; execute-never unless `executable`.
-pub const fn normal_block(phys: u64, executable: bool) -> u64 {
-    use descriptor::*;
-    let never_execute = if executable { UXN } else { UXN | PXN };
-    (phys & BLOCK_ADDRESS)
-        | VALID
-        | MAIR_NORMAL << ATTR_INDEX_SHIFT
-        | AP_EL1_READ_WRITE
-        | INNER_SHAREABLE
-        | ACCESS
-        | never_execute
-}
-
-/// A block descriptor for Device-nGnRnE memory, read/write at EL1, never executable.
-pub const fn device_block(phys: u64) -> u64 {
-    use descriptor::*;
-    // Shareability is ignored for Device memory (always outer shareable).
-    (phys & BLOCK_ADDRESS) | VALID | MAIR_DEVICE << ATTR_INDEX_SHIFT | AP_EL1_READ_WRITE | ACCESS | UXN | PXN
-}
-
-/// A table descriptor pointing at the next-level table at physical address `table`.
-pub const fn table_descriptor(table: u64) -> u64 {
-    (table & descriptor::TABLE_ADDRESS) | descriptor::VALID | descriptor::TABLE
-}
+/// `HeapMapper::state`: not installed.
+const IDLE: u8 = 0;
+/// `HeapMapper::state`: `install` is running.
+const INSTALLING: u8 = 1;
+/// `HeapMapper::state`: installed; the fields below are fixed.
+const INSTALLED: u8 = 2;
 
 /// The physical address size the CPU implements, in bits (ID_AA64MMFR0_EL1.PARange), capped
-/// at 48: 52-bit output addresses need another descriptor format with a 4 KiB granule.
+/// at 48: 52-bit output addresses need other descriptor formats.
 pub fn physical_address_bits() -> u32 {
     match physical_address_range() {
         0 => 32,
@@ -106,158 +54,270 @@ pub fn physical_address_bits() -> u32 {
     }
 }
 
-/// ID_AA64MMFR0_EL1.PARange capped at 0b101 (48 bits): also the TCR_EL1.IPS encoding.
-fn physical_address_range() -> u64 {
+/// ID_AA64MMFR0_EL1.
+fn mmfr0() -> u64 {
     let mmfr0: u64;
     // SAFETY: reading an ID register has no side effects.
     unsafe {
         // A register read: no memory, no stack, flags untouched; ID registers never change.
         asm!("mrs {value}, id_aa64mmfr0_el1", value = out(reg) mmfr0, options(pure, nomem, nostack, preserves_flags));
     }
-    (mmfr0 & 0xF).min(0b101)
+    mmfr0
 }
 
-/// TCR_EL1 for this layout: TTBR0 with T0SZ = 25 and a 4 KiB granule, walks through inner
-/// shareable write-back cacheable memory (so table writes need no cache maintenance), TTBR1
-/// walks disabled, and IPS set to what the CPU implements.
-pub fn tcr_value() -> u64 {
+/// ID_AA64MMFR0_EL1.PARange capped at 0b101 (48 bits): also the TCR_EL1.IPS encoding.
+fn physical_address_range() -> u64 {
+    (mmfr0() & 0xF).min(0b101)
+}
+
+/// Whether the CPU implements `granule` for stage-1 translation (ID_AA64MMFR0_EL1: TGran4
+/// 0b0000/0b0001, TGran16 0b0001/0b0010, TGran64 0b0000 mean implemented). The Cortex-A72,
+/// for one, has no 16 KiB granule.
+pub fn granule_supported(granule: Granule) -> bool {
+    let field = |shift: u32| (mmfr0() >> shift) & 0xF;
+    match granule {
+        Granule::Size4KiB => matches!(field(28), 0b0000 | 0b0001),
+        Granule::Size16KiB => matches!(field(20), 0b0001 | 0b0010),
+        Granule::Size64KiB => field(24) == 0b0000,
+    }
+}
+
+/// TCR_EL1 for a kernel that translates through TTBR0 only, with `regime`'s granule and size:
+/// walks through inner shareable write-back cacheable memory (so table writes need no cache
+/// maintenance), TTBR1 walks disabled, and IPS set to what the CPU implements.
+pub fn tcr_value(regime: Regime) -> u64 {
     const IRGN0_WRITE_BACK: u64 = 0b01 << 8;
     const ORGN0_WRITE_BACK: u64 = 0b01 << 10;
     const SH0_INNER: u64 = 0b11 << 12;
-    const TG0_4K: u64 = 0b00 << 14;
+    const TG0_SHIFT: u32 = 14;
     const T1SZ_SHIFT: u32 = 16;
     const EPD1: u64 = 1 << 23;
     const TG1_4K: u64 = 0b10 << 30;
     const IPS_SHIFT: u32 = 32;
-    T0SZ | IRGN0_WRITE_BACK
+    let tg0: u64 = match regime.granule {
+        Granule::Size4KiB => 0b00,
+        Granule::Size64KiB => 0b01,
+        Granule::Size16KiB => 0b10,
+    };
+    let t0sz = u64::from(64 - regime.va_bits);
+    t0sz | IRGN0_WRITE_BACK
         | ORGN0_WRITE_BACK
         | SH0_INNER
-        | TG0_4K
-        | T0SZ << T1SZ_SHIFT
+        | tg0 << TG0_SHIFT
+        | t0sz << T1SZ_SHIFT
         | EPD1
         | TG1_4K
         | physical_address_range() << IPS_SHIFT
 }
 
-/// A translation table of the 4 KiB granule: 512 descriptors, page aligned.
-#[repr(C, align(4096))]
+/// The TTBR0 tables the calling CPU translates through now (TTBR0_EL1 and TCR_EL1's TG0 and
+/// T0SZ), reached through `map`; `None` if TCR_EL1 holds a size this code does not handle.
+/// For a kernel whose MMU is on, to hand to [`HeapMapper::install`].
+pub fn current_tables(map: PhysMap) -> Option<Tables> {
+    let (ttbr0, tcr): (u64, u64);
+    // SAFETY: reading system registers has no side effects.
+    unsafe {
+        // Register reads: no memory, no stack, flags untouched.
+        asm!("mrs {value}, ttbr0_el1", value = out(reg) ttbr0, options(nomem, nostack, preserves_flags));
+        asm!("mrs {value}, tcr_el1", value = out(reg) tcr, options(nomem, nostack, preserves_flags));
+    }
+    let granule = match (tcr >> 14) & 0b11 {
+        0b00 => Granule::Size4KiB,
+        0b01 => Granule::Size64KiB,
+        0b10 => Granule::Size16KiB,
+        _ => return None,
+    };
+    let regime = Regime::new(granule, 64 - (tcr & 0x3F) as u32)?;
+    Some(Tables { root: ttbr0 & descriptor::ADDRESS, regime, map })
+}
+
+/// Maps 2 MiB frames at `physical address + heap_offset` in the kernel's translation tables;
+/// see the module documentation. One mapper serves one provider: give it to
+/// `FrameProvider::new` with the same offset and reach it through `FrameProvider::mapper`.
 #[derive(Debug)]
-pub struct PageTable {
-    entries: [AtomicU64; ENTRIES],
-}
-
-impl PageTable {
-    /// A table of invalid entries.
-    pub const fn new() -> Self {
-        Self { entries: [const { AtomicU64::new(0) }; ENTRIES] }
-    }
-
-    /// The descriptor at `index`.
-    pub fn entry(&self, index: usize) -> u64 {
-        self.entries[index].load(Ordering::Relaxed)
-    }
-
-    /// Writes the descriptor at `index`, with no barrier and no TLB maintenance.
-    ///
-    /// # Safety
-    ///
-    /// If the table is in use by a walker, the caller does the barriers and TLB maintenance
-    /// the change needs, and the change unmaps nothing that is still used.
-    pub unsafe fn set_entry(&self, index: usize, descriptor: u64) {
-        self.entries[index].store(descriptor, Ordering::Relaxed);
-    }
-
-    /// The table's address, which is its physical address in an identity-mapped kernel.
-    pub fn address(&self) -> u64 {
-        self.entries.as_ptr() as u64
-    }
-}
-
-impl Default for PageTable {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The heap window's level-2 tables: table `i` covers `VIRT_OFFSET + i GiB`.
-static WINDOW: [PageTable; WINDOW_TABLES] = [const { PageTable::new() }; WINDOW_TABLES];
-/// Set once [`HeapMapper::install`] has linked the window into a level-1 table.
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-/// The end of physical addresses the CPU can output, recorded at install.
-static PHYS_LIMIT: AtomicU64 = AtomicU64::new(0);
-
-/// Maps 2 MiB frames in the heap window with level-2 block descriptors. Every instance uses
-/// the same static tables.
-#[derive(Debug, Clone, Copy, Default)]
 pub struct HeapMapper {
-    _private: (),
+    heap_offset: usize,
+    state: AtomicU8,
+    /// The top-level table's physical address.
+    root: AtomicU64,
+    /// The regime: granule shift in bits 7:0, virtual address bits in bits 15:8.
+    regime: AtomicU32,
+    /// Where the kernel maps physical memory.
+    phys_offset: AtomicUsize,
+    /// The physical range the window covers.
+    phys_start: AtomicU64,
+    phys_end: AtomicU64,
 }
 
 impl HeapMapper {
-    /// The mapper; it maps nothing until [`install`](Self::install) has run.
-    pub const fn new() -> Self {
-        Self { _private: () }
+    /// A mapper that will map frame `phys` at `phys + heap_offset` (wrapping, so a window in
+    /// the upper address range is `0xFFFF_FFC0_0000_0000`, say). It maps nothing until
+    /// [`install`](Self::install) has run.
+    ///
+    /// # Panics
+    ///
+    /// If `heap_offset` is not a multiple of 2 MiB (at compile time in a `static`).
+    pub const fn new(heap_offset: usize) -> Self {
+        assert!(heap_offset.is_multiple_of(HUGE), "the heap offset must be 2 MiB aligned");
+        Self {
+            heap_offset,
+            state: AtomicU8::new(IDLE),
+            root: AtomicU64::new(0),
+            regime: AtomicU32::new(0),
+            phys_offset: AtomicUsize::new(0),
+            phys_start: AtomicU64::new(0),
+            phys_end: AtomicU64::new(0),
+        }
     }
 
-    /// The virtual addresses of the window: `VIRT_OFFSET..VIRT_OFFSET + WINDOW_SIZE`.
-    pub const fn window(&self) -> core::ops::Range<usize> {
-        VIRT_OFFSET..VIRT_OFFSET + WINDOW_SIZE
+    /// The offset from a frame's physical address to its heap address.
+    pub const fn heap_offset(&self) -> usize {
+        self.heap_offset
     }
 
-    /// Links the window's level-2 tables into `level1`, the kernel's TTBR0 table.
+    /// Builds the tables the window needs under `tables` for the physical RAM `ram`
+    /// (rounded out to 2 MiB), so that frames in it can be mapped at `phys + heap_offset`.
+    /// `table_frame` returns the physical address of an unused frame of the granule's size
+    /// and alignment each time it is called (one per 1 GiB of window with 4 KiB granules, per
+    /// 32 MiB with 16 KiB, per 512 MiB with 64 KiB, plus one per level above; the returned
+    /// count says how many it took); the frames need not be zeroed. Present tables on the way
+    /// are reused, so the window may share upper-level tables with the kernel's mappings.
+    /// Then makes the tables visible to every walker (`dsb ishst`).
+    ///
+    /// # Errors
+    ///
+    /// [`TablesError`] says why nothing can be mapped: a second call, a granule the CPU does
+    /// not implement, a window outside the regime's address ranges, a frame source that ran
+    /// dry or returned a misaligned frame, or an address of the window mapped already.
     ///
     /// # Safety
     ///
-    /// `level1` is the level-1 table that TTBR0_EL1 of every CPU using the heap points at;
-    /// its entries for the window are unused and no TLB holds translations for them; the
-    /// kernel is identity-mapped (the address of a static is its physical address). Called
-    /// once, before any CPU enables its MMU with `level1` or after the caller makes the new
-    /// entries visible to walkers (`dsb ishst`).
-    pub unsafe fn install(&self, level1: &PageTable) {
-        let first = VIRT_OFFSET / LEVEL1_SPAN;
-        for (i, table) in WINDOW.iter().enumerate() {
-            // SAFETY: the caller hands over these unused entries; the table address is
-            // physical because the kernel is identity-mapped.
-            unsafe { level1.set_entry(first + i, table_descriptor(table.address())) };
+    /// - `tables.root` is the top-level table that every CPU which may touch the heap
+    ///   translates the window with (now, or once it turns its MMU on), with `tables.regime`,
+    ///   and nothing else maps or creates tables in the window meanwhile or later;
+    /// - every physical address of a table (the existing ones, and the frames `table_frame`
+    ///   returns) is readable and writable at `phys + tables.map.offset`, for as long as the
+    ///   mapper is used;
+    /// - the frames `table_frame` returns are unused RAM, and become tables for good.
+    pub unsafe fn install(
+        &self,
+        tables: Tables,
+        ram: Range<u64>,
+        mut table_frame: impl FnMut() -> Option<u64>,
+    ) -> Result<usize, TablesError> {
+        if self.state.compare_exchange(IDLE, INSTALLING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return Err(TablesError::AlreadyInstalled);
         }
-        PHYS_LIMIT.store(1 << physical_address_bits(), Ordering::Relaxed);
-        INSTALLED.store(true, Ordering::Release);
+        let result = self.build(tables, ram, &mut table_frame);
+        self.state.store(if result.is_ok() { INSTALLED } else { IDLE }, Ordering::Release);
+        result
     }
 
-    /// The level-2 descriptor for `virt`, if it lies in the window.
-    fn descriptor_of(virt: usize) -> Option<&'static AtomicU64> {
-        let offset = virt.checked_sub(VIRT_OFFSET).filter(|&offset| offset < WINDOW_SIZE)?;
-        Some(&WINDOW[offset / LEVEL1_SPAN].entries[(offset % LEVEL1_SPAN) / BLOCK_SIZE])
+    /// `install`'s work, with the state claimed.
+    fn build(
+        &self,
+        tables: Tables,
+        ram: Range<u64>,
+        table_frame: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<usize, TablesError> {
+        if !granule_supported(tables.regime.granule) {
+            return Err(TablesError::UnsupportedGranule(tables.regime.granule));
+        }
+        let huge = HUGE as u64;
+        let phys_start = ram.start & !(huge - 1);
+        let phys_end = ram.end.checked_next_multiple_of(huge).ok_or(TablesError::BadWindow)?;
+        let phys_end = phys_end.min(1 << physical_address_bits());
+        let virt = |phys: u64| (phys as usize).wrapping_add(self.heap_offset);
+        if phys_start >= phys_end {
+            return Err(TablesError::BadWindow);
+        }
+        // SAFETY: the caller vouches that the map reaches the live top-level table, every
+        // table below it and every frame the source returns, which are unused RAM handed
+        // over for tables; `prepare` checks the window against the regime.
+        let taken = unsafe { tables.prepare(virt(phys_start)..virt(phys_end), table_frame)? };
+        // SAFETY: a barrier only.
+        unsafe {
+            // `dsb ishst`: the new tables and the entries linking them are visible to every
+            // walker before any mapping in the window is used. No `nomem`: it orders the
+            // stores above. No stack, flags untouched.
+            asm!("dsb ishst", options(nostack, preserves_flags));
+        }
+        self.root.store(tables.root, Ordering::Relaxed);
+        self.regime.store(tables.regime.granule.shift() | tables.regime.va_bits << 8, Ordering::Relaxed);
+        self.phys_offset.store(tables.map.offset, Ordering::Relaxed);
+        self.phys_start.store(phys_start, Ordering::Relaxed);
+        self.phys_end.store(phys_end, Ordering::Relaxed);
+        Ok(taken)
+    }
+
+    /// The tables `install` built the window in, once it has succeeded.
+    pub fn tables(&self) -> Option<Tables> {
+        if self.state.load(Ordering::Acquire) != INSTALLED {
+            return None;
+        }
+        let regime = self.regime.load(Ordering::Relaxed);
+        let granule = Granule::from_size(1 << (regime & 0xFF))?;
+        Some(Tables {
+            root: self.root.load(Ordering::Relaxed),
+            regime: Regime::new(granule, regime >> 8)?,
+            map: PhysMap { offset: self.phys_offset.load(Ordering::Relaxed) },
+        })
+    }
+
+    /// The heap's virtual addresses: `ram + heap_offset` of [`install`](Self::install)
+    /// rounded out to 2 MiB; empty before it ran.
+    pub fn window(&self) -> Range<usize> {
+        if self.state.load(Ordering::Acquire) != INSTALLED {
+            return 0..0;
+        }
+        let virt = |phys: &AtomicU64| (phys.load(Ordering::Relaxed) as usize).wrapping_add(self.heap_offset);
+        virt(&self.phys_start)..virt(&self.phys_end)
+    }
+
+    /// What `virt` translates to in the tables the mapper installed into (any address, in
+    /// the window or not: blocks and pages of every size are followed), or `None` if it is
+    /// not mapped or `install` has not run. Lets a kernel check what the heap mapped, and
+    /// look up the frames of a heap block (for DMA, say).
+    pub fn translate(&self, virt: usize) -> Option<Translation> {
+        let tables = self.tables()?;
+        // SAFETY: `install` succeeded, so its caller vouched that the map reaches the live
+        // top-level table and every table below it.
+        unsafe { tables.translate(virt) }
+    }
+
+    /// The installed tables, if `virt` -> `phys` is a mapping of the window.
+    fn window_tables(&self, virt: usize, phys: u64) -> Option<Tables> {
+        let tables = self.tables()?;
+        let inside =
+            (self.phys_start.load(Ordering::Relaxed)..self.phys_end.load(Ordering::Relaxed)).contains(&phys);
+        (inside && (phys as usize).wrapping_add(self.heap_offset) == virt).then_some(tables)
     }
 }
 
-// SAFETY: `map_2m` writes a valid level-2 block descriptor of normal write-back, inner
-// shareable, read/write memory into tables every CPU's TTBR0 walks (`install`'s contract),
-// then makes it visible to all walkers before returning; `unmap_2m` clears it and completes a
-// broadcast TLB invalidation before returning. No memory is allocated: the tables are static.
+// SAFETY: `map_2m` writes, only for a frame of the window at its fixed address, a 2 MiB
+// mapping of normal write-back, inner shareable, read/write memory into tables every CPU
+// walks (`install`'s contract), then makes it visible to all walkers before returning;
+// `unmap_2m` clears it and completes a broadcast TLB invalidation of each of its pages before
+// returning. No memory is allocated: `install` built every table.
 unsafe impl HugeMapper for HeapMapper {
     unsafe fn map_2m(&self, virt: usize, phys: u64) -> bool {
-        if !INSTALLED.load(Ordering::Acquire)
-            || !virt.is_multiple_of(BLOCK_SIZE)
-            || !phys.is_multiple_of(BLOCK_SIZE as u64)
-            || phys >= PHYS_LIMIT.load(Ordering::Relaxed)
-        {
-            return false;
-        }
-        let Some(entry) = Self::descriptor_of(virt) else {
+        let Some(tables) = self.window_tables(virt, phys) else {
             return false;
         };
-        debug_assert_eq!(entry.load(Ordering::Relaxed), 0, "map_2m of a mapped address");
-        entry.store(normal_block(phys, false), Ordering::Relaxed);
+        // SAFETY: `install`'s caller vouched for the tables and the map; the provider's
+        // caller that the frame is unused RAM and `virt` unmapped. No table is created.
+        if unsafe { tables.map_2m(virt, phys, Memory::Normal, None) }.is_err() {
+            return false;
+        }
         // SAFETY: barriers only; they change no state that Rust code relies on.
         unsafe {
-            // `dsb ishst`: the descriptor store completes for every walker in the inner
+            // `dsb ishst`: the descriptor stores complete for every walker in the inner
             // shareable domain before any later access through `virt` from this CPU, and
             // before this CPU publishes the memory to others (they learn of it through
             // stores that come after). No TLB maintenance: an invalid entry is never cached.
             // `isb`: discards translations of `virt` a speculative walk may have attempted
             // before the barrier, so the next access does not take a spurious fault.
-            // No `nomem`: the barriers must not be moved across the store above or the
+            // No `nomem`: the barriers must not be moved across the stores above or the
             // caller's accesses after. No stack, flags untouched.
             asm!("dsb ishst", "isb", options(nostack, preserves_flags));
         }
@@ -265,34 +325,42 @@ unsafe impl HugeMapper for HeapMapper {
     }
 
     unsafe fn unmap_2m(&self, virt: usize) {
-        let Some(entry) = Self::descriptor_of(virt) else {
-            debug_assert!(false, "unmap_2m outside the heap window");
+        let Some(tables) = self.tables() else {
+            debug_assert!(false, "unmap_2m before install");
             return;
         };
-        entry.store(0, Ordering::Relaxed);
-        // TLBI VAE1IS takes VA[55:12] in bits 43:0 (ASID bits 63:48 are zero, and global
-        // entries such as ours match any ASID). One invalidation anywhere in a block removes
-        // every TLB entry made from that block descriptor, even if the TLB split it.
-        let operand = (virt >> 12) as u64;
-        // SAFETY: the caller guarantees nothing uses the block any more, so removing its
-        // translation on every CPU cannot fault code that still expects it.
+        // SAFETY: as in `map_2m`; the caller guarantees nothing uses the mapping.
+        let cleared = unsafe { tables.unmap_2m(virt) };
+        debug_assert!(cleared, "unmap_2m of {virt:#x}, outside the window");
+        // SAFETY: a barrier only.
         unsafe {
-            // `dsb ishst`: the cleared descriptor is visible to every walker before the
-            // invalidation, so no walker can refill a TLB from the old entry after it.
-            // `tlbi vae1is`: invalidates the block's translations at EL1 on every CPU of the
-            // inner shareable domain. `dsb ish`: waits until every CPU has completed the
-            // invalidation (and its accesses through the old translation). `isb`: this CPU's
-            // later instructions are fetched and translated without the old entry.
-            // No `nomem`: ordered against the store above and the caller's accesses. No
-            // stack, flags untouched.
-            asm!(
-                "dsb ishst",
-                "tlbi vae1is, {operand}",
-                "dsb ish",
-                "isb",
-                operand = in(reg) operand,
-                options(nostack, preserves_flags),
-            );
+            // `dsb ishst`: the cleared descriptors are visible to every walker before the
+            // invalidations, so no walker can refill a TLB from the old entries after them.
+            // No `nomem`: ordered after the stores above. No stack, flags untouched.
+            asm!("dsb ishst", options(nostack, preserves_flags));
+        }
+        // TLBI VAE1IS takes VA[55:12] in bits 43:0 (ASID bits 63:48 are zero, and global
+        // entries such as ours match any ASID). One invalidation per page: a contiguous run
+        // may be cached as one entry or as several.
+        let page = tables.regime.granule.size();
+        for address in (virt..virt + HUGE).step_by(page) {
+            let operand = ((address >> 12) & ((1 << 44) - 1)) as u64;
+            // SAFETY: the caller guarantees nothing uses the mapping any more, so removing
+            // its translation on every CPU cannot fault code that still expects it.
+            unsafe {
+                // `tlbi vae1is`: invalidates the page's translations at EL1 on every CPU of
+                // the inner shareable domain. No `nomem`: ordered with the barriers around
+                // it. No stack, flags untouched.
+                asm!("tlbi vae1is, {operand}", operand = in(reg) operand, options(nostack, preserves_flags));
+            }
+        }
+        // SAFETY: barriers only.
+        unsafe {
+            // `dsb ish`: waits until every CPU has completed the invalidations (and its
+            // accesses through the old translations). `isb`: this CPU's later instructions
+            // are fetched and translated without the old entries. No `nomem`: ordered with
+            // the caller's accesses. No stack, flags untouched.
+            asm!("dsb ish", "isb", options(nostack, preserves_flags));
         }
     }
 }
