@@ -131,12 +131,30 @@ pub struct Variant {
     /// the pair is added if the option is not there (`-append` reaches the kernel as the
     /// device tree's `/chosen/bootargs`).
     pub changes: &'static [(&'static str, &'static str)],
+    /// Texts the serial output must contain, so that a kernel which ignored the changes
+    /// (booted with its defaults) does not pass for one that honoured them.
+    pub expect: &'static [&'static str],
 }
 
-/// The configurations booted after each kernel's main boot: the AArch64 kernel on a GICv3
-/// (the main boot has the `virt` board's default GICv2).
-pub const VARIANTS: [Variant; 1] =
-    [Variant { arch: "aarch64", name: "aarch64 (GICv3)", changes: &[("-M", "virt,gic-version=3")] }];
+/// The configurations booted after each kernel's main boot (which has the `virt` board's
+/// default GICv2 and the 4 KiB granule): the AArch64 kernel with the 16 KiB granule on a
+/// GICv3, and with the 64 KiB granule. The kernel chooses its granule at boot from
+/// `granule=` in its boot arguments; `-cpu max` implements all three (the Cortex-A72 has no
+/// 16 KiB granule).
+pub const VARIANTS: [Variant; 2] = [
+    Variant {
+        arch: "aarch64",
+        name: "aarch64 (16 KiB granule, GICv3)",
+        changes: &[("-M", "virt,gic-version=3"), ("-cpu", "max"), ("-append", "granule=16k")],
+        expect: &["16 KiB granule", "GICv3"],
+    },
+    Variant {
+        arch: "aarch64",
+        name: "aarch64 (64 KiB granule)",
+        changes: &[("-cpu", "max"), ("-append", "granule=64k")],
+        expect: &["64 KiB granule"],
+    },
+];
 
 /// QEMU's arguments for a boot of `kernel` with `changes` (see [`Variant::changes`]) and
 /// the CPU count of [`CPUS`] when it is set.
@@ -430,17 +448,28 @@ pub fn build_and_boot_all(kernel: &Kernel, echo: bool) -> Vec<Report> {
     // Emulated CPUs share the host's: a boot with many takes longer (about 5 s a CPU under
     // TCG on two host cores, measured with 64).
     let timeout = boot_timeout() + Duration::from_secs(10 * cpus().unwrap_or(0).saturating_sub(4) as u64);
-    let main = (kernel.arch, &[][..]);
+    let main = (kernel.arch, &[][..], &[][..]);
     // A long run with many CPUs boots the main configuration only.
     let variants = VARIANTS.iter().filter(|variant| variant.arch == kernel.arch && cpus().is_none());
     std::iter::once(main)
-        .chain(variants.map(|variant| (variant.name, variant.changes)))
-        .map(|(name, changes)| boot_with(kernel, &elf, echo, timeout, &qemu_arguments(kernel, changes), name))
-        .map(|mut report| {
+        .chain(variants.map(|variant| (variant.name, variant.changes, variant.expect)))
+        .map(|(name, changes, expect)| {
+            let mut report = boot_with(kernel, &elf, echo, timeout, &qemu_arguments(kernel, changes), name);
             require_cpus_online(kernel, &mut report);
+            require_lines(&mut report, expect);
             report
         })
         .collect()
+}
+
+/// A variant's boot passes only if its serial output contains each of `expect`.
+fn require_lines(report: &mut Report, expect: &[&str]) {
+    let missing = expect.iter().find(|text| !report.serial.iter().any(|line| line.contains(*text)));
+    if let (None, Some(text)) = (&report.problem, missing) {
+        report.failed += 1;
+        report.problem =
+            Some(format!("no line says `{text}`: the kernel did not boot as this configuration asks"));
+    }
 }
 
 /// With [`CPUS`] set, a boot passes only if every CPU came up: the suite's
@@ -488,6 +517,17 @@ mod tests {
         assert_eq!(arguments.iter().filter(|argument| *argument == "-M").count(), 1);
         assert_eq!(arguments[arguments.len() - 2..], ["-append", "granule=16k"]);
         assert_eq!(arguments.len(), kernel.arguments.len() + 2);
+    }
+
+    #[test]
+    fn a_variant_whose_lines_are_missing_fails() {
+        let serial = vec!["aarch64: boot: 4096 MiB of RAM (16 KiB granule)".to_string()];
+        let mut report = Report { arch: "aarch64 (x)".into(), passed: 3, serial, ..Report::default() };
+        require_lines(&mut report, &["16 KiB granule"]);
+        assert_eq!((report.failed, report.problem.is_none()), (0, true));
+        require_lines(&mut report, &["16 KiB granule", "GICv3"]);
+        assert_eq!(report.failed, 1);
+        assert!(report.problem.as_deref().is_some_and(|why| why.contains("GICv3")));
     }
 
     /// A stand-in for QEMU: `sh -c <script>`, which ignores the `-kernel <elf>` arguments.

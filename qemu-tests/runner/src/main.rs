@@ -1,7 +1,8 @@
 //! Boots both test kernels under QEMU (4 CPUs each), shows their serial output (the tests,
 //! the allocator's statistics, its speed against linked_list_allocator), and ends with one
 //! line per architecture: `x86_64: N passed, M failed`, `aarch64: N passed, M failed`, and
-//! one per further configuration (`qemu_runner::VARIANTS`: the AArch64 kernel on a GICv3).
+//! one per further configuration (`qemu_runner::VARIANTS`: the AArch64 kernel with the
+//! 16 KiB granule on a GICv3, and with the 64 KiB granule).
 //!
 //! `cargo run --release -p qemu-runner [-- x86_64|aarch64] [--quiet]`
 //!
