@@ -16,6 +16,8 @@
 //!   page-table entries through the architecture's [`platform::HugeMapper`].
 #![no_std]
 
+#[cfg(any(test, feature = "aarch64-paging"))]
+pub mod aarch64_paging;
 pub mod bare_metal;
 pub mod bitmap;
 pub mod fixed;
