@@ -20,11 +20,12 @@ use crate::frames::{HugeFrames, SmallFrames};
 
 /// The second heap's virtual window: PML4 entry 288.
 const WINDOW: usize = 0xFFFF_9000_0000_0000;
-/// Chunks in the window: 1 GiB, more than the kernel's frames can back.
-const CHUNKS: usize = 512;
+/// Chunks in the window: 4 GiB, more than the kernel's frames can back on up to 16 GiB of
+/// RAM.
+const CHUNKS: usize = 2048;
 
-/// The provider: tracks 8 words of 64 chunks.
-pub(crate) type PagedProvider = PagingProvider<OffsetPageTable<'static>, SmallFrames, HugeFrames, 8>;
+/// The provider: tracks 32 words of 64 chunks.
+pub(crate) type PagedProvider = PagingProvider<OffsetPageTable<'static>, SmallFrames, HugeFrames, 32>;
 
 /// Chunks of [`WINDOW`], mapped through the kernel's paging.
 pub(crate) static PAGED: PagedProvider = PagingProvider::new(WINDOW, CHUNKS);

@@ -193,8 +193,11 @@ pub(crate) fn start_secondaries(apic_ids: &[u32]) -> usize {
         AP_STARTED.store(false, Ordering::Release);
         let (trampoline, _) = trampoline_page();
         let page = (trampoline >> 12) as u8;
+        // A real CPU takes microseconds. Under emulation with many vCPUs on few host cores a
+        // new vCPU may not run for a second or more, so the wait after the second STARTUP is
+        // long: it only costs time when a listed CPU never starts.
         let started = apic::send_startup(id, page)
-            && (wait_started(1_000) || { apic::send_startup(id, page) && wait_started(200_000) });
+            && (wait_started(1_000) || { apic::send_startup(id, page) && wait_started(10_000_000) });
         if !started {
             // Whatever starts later finds no stack and parks itself.
             AP_STACK_TOP.store(0, Ordering::Release);
