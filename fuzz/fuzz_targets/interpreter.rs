@@ -3,8 +3,11 @@
 //! other blocks) and the heap's invariants; any failure is a crash.
 //!
 //! The first byte picks the heap:
-//! - even: a fresh allocator over a fixed region of 8 chunks (reused memory, not zeroed:
+//! - 0 mod 4: a fresh allocator over a fixed region of 8 chunks (reused memory, not zeroed:
 //!   zeroed allocations must zero it), so a crash reproduces from its input alone;
+//! - 2 mod 4: a fresh allocator in compact mode over a span of the same memory, of
+//!   16 KiB to 4 MiB (the second byte) at a 16-byte offset (the third byte): the fit heap,
+//!   one-page slabs and their fallbacks;
 //! - odd: one allocator over the simulation provider (16 chunks) that lives as long as the
 //!   process, as a real heap does: huge reallocations remap, and each input starts from the
 //!   state (cached chunks, partly used slabs) the ones before it left.
@@ -53,7 +56,26 @@ fn run<P: page_provider::PageProvider, Pl: platform::Platform>(heap: &Allocator<
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, program)) = data.split_first() else { return };
-    if mode % 2 == 0 {
+    if mode % 4 == 2 {
+        let [size, offset, program @ ..] = program else { return };
+        let region = region().lock().unwrap();
+        let len = (usize::from(*size) + 1) * 16 * 1024;
+        // SAFETY: as below; the span lies inside the leaked buffer (at most 4 KiB + 4 MiB).
+        let provider: FixedRegion =
+            unsafe { FixedRegion::new(region.0.add(usize::from(*offset) * 16), len, false) };
+        let heap = Box::new(Allocator::new(provider, TestPlatform::new()));
+        // The mode is decided by the first allocation, which may fail in a tiny span.
+        if let Some(first) = heap.allocate(1, 1) {
+            // SAFETY: a live block of this heap, freed once.
+            unsafe { heap.free(first) };
+        }
+        assert!(heap.is_compact(), "a span of {len} bytes did not run in compact mode");
+        run(&heap, program);
+        heap.collect();
+        assert_eq!(heap.check_invariants(), Ok(()));
+        drop(heap);
+        drop(region);
+    } else if mode % 2 == 0 {
         let region = region().lock().unwrap();
         // SAFETY: the leaked buffer is lent to this allocator alone while the lock is held;
         // the allocator (and every block from it) is gone before the lock is dropped. The
