@@ -23,6 +23,8 @@ use crate::{HeapUnderTest, Machine, Outcome, ensure, say};
 const PEER_CHUNKS: usize = 32;
 /// Chunks of compact mode's span (4 MiB: fewer than `COMPACT_CHUNKS`).
 const COMPACT_CHUNKS: usize = 2;
+/// Chunks of a span big enough to run on chunks (with one more for alignment).
+const CHUNK_SPAN: usize = core_alloc::COMPACT_CHUNKS + 1;
 /// Box pairs per CPU in one measurement.
 const PAIRS: usize = 50_000;
 /// Vec growth rounds per CPU in one measurement (13 reallocations each).
@@ -109,10 +111,45 @@ fn growth(machine: &dyn Machine, heap: &(dyn GlobalAlloc + Sync), cpus: usize) -
     (failures.load(Ordering::Relaxed) == 0).then(|| elapsed as f64 / (GROWTHS * steps) as f64)
 }
 
+/// The time of a fresh heap's first allocation (its mode decided, its metadata and first
+/// slab formatted), for a span of `chunks` chunks from the provider: microseconds.
+fn first_allocation<P: PageProvider, Pl: Platform>(
+    machine: &dyn Machine,
+    heap: &HeapUnderTest<'_, P, Pl>,
+    chunks: usize,
+) -> Result<f64, String> {
+    let provider = heap.allocator.provider();
+    let region = provider.alloc_chunks(chunks).ok_or("no span for a fresh heap")?;
+    // SAFETY: fresh memory from the provider, used by this heap alone until given back.
+    let fresh = Allocator::new(
+        unsafe { FixedRegion::<1>::new(region.base.as_ptr(), chunks * CHUNK_SIZE, region.zeroed) },
+        heap.allocator.platform(),
+    );
+    let start = machine.now_ns();
+    let block = fresh.allocate(24, 8);
+    let elapsed = machine.now_ns() - start;
+    let block = block.ok_or("a fresh heap's first allocation failed")?;
+    // SAFETY: a live block of the fresh heap; then nothing of the span is in use.
+    unsafe {
+        fresh.free(block);
+        provider.free_chunks(region.base, chunks);
+    }
+    Ok(elapsed as f64 / 1e3)
+}
+
 pub(crate) fn against_peers<P: PageProvider, Pl: Platform>(
     machine: &dyn Machine,
     heap: &HeapUnderTest<'_, P, Pl>,
 ) -> Outcome {
+    let compact_first = first_allocation(machine, heap, COMPACT_CHUNKS)?;
+    let chunks_first = first_allocation(machine, heap, CHUNK_SPAN)?;
+    say(
+        machine,
+        format_args!(
+            "bench first allocation of a fresh heap: compact mode (4 MiB span) {compact_first:.0} us, chunks ({} MiB span) {chunks_first:.0} us",
+            CHUNK_SPAN * 2
+        ),
+    );
     let provider = heap.allocator.provider();
     let (Some(list_region), Some(talc_region), Some(compact_region)) = (
         provider.alloc_chunks(PEER_CHUNKS),
@@ -135,8 +172,12 @@ pub(crate) fn against_peers<P: PageProvider, Pl: Platform>(
             ),
         )
     };
-    let heaps: [(&str, &(dyn GlobalAlloc + Sync)); 4] =
-        [("core-alloc", heap.allocator), ("core-alloc compact", &compact), ("talc", &talc), ("linked_list", &list)];
+    let heaps: [(&str, &(dyn GlobalAlloc + Sync)); 4] = [
+        ("core-alloc", heap.allocator),
+        ("core-alloc compact", &compact),
+        ("talc", &talc),
+        ("linked_list", &list),
+    ];
     type Pattern = fn(&dyn Machine, &(dyn GlobalAlloc + Sync), usize) -> Option<f64>;
     let patterns: [(&str, Pattern); 2] =
         [("Box<u64> new+drop, ns/pair", boxes), ("Vec growth 8 B..64 KiB, ns/realloc", growth)];
@@ -149,7 +190,8 @@ pub(crate) fn against_peers<P: PageProvider, Pl: Platform>(
                 // A first pass warms caches and maps memory; the second is measured.
                 let measured = pattern(machine, *heap, cpus).and_then(|_| pattern(machine, *heap, cpus));
                 let Some(time) = measured else {
-                    outcome = Err(alloc::format!("{heap_name}: an allocation failed in {name} on {cpus} CPUs"));
+                    outcome =
+                        Err(alloc::format!("{heap_name}: an allocation failed in {name} on {cpus} CPUs"));
                     continue;
                 };
                 times[index] = time;
