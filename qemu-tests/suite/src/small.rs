@@ -137,7 +137,11 @@ pub(crate) fn small_heaps<P: PageProvider, Pl: Platform>(
             last.map(|last| last.reason)
         ),
     );
-    ensure!(requested * 100 >= 85 * 1024 * 1024, "1 MiB heap: only {} KiB of requested bytes", requested / 1024);
+    ensure!(
+        requested * 100 >= 85 * 1024 * 1024,
+        "1 MiB heap: only {} KiB of requested bytes",
+        requested / 1024
+    );
     Ok(())
 }
 
