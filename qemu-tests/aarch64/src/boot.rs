@@ -22,8 +22,10 @@ pub(crate) struct SecondaryBoot {
     pub(crate) mair: AtomicU64,
     /// TCR_EL1.
     pub(crate) tcr: AtomicU64,
-    /// TTBR0_EL1: the level-1 table every CPU shares.
+    /// TTBR0_EL1: the top-level table every CPU shares.
     pub(crate) ttbr0: AtomicU64,
+    /// TTBR1_EL1: the upper range's top-level table (the second heap's).
+    pub(crate) ttbr1: AtomicU64,
     /// SCTLR_EL1 with the MMU and caches on.
     pub(crate) sctlr: AtomicU64,
     /// The top of the CPU's stack (16-byte aligned, mapped).
@@ -40,6 +42,7 @@ impl SecondaryBoot {
             mair: AtomicU64::new(0),
             tcr: AtomicU64::new(0),
             ttbr0: AtomicU64::new(0),
+            ttbr1: AtomicU64::new(0),
             sctlr: AtomicU64::new(0),
             stack_top: AtomicU64::new(0),
             cpu_index: AtomicU64::new(0),
@@ -156,6 +159,8 @@ secondary_start:
     msr     tcr_el1, x9
     ldr     x9, [x0, #{ttbr0}]
     msr     ttbr0_el1, x9
+    ldr     x9, [x0, #{ttbr1}]
+    msr     ttbr1_el1, x9
     isb
     tlbi    vmalle1                     // no stale translations from before reset
     dsb     nsh
@@ -175,6 +180,7 @@ secondary_start:
     mair = const offset_of!(SecondaryBoot, mair),
     tcr = const offset_of!(SecondaryBoot, tcr),
     ttbr0 = const offset_of!(SecondaryBoot, ttbr0),
+    ttbr1 = const offset_of!(SecondaryBoot, ttbr1),
     sctlr = const offset_of!(SecondaryBoot, sctlr),
     stack_top = const offset_of!(SecondaryBoot, stack_top),
 );

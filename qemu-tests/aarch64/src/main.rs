@@ -19,6 +19,7 @@ mod gic;
 mod heap;
 mod machine;
 mod mmu;
+mod paged;
 mod semihosting;
 mod smp;
 mod timer;
@@ -51,23 +52,26 @@ extern "C" fn boot_main() -> ! {
     let granule = Granule::from_size(info.granule).expect("dtb::parse accepts only granule sizes");
     // SAFETY: as above; the table pool after the image is RAM nothing else uses (the heap
     // does not get it, see below).
-    unsafe { mmu::init_boot_cpu(&info, granule, FRAMES.mapper()) };
+    let upper = unsafe { mmu::init_boot_cpu(&info, granule, FRAMES.mapper()) };
     // SAFETY: the boot CPU is index 0 and nothing else writes TPIDR_EL1.
     unsafe { init_cpu(0) };
 
     let image = mmu::kernel_image();
     let tables = mmu::table_pool();
-    let mut exclude = [(0u64, 0u64); 3 + dtb::MAX_REGIONS];
+    let second_heap = paged::frames_region(&info);
+    paged::init(upper, second_heap);
+    let mut exclude = [(0u64, 0u64); 4 + dtb::MAX_REGIONS];
     exclude[0] = (image.start, image.len);
     exclude[1] = (info.dtb.start, info.dtb.len);
     exclude[2] = (tables.start, tables.len);
-    for (slot, region) in exclude[3..].iter_mut().zip(info.reserved.as_slice()) {
+    exclude[3] = (second_heap.start, second_heap.len);
+    for (slot, region) in exclude[4..].iter_mut().zip(info.reserved.as_slice()) {
         *slot = (region.start, region.len);
     }
     let mut frames = 0;
     for region in info.memory.as_slice() {
         // SAFETY: the device tree calls this RAM; the image (with its boot stack), the table
-        // pool, the tree and the reserved ranges are left out; QEMU RAM is not known to be
+        // pool, the second heap's RAM, the tree and the reserved ranges are left out; QEMU RAM is not known to be
         // zero after loading, so it is not claimed to be.
         frames += unsafe { FRAMES.add_ram(region.start, region.len, &exclude, false) };
     }
@@ -94,7 +98,10 @@ extern "C" fn boot_main() -> ! {
 
     let free_frames = || FRAMES.free_frames();
     let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };
-    let summary = qemu_suite::run(&machine::VirtMachine::new(), &under_test);
+    let machine = machine::VirtMachine::new();
+    let summary = qemu_suite::run_with(&machine, &under_test, |test| {
+        test("second_heap_over_aarch64_paging", paged::test(&machine, second_heap));
+    });
     semihosting::exit(if summary.failed == 0 { 0 } else { 1 })
 }
 

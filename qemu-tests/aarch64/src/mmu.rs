@@ -1,7 +1,9 @@
 //! The kernel's translation tables and MMU start-up: an identity map, in 2 MiB blocks (or
 //! runs of 16 KiB or 64 KiB pages with the contiguous bit), of what the kernel touches (its
 //! image, its table pool, the device tree, the UART, the GIC), plus the heap window of
-//! [`HeapMapper`], all under one top-level table that every CPU's TTBR0 uses.
+//! [`HeapMapper`], all under one top-level table that every CPU's TTBR0 uses. The upper range
+//! (TTBR1, always with the 4 KiB granule) holds an `aarch64-paging` [`Mapping`], as a kernel
+//! built on that crate keeps its tables; the second heap (`paged`) maps its chunks there.
 //!
 //! The granule is chosen at boot (`granule=` in the boot arguments). Every table, the top
 //! level included, comes from a pool of RAM right after the kernel image
@@ -12,7 +14,12 @@
 //! two cannot disagree.
 
 use core::arch::asm;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+use aarch64_paging::Mapping;
+use aarch64_paging::descriptor::{El1Attributes, PhysicalAddress};
+use aarch64_paging::paging::{El1And0, PageTable, Translation, VaRange};
 
 use platform::arch::aarch64::paging::{
     self, Granule, MAIR_VALUE, Memory, PhysMap, Regime, Tables, TablesError,
@@ -32,9 +39,42 @@ const BLOCK: u64 = 2 << 20;
 /// The next free byte of the table pool, and its end.
 static POOL_NEXT: AtomicU64 = AtomicU64::new(0);
 static POOL_END: AtomicU64 = AtomicU64::new(0);
-/// The top-level table and TCR_EL1, set by [`init_boot_cpu`].
+/// The top-level tables of TTBR0 and TTBR1, and TCR_EL1, set by [`init_boot_cpu`].
 static ROOT: AtomicU64 = AtomicU64::new(0);
+static UPPER_ROOT: AtomicU64 = AtomicU64::new(0);
 static TCR: AtomicU64 = AtomicU64::new(0);
+
+/// TCR_EL1 bits that turn on TTBR1 walks with T1SZ = 25 (as TTBR0's) and the 4 KiB granule,
+/// through inner shareable write-back memory: IRGN1 and ORGN1 write-back, SH1 inner
+/// shareable; EPD1 (bit 23) is cleared. `tcr_value` already sets T1SZ and TG1 = 4 KiB.
+const TCR_TTBR1_WALKS: u64 = 0b01 << 24 | 0b01 << 26 | 0b11 << 28;
+const TCR_EPD1: u64 = 1 << 23;
+
+/// `aarch64-paging`'s view of the table pool: 4 KiB tables from the pool, reached at their
+/// physical addresses (the pool is identity-mapped). The pool is sized for them; running
+/// out panics, as the trait cannot fail.
+#[derive(Debug)]
+pub(crate) struct PoolTables;
+
+impl Translation<El1Attributes> for PoolTables {
+    fn allocate_table(&mut self) -> (NonNull<PageTable<El1Attributes>>, PhysicalAddress) {
+        let frame = table_frame(Granule::Size4KiB).expect("the table pool ran out (aarch64-paging tables)");
+        for offset in (0..4096).step_by(8) {
+            // SAFETY: a fresh pool frame, identity-mapped (or the MMU is off), used by nothing
+            // else; a table must start zeroed.
+            unsafe { ((frame + offset) as *mut u64).write_volatile(0) };
+        }
+        (self.physical_to_virtual(PhysicalAddress(frame as usize)), PhysicalAddress(frame as usize))
+    }
+
+    unsafe fn deallocate_table(&mut self, _table: NonNull<PageTable<El1Attributes>>) {
+        // The pool is a bump allocator: tables given back are not reused.
+    }
+
+    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PageTable<El1Attributes>> {
+        NonNull::new(pa.0 as *mut PageTable<El1Attributes>).expect("pool frames are not at address 0")
+    }
+}
 
 /// SCTLR_EL1.M: stage-1 translation on.
 const SCTLR_M: u64 = 1 << 0;
@@ -59,6 +99,8 @@ pub(crate) struct MmuSettings {
     pub(crate) tcr: u64,
     /// TTBR0_EL1.
     pub(crate) ttbr0: u64,
+    /// TTBR1_EL1.
+    pub(crate) ttbr1: u64,
     /// SCTLR_EL1 with the MMU and caches on.
     pub(crate) sctlr: u64,
 }
@@ -71,6 +113,7 @@ pub(crate) fn settings() -> MmuSettings {
         mair: MAIR_VALUE,
         tcr: TCR.load(Ordering::Relaxed),
         ttbr0: ROOT.load(Ordering::Relaxed),
+        ttbr1: UPPER_ROOT.load(Ordering::Relaxed),
         sctlr: SCTLR_ON.load(Ordering::Relaxed),
     }
 }
@@ -111,7 +154,9 @@ fn table_frame(granule: Granule) -> Option<u64> {
 }
 
 /// Builds the tables (the identity map, and the heap window over all of RAM through
-/// `heap`'s `install`) with `granule`, and turns the MMU and caches on for the boot CPU.
+/// `heap`'s `install`) with `granule`, creates the upper range's `aarch64-paging` mapping
+/// (empty, marked active), and turns the MMU and caches on for the boot CPU; returns that
+/// mapping.
 ///
 /// # Panics
 ///
@@ -126,7 +171,7 @@ pub(crate) unsafe fn init_boot_cpu(
     info: &BootInfo,
     granule: Granule,
     heap: &platform::arch::aarch64::HeapMapper,
-) {
+) -> Mapping<PoolTables, El1And0> {
     assert!(
         paging::granule_supported(granule),
         "the CPU does not implement the {} KiB granule (QEMU's -cpu max has all three)",
@@ -144,7 +189,11 @@ pub(crate) unsafe fn init_boot_cpu(
     }
     let tables = Tables { root, regime, map: PhysMap { offset: 0 } };
     ROOT.store(root, Ordering::Relaxed);
-    TCR.store(paging::tcr_value(regime), Ordering::Relaxed);
+    TCR.store((paging::tcr_value(regime) & !TCR_EPD1) | TCR_TTBR1_WALKS, Ordering::Relaxed);
+    // The upper range: a level-1 root (39 bits with 4 KiB pages), ASID 0 (its mappings are
+    // global).
+    let upper = Mapping::with_asid_and_va_range(PoolTables, 0, 1, El1And0, VaRange::Upper);
+    UPPER_ROOT.store(upper.root_address().0 as u64, Ordering::Relaxed);
 
     let regions = [
         (kernel_image(), Memory::NormalExecutable),
@@ -204,6 +253,7 @@ pub(crate) unsafe fn init_boot_cpu(
             "msr mair_el1, {mair}",
             "msr tcr_el1, {tcr}",
             "msr ttbr0_el1, {ttbr0}",
+            "msr ttbr1_el1, {ttbr1}",
             "isb",
             "tlbi vmalle1",
             "dsb nsh",
@@ -213,10 +263,15 @@ pub(crate) unsafe fn init_boot_cpu(
             mair = in(reg) settings.mair,
             tcr = in(reg) settings.tcr,
             ttbr0 = in(reg) settings.ttbr0,
+            ttbr1 = in(reg) settings.ttbr1,
             sctlr = in(reg) settings.sctlr,
             options(nostack, preserves_flags),
         );
     }
+    // Every CPU loads TTBR1 with this root from now on: changes must keep to the rules for
+    // live tables (aarch64-paging then does the barriers and TLB maintenance).
+    upper.mark_active();
+    upper
 }
 
 /// Identity-maps the 2 MiB blocks that `region` touches as `memory`. Two regions may share

@@ -97,6 +97,7 @@ pub(crate) fn start_secondaries(info: &BootInfo) -> usize {
         record.mair.store(mmu.mair, Ordering::Relaxed);
         record.tcr.store(mmu.tcr, Ordering::Relaxed);
         record.ttbr0.store(mmu.ttbr0, Ordering::Relaxed);
+        record.ttbr1.store(mmu.ttbr1, Ordering::Relaxed);
         record.sctlr.store(mmu.sctlr, Ordering::Relaxed);
         record.stack_top.store(stack as u64 + SECONDARY_STACK as u64, Ordering::Relaxed);
         record.cpu_index.store(index as u64, Ordering::Relaxed);
