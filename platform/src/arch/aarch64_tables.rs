@@ -157,7 +157,7 @@ pub mod descriptor {
     pub const ATTR_INDEX_SHIFT: u32 = 2;
     /// AttrIndx's bits.
     pub const ATTR_INDEX: u64 = 0b111 << ATTR_INDEX_SHIFT;
-    /// AP[2:1] = 0b00: read/write at EL1, no access at EL0 (the value is zero bits).
+    /// AP\[2:1\] = 0b00: read/write at EL1, no access at EL0 (the value is zero bits).
     pub const AP_EL1_READ_WRITE: u64 = 0 << 6;
     /// SH = 0b11: inner shareable.
     pub const INNER_SHAREABLE: u64 = 0b11 << 8;
@@ -354,7 +354,9 @@ impl Tables {
     ///
     /// # Safety
     ///
-    /// As for [`Tables::huge_entry`].
+    /// The tables are valid and reachable through the map; frames `table_frame` returns are
+    /// unused RAM the map reaches, which become tables for good; nobody else changes the
+    /// descriptors on the way meanwhile.
     pub unsafe fn prepare(
         &self,
         window: Range<usize>,
@@ -396,7 +398,7 @@ impl Tables {
     ///
     /// # Safety
     ///
-    /// As for [`Tables::huge_entry`]; `phys` is memory the caller may map there.
+    /// As for [`Tables::prepare`]; `phys` is memory the caller may map there.
     pub unsafe fn map_2m(
         &self,
         virt: usize,
@@ -429,7 +431,7 @@ impl Tables {
     ///
     /// # Safety
     ///
-    /// As for [`Tables::huge_entry`]; nothing uses the mapping any more.
+    /// As for [`Tables::prepare`]; nothing uses the mapping any more.
     pub unsafe fn unmap_2m(&self, virt: usize) -> bool {
         if !virt.is_multiple_of(HUGE) || !self.regime.covers(&(virt..virt.wrapping_add(HUGE))) {
             return false;
