@@ -117,7 +117,11 @@ fn check_heap_window() -> usize {
     let run = FRAMES.alloc_chunks(count).expect("the free frames are one contiguous run");
     let base = run.base.as_ptr();
     let mapper = FRAMES.mapper();
-    let granule = mapper.tables().expect("the mapper is installed").regime.granule;
+    let tables = mapper.tables().expect("the mapper is installed");
+    let granule = tables.regime.granule;
+    // What a kernel with its MMU on would hand to `install`: the registers agree.
+    let running = platform::arch::aarch64::paging::current_tables(tables.map);
+    assert_eq!(running, Some(tables), "TTBR0_EL1 and TCR_EL1 describe other tables");
     let probes = (0..count).step_by(128).chain([count - 1]);
     for chunk in probes.clone() {
         let virt = base as usize + chunk * CHUNK_SIZE;

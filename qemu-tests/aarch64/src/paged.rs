@@ -76,6 +76,13 @@ pub(crate) fn frames_region(info: &BootInfo) -> Region {
 /// Hands the kernel's upper-range mapping and the set-aside RAM to [`PAGED`]. Boot CPU,
 /// once, after the MMU is on.
 pub(crate) fn init(mapping: Mapping<PoolTables, El1And0>, frames: Region) {
+    let upper =
+        platform::arch::aarch64::paging::current_upper_tables(platform::arch::aarch64::PhysMap { offset: 0 });
+    assert_eq!(
+        upper.map(|tables| (tables.root, tables.regime.granule.size(), tables.regime.va_bits)),
+        Some((mapping.root_address().0 as u64, 4096, 39)),
+        "TTBR1_EL1 and TCR_EL1 do not describe the upper range's aarch64-paging tables"
+    );
     let split = frames.start + HUGE_BYTES;
     let frames = KernelFrames { huge: frames.start..split, small: split..frames.start + frames.len };
     let paging = Paging { mapping, frames, attributes: heap_attributes(MAIR_NORMAL as usize) };

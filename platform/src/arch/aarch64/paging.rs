@@ -110,9 +110,10 @@ pub fn tcr_value(regime: Regime) -> u64 {
         | physical_address_range() << IPS_SHIFT
 }
 
-/// The TTBR0 tables the calling CPU translates through now (TTBR0_EL1 and TCR_EL1's TG0 and
-/// T0SZ), reached through `map`; `None` if TCR_EL1 holds a size this code does not handle.
-/// For a kernel whose MMU is on, to hand to [`HeapMapper::install`].
+/// The tables of the lower address range the calling CPU translates through now
+/// (TTBR0_EL1, and TCR_EL1's TG0 and T0SZ), reached through `map`; `None` if TCR_EL1 holds a
+/// granule or size this code does not handle. For a kernel whose MMU is on, to hand to
+/// [`HeapMapper::install`] with a window in the lower range.
 pub fn current_tables(map: PhysMap) -> Option<Tables> {
     let (ttbr0, tcr): (u64, u64);
     // SAFETY: reading system registers has no side effects.
@@ -121,6 +122,7 @@ pub fn current_tables(map: PhysMap) -> Option<Tables> {
         asm!("mrs {value}, ttbr0_el1", value = out(reg) ttbr0, options(nomem, nostack, preserves_flags));
         asm!("mrs {value}, tcr_el1", value = out(reg) tcr, options(nomem, nostack, preserves_flags));
     }
+    // TG0: 0b00 4 KiB, 0b01 64 KiB, 0b10 16 KiB.
     let granule = match (tcr >> 14) & 0b11 {
         0b00 => Granule::Size4KiB,
         0b01 => Granule::Size64KiB,
@@ -129,6 +131,27 @@ pub fn current_tables(map: PhysMap) -> Option<Tables> {
     };
     let regime = Regime::new(granule, 64 - (tcr & 0x3F) as u32)?;
     Some(Tables { root: ttbr0 & descriptor::ADDRESS, regime, map })
+}
+
+/// As [`current_tables`], for the upper address range (TTBR1_EL1, TCR_EL1's TG1 and T1SZ):
+/// for a kernel that lives in the upper range and puts its heap there.
+pub fn current_upper_tables(map: PhysMap) -> Option<Tables> {
+    let (ttbr1, tcr): (u64, u64);
+    // SAFETY: reading system registers has no side effects.
+    unsafe {
+        // Register reads: no memory, no stack, flags untouched.
+        asm!("mrs {value}, ttbr1_el1", value = out(reg) ttbr1, options(nomem, nostack, preserves_flags));
+        asm!("mrs {value}, tcr_el1", value = out(reg) tcr, options(nomem, nostack, preserves_flags));
+    }
+    // TG1 (another encoding than TG0): 0b01 16 KiB, 0b10 4 KiB, 0b11 64 KiB.
+    let granule = match (tcr >> 30) & 0b11 {
+        0b01 => Granule::Size16KiB,
+        0b10 => Granule::Size4KiB,
+        0b11 => Granule::Size64KiB,
+        _ => return None,
+    };
+    let regime = Regime::new(granule, 64 - ((tcr >> 16) & 0x3F) as u32)?;
+    Some(Tables { root: ttbr1 & descriptor::ADDRESS, regime, map })
 }
 
 /// Maps 2 MiB frames at `physical address + heap_offset` in the kernel's translation tables;
