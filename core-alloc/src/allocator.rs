@@ -12,7 +12,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicU64;
 
-use crate::sync::{AtomicPtr, Ordering, SpinLock};
+use crate::sync::{AtomicPtr, Ordering, SpinGuard, SpinLock};
 
 use page_provider::PageProvider;
 use platform::{MAX_SLOTS, Platform};
@@ -73,6 +73,40 @@ pub struct Allocator<P, Pl> {
     pub(crate) stray_frees: [AtomicU64; CLASS_COUNT],
 }
 
+/// The central lock, held inside the platform's critical section (see
+/// [`Platform::enter_critical`]): on kernels whose slot closures leave interrupts enabled,
+/// interrupts stay masked while it is held, so a handler on the same CPU never spins on it.
+pub(crate) struct HeapLock<'a, Pl: Platform> {
+    guard: core::mem::ManuallyDrop<SpinGuard<'a, Heap>>,
+    platform: &'a Pl,
+    token: usize,
+}
+
+impl<Pl: Platform> core::ops::Deref for HeapLock<'_, Pl> {
+    type Target = Heap;
+    fn deref(&self) -> &Heap {
+        &self.guard
+    }
+}
+
+impl<Pl: Platform> core::ops::DerefMut for HeapLock<'_, Pl> {
+    fn deref_mut(&mut self) -> &mut Heap {
+        &mut self.guard
+    }
+}
+
+impl<Pl: Platform> Drop for HeapLock<'_, Pl> {
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped once, here, before the section it was taken in is
+        // left with that section's token (sections taken inside it were left already: they
+        // are scoped within the guard's lifetime).
+        unsafe {
+            core::mem::ManuallyDrop::drop(&mut self.guard);
+            self.platform.leave_critical(self.token);
+        }
+    }
+}
+
 // SAFETY: the arenas are used only by the holder of their slot (the platform's promise) or
 // through their atomic delayed lists; the heap is behind its lock; the map is atomics; the
 // provider and platform are Sync.
@@ -126,6 +160,25 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// The platform.
     pub fn platform(&self) -> &Pl {
         &self.platform
+    }
+
+    /// Takes the central lock inside the platform's critical section.
+    #[inline]
+    pub(crate) fn lock_heap(&self) -> HeapLock<'_, Pl> {
+        let token = self.platform.enter_critical();
+        HeapLock { guard: core::mem::ManuallyDrop::new(self.heap.lock()), platform: &self.platform, token }
+    }
+
+    /// Runs `f` inside the platform's critical section: every provider call the core makes
+    /// outside the central lock goes through here.
+    #[inline]
+    pub(crate) fn critical<R>(&self, f: impl FnOnce() -> R) -> R {
+        let token = self.platform.enter_critical();
+        let result = f();
+        // SAFETY: the token of the section entered above; sections `f` entered were left
+        // before it returned.
+        unsafe { self.platform.leave_critical(token) };
+        result
     }
 
     pub(crate) fn report(&self, kind: Misuse, address: usize) {
@@ -272,7 +325,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 Some((page_address(run, first) as *mut u8, clean))
             })
         } else {
-            self.platform.with_slot(|_| self.alloc_huge(size.div_ceil(CHUNK_SIZE), align))
+            self.platform.with_slot(|_| self.critical(|| self.alloc_huge(size.div_ceil(CHUNK_SIZE), align)))
         };
         match found {
             Some((block, clean)) => {
@@ -334,7 +387,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[cold]
     unsafe fn free_large(&self, run: *mut Run, address: usize) {
         self.platform.with_slot(|_| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock_heap();
             // SAFETY: the caller vouches for the address; the kind and first page are
             // stable under the lock.
             unsafe {
@@ -360,26 +413,29 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// If a huge allocation starts at `address`, nothing uses it any more.
     #[cold]
     unsafe fn free_huge(&self, address: usize) {
+        // Provider calls outside the lock: the whole path in the platform's critical section.
         let known = self.platform.with_slot(|_| {
-            let mut heap = self.heap.lock();
-            let count = Heap::huge_chunks(address, &self.map)?;
-            // SAFETY: a live huge allocation of `count` chunks starts there (the map says
-            // so), and the caller is done with it.
-            let cache = unsafe { heap.free_huge(address, count, &self.map) };
-            drop(heap);
-            let chunk = address as *mut ChunkHeader;
-            // SAFETY: the chunks are ours and unused; the header is formatted (touched)
-            // outside the lock before the cache takes the chunk.
-            unsafe {
-                if cache {
-                    ChunkHeader::init(chunk, false);
-                    if self.heap.lock().cache_chunk(chunk, &self.provider, &self.map) {
-                        return Some(());
+            self.critical(|| {
+                let mut heap = self.lock_heap();
+                let count = Heap::huge_chunks(address, &self.map)?;
+                // SAFETY: a live huge allocation of `count` chunks starts there (the map says
+                // so), and the caller is done with it.
+                let cache = unsafe { heap.free_huge(address, count, &self.map) };
+                drop(heap);
+                let chunk = address as *mut ChunkHeader;
+                // SAFETY: the chunks are ours and unused; the header is formatted (touched)
+                // outside the lock before the cache takes the chunk.
+                unsafe {
+                    if cache {
+                        ChunkHeader::init(chunk, false);
+                        if self.lock_heap().cache_chunk(chunk, &self.provider, &self.map) {
+                            return Some(());
+                        }
                     }
+                    self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), count);
                 }
-                self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), count);
-            }
-            Some(())
+                Some(())
+            })
         });
         if known.is_none() {
             self.report(Misuse::ForeignPointer, address);
@@ -403,25 +459,28 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         } else if address & CHUNK_MASK == 0 {
             if new_size > MAX_LARGE && layout.align() <= CHUNK_SIZE {
+                // Provider calls outside the lock: in the platform's critical section.
                 let resized = self.platform.with_slot(|_| {
-                    let mut heap = self.heap.lock();
-                    let count = Heap::huge_chunks(address, &self.map)?;
-                    let wanted = new_size.div_ceil(CHUNK_SIZE);
-                    if wanted > count {
-                        drop(heap);
-                        // SAFETY: a live huge allocation of `count` chunks, the caller's.
-                        return unsafe { self.grow_huge(address, count, wanted) };
-                    }
-                    if wanted < count {
-                        // SAFETY: the chunks past `wanted` hold no byte of the new size.
-                        unsafe {
-                            heap.shrink_huge(address, count, wanted, &self.provider, &self.map);
+                    self.critical(|| {
+                        let mut heap = self.lock_heap();
+                        let count = Heap::huge_chunks(address, &self.map)?;
+                        let wanted = new_size.div_ceil(CHUNK_SIZE);
+                        if wanted > count {
                             drop(heap);
-                            let spare = (address + wanted * CHUNK_SIZE) as *mut u8;
-                            self.provider.free_chunks(NonNull::new_unchecked(spare), count - wanted);
+                            // SAFETY: a live huge allocation of `count` chunks, the caller's.
+                            return unsafe { self.grow_huge(address, count, wanted) };
                         }
-                    }
-                    Some(block)
+                        if wanted < count {
+                            // SAFETY: the chunks past `wanted` hold no byte of the new size.
+                            unsafe {
+                                heap.shrink_huge(address, count, wanted, &self.provider, &self.map);
+                                drop(heap);
+                                let spare = (address + wanted * CHUNK_SIZE) as *mut u8;
+                                self.provider.free_chunks(NonNull::new_unchecked(spare), count - wanted);
+                            }
+                        }
+                        Some(block)
+                    })
                 });
                 if let Some(resized) = resized {
                     return resized;
@@ -444,7 +503,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 {
                     let pages = new_size.div_ceil(PAGE);
                     let resized = self.platform.with_slot(|_| {
-                        pages == (*run).pages as usize || self.heap.lock().resize_run(run, pages)
+                        pages == (*run).pages as usize || self.lock_heap().resize_run(run, pages)
                     });
                     if resized {
                         return block;
@@ -470,11 +529,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             debug_assert!(kind == RUN_SLAB && pages >= 1);
             return self.take_slab_page();
         }
-        if let Some(found) = self.heap.lock().alloc_run(pages, align_pages, kind) {
+        if let Some(found) = self.lock_heap().alloc_run(pages, align_pages, kind) {
             return Some(found);
         }
-        let Some(fresh) = self.provider.alloc_chunks(1) else {
-            self.heap.lock().counters.provider_refusals += 1;
+        let Some(fresh) = self.critical(|| self.provider.alloc_chunks(1)) else {
+            self.lock_heap().counters.provider_refusals += 1;
             return None;
         };
         let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
@@ -483,10 +542,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         unsafe { ChunkHeader::init(chunk, fresh.zeroed) };
         // SAFETY: the chunk came from the provider, is formatted and known to nobody else.
         let adopted =
-            unsafe { self.heap.lock().adopt(chunk, pages, align_pages, kind, &self.provider, &self.map) };
+            unsafe { self.lock_heap().adopt(chunk, pages, align_pages, kind, &self.provider, &self.map) };
         adopted.unwrap_or_else(|()| {
             // SAFETY: the heap did not take the chunk; it is unused.
-            unsafe { self.provider.free_chunks(fresh.base, 1) };
+            self.critical(|| unsafe { self.provider.free_chunks(fresh.base, 1) });
             None
         })
     }
@@ -503,38 +562,44 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return unsafe { self.release_slab_page(run) };
         }
         // SAFETY: the caller's promise.
-        let release = unsafe { self.heap.lock().free_run(run, &self.map) };
+        let release = unsafe { self.lock_heap().free_run(run, &self.map) };
         self.give_back(release);
     }
 
     /// Hands chunks the heap let go of back to the provider (outside the heap lock).
     pub(crate) fn give_back(&self, release: Release) {
-        let mut chunk = release.chunks;
-        while !chunk.is_null() {
-            // SAFETY: released chunks are ours, unused, linked through their headers; the
-            // link is read before the chunk is given away.
-            unsafe {
-                let next = (*chunk).next;
-                self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), 1);
-                chunk = next;
-            }
+        if release.chunks.is_null() {
+            return;
         }
+        self.critical(|| {
+            let mut chunk = release.chunks;
+            while !chunk.is_null() {
+                // SAFETY: released chunks are ours, unused, linked through their headers; the
+                // link is read before the chunk is given away.
+                unsafe {
+                    let next = (*chunk).next;
+                    self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), 1);
+                    chunk = next;
+                }
+            }
+        });
     }
 
     /// A huge allocation of `count` chunks aligned to `align`: a cached chunk when one
     /// chunk will do, else fresh chunks from the provider (obtained outside the lock).
-    /// Returns the first byte and whether it is zeroed. Call inside a slot closure.
+    /// Returns the first byte and whether it is zeroed. Call inside a slot closure and the
+    /// platform's critical section.
     fn alloc_huge(&self, count: usize, align: usize) -> Option<(*mut u8, bool)> {
         let align_chunks = align.div_ceil(CHUNK_SIZE).max(1);
         if count == 1
             && align_chunks == 1
-            && let Some(base) = self.heap.lock().huge_from_cache(&self.provider, &self.map)
+            && let Some(base) = self.lock_heap().huge_from_cache(&self.provider, &self.map)
         {
             return Some((base.as_ptr(), false));
         }
         let extra = align_chunks - 1;
         let Some(fresh) = count.checked_add(extra).and_then(|total| self.provider.alloc_chunks(total)) else {
-            self.heap.lock().counters.provider_refusals += 1;
+            self.lock_heap().counters.provider_refusals += 1;
             return None;
         };
         let base = fresh.base.as_ptr() as usize;
@@ -552,7 +617,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         let recorded =
-            self.heap.lock().record_huge(aligned, count, count + extra, extra, &self.provider, &self.map);
+            self.lock_heap().record_huge(aligned, count, count + extra, extra, &self.provider, &self.map);
         if !recorded {
             // SAFETY: the run is unused and was not recorded.
             unsafe { self.provider.free_chunks(NonNull::new_unchecked(aligned as *mut u8), count) };
@@ -567,7 +632,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// # Safety
     ///
     /// A live huge allocation of `count` chunks starts at `address`, and nothing else uses
-    /// it during the call; call inside a slot closure.
+    /// it during the call; call inside a slot closure and the platform's critical section.
     unsafe fn grow_huge(&self, address: usize, count: usize, wanted: usize) -> Option<*mut u8> {
         use crate::sync::{PausePoint, pause};
         if !self.provider.capabilities().contains(page_provider::Capabilities::REMAP)
@@ -575,7 +640,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         {
             return None;
         }
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock_heap();
         // The nodes the new records may need, set aside now: the move happens without the
         // lock, and other CPUs' metadata allocations must not take them meanwhile.
         let mut reserve = heap.reserve_nodes(&self.provider)?;
@@ -593,7 +658,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // Not moved: still where it was, whole; the copying path takes over.
             None => (address, count),
         };
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock_heap();
         // SAFETY: unrecorded above, the allocation now lives at `new`; `new_count` is at
         // most MAX_REMAP_CHUNKS, which the reserve covers.
         unsafe { heap.rehome_huge((address, count), (new, new_count), &mut reserve, &self.map) };
@@ -617,7 +682,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             class.frees += stray.load(Ordering::Relaxed);
         }
         stats.heap = self.platform.with_slot(|_| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock_heap();
             Self::refresh_region_counters(&mut heap);
             heap.counters
         });
@@ -637,7 +702,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             self.platform.try_with_idle_slot(slot, || unsafe { self.release_slot(slot) });
         }
         self.platform.with_slot(|_| {
-            let release = self.heap.lock().trim(0, &self.map);
+            let release = self.lock_heap().trim(0, &self.map);
             self.give_back(release);
         });
     }
@@ -647,7 +712,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// handler (after the platform's own fork preparation, which takes the slot locks that
     /// come first in the lock order).
     pub fn lock_for_fork(&self) {
-        core::mem::forget(self.heap.lock());
+        core::mem::forget(self.heap.lock()); // hosts: no critical section to keep
     }
 
     /// Releases the lock [`lock_for_fork`](Self::lock_for_fork) took, in the parent and in
@@ -667,7 +732,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// description of the first inconsistency. For tests, at quiet moments.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         self.platform.with_slot(|slot| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock_heap();
             heap.check_invariants()?;
             Self::check_region(&mut heap)?;
             drop(heap);

@@ -219,7 +219,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     (*bin).current = partial;
                     continue;
                 }
-                if let Some(adopted) = self.heap.lock().adopt_orphan(class, slot) {
+                if let Some(adopted) = self.lock_heap().adopt_orphan(class, slot) {
                     (*adopted).list = LIST_CURRENT;
                     (*bin).current = adopted;
                     continue;
@@ -288,7 +288,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let memory = if P::MAY_CLAIM_SPAN && self.mode.compact() {
             self.compact_meta_alloc(size, ARENA_ALIGN)
         } else {
-            self.heap.lock().meta_alloc(size, ARENA_ALIGN, &self.provider)
+            self.lock_heap().meta_alloc(size, ARENA_ALIGN, &self.provider)
         };
         let Some(memory) = memory else {
             return ptr::null_mut();
@@ -614,7 +614,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     unsafe fn abandon_or_release(&self, run: *mut Run) {
         // The lock is held across the abandonment, so that the free of the slab's last
         // block, which releases it under the same lock, finds it on the orphan list.
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock_heap();
         // SAFETY: forwarded ownership; the lock is held.
         unsafe {
             if slab::abandon(run) {

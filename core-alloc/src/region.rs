@@ -263,7 +263,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         if !P::MAY_CLAIM_SPAN {
             return;
         }
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock_heap();
         if self.mode.mode.load(Ordering::Relaxed) != UNDECIDED {
             return;
         }
@@ -297,7 +297,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         let block = self.platform.with_slot(|_| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock_heap();
             let region = heap.region.as_mut()?;
             let block = region.fit().alloc(size, align)?;
             let usable = region.fit().used_size(block).unwrap_or(0);
@@ -323,7 +323,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// A block of `class` as a fit block, when no slab page can be had for it.
     pub(crate) fn alloc_compact_fallback(&self, class: usize) -> *mut u8 {
         let size = class_size(class);
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock_heap();
         let Some(region) = heap.region.as_mut() else { return ptr::null_mut() };
         let Some(block) = region.fit().alloc(size, class_align(class).min(PAGE)) else {
             return ptr::null_mut();
@@ -336,7 +336,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
 
     /// A slab page for a small class, in compact mode.
     pub(crate) fn take_slab_page(&self) -> Option<(*mut Run, bool)> {
-        let run = self.heap.lock().region.as_mut()?.alloc_slab_page()?;
+        let run = self.lock_heap().region.as_mut()?.alloc_slab_page()?;
         Some((run, false))
     }
 
@@ -347,7 +347,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// `run` is a live slab page of the region with nothing in it live.
     pub(crate) unsafe fn release_slab_page(&self, run: *mut Run) {
         // SAFETY: the caller's promise.
-        unsafe { Self::free_slab_page_locked(&mut self.heap.lock(), run) }
+        unsafe { Self::free_slab_page_locked(&mut self.lock_heap(), run) }
     }
 
     /// As [`release_slab_page`](Self::release_slab_page), with the central lock held.
@@ -367,7 +367,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
 
     /// Metadata memory (arenas) in compact mode: zeroed fit blocks, never freed.
     pub(crate) fn compact_meta_alloc(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock_heap();
         let block = heap.region.as_mut()?.fit().alloc(size, align)?;
         // SAFETY: a fresh fit block of `size` bytes.
         unsafe { ptr::write_bytes(block as *mut u8, 0, size) };
@@ -415,7 +415,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[cold]
     unsafe fn free_fit(&self, address: usize, layout: Option<(usize, usize)>) {
         let outcome = self.platform.with_slot(|_| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock_heap();
             let Some(region) = heap.region.as_mut() else { return Err(Misuse::ForeignPointer) };
             let usable = region.fit().used_size(address).map_err(refused)?;
             if layout.is_some_and(|(size, align)| size > usable || !address.is_multiple_of(align)) {
@@ -442,7 +442,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // SAFETY: a live slab block's descriptor is stable.
             Found::Slab(run) => unsafe { (*run).block_size as usize },
             Found::Fit => self.platform.with_slot(|_| {
-                let mut heap = self.heap.lock();
+                let mut heap = self.lock_heap();
                 heap.region.as_mut().map_or(0, |region| region.fit().used_size(address).unwrap_or(0))
             }),
             Found::Outside => 0,
@@ -464,7 +464,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             },
             Found::Fit if !Mode::slab_request(size, align) && address.is_multiple_of(align) => {
                 self.platform.with_slot(|_| {
-                    let mut heap = self.heap.lock();
+                    let mut heap = self.lock_heap();
                     let Some(region) = heap.region.as_mut() else { return false };
                     let before = region.fit().used_size(address).unwrap_or(0);
                     // SAFETY: a live fit block (the caller's).
@@ -486,7 +486,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         match self.found(address) {
             Found::Slab(run) => address >= run as usize + SLAB_HEAD,
             Found::Fit => self.platform.with_slot(|_| {
-                let mut heap = self.heap.lock();
+                let mut heap = self.lock_heap();
                 heap.region.as_mut().is_some_and(|region| region.fit().used_size(address).is_ok())
             }),
             Found::Outside => false,
@@ -512,7 +512,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return false;
         }
         let cleared = self.platform.with_slot(|_| {
-            let heap = self.heap.lock();
+            let heap = self.lock_heap();
             let Some(region) = heap.region.as_ref() else { return false };
             let (word, bit) = region.live_bit(address);
             word.fetch_and(!bit, Ordering::Relaxed) & bit != 0
@@ -528,7 +528,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub(crate) fn mark_compact_live(&self, address: usize) {
         if let Found::Slab(_) = self.found(address) {
             self.platform.with_slot(|_| {
-                if let Some(region) = self.heap.lock().region.as_ref() {
+                if let Some(region) = self.lock_heap().region.as_ref() {
                     let (word, bit) = region.live_bit(address);
                     word.fetch_or(bit, Ordering::Relaxed);
                 }
@@ -558,7 +558,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[cold]
     pub(crate) fn failed(&self, size: usize, align: usize) {
         let report = self.platform.with_slot(|_| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock_heap();
             let reason = match heap.region.as_mut() {
                 Some(region) => {
                     let counters = region.fit().counters();

@@ -41,7 +41,14 @@ pub const MAX_SLOTS: usize = 256;
 ///   interrupts for the closure's duration);
 /// - the end of one closure for an index happens-before the start of the next closure for
 ///   that index (on another CPU this needs release/acquire ordering, which interrupt masking
-///   on one CPU gets for free).
+///   on one CPU gets for free);
+/// - between [`enter_critical`](Platform::enter_critical) and the matching
+///   [`leave_critical`](Platform::leave_critical), nothing else runs on the calling CPU that
+///   calls into the allocator (no interrupt handler, no other thread): the core takes its
+///   locks and calls its provider only there, so nobody waits on a lock its own CPU holds.
+///   With the defaults (which do nothing) that must hold anyway: hosts, where a thread that
+///   is interrupted does not share its CPU's locks with the handler (signal handlers must
+///   not allocate), and kernels whose `with_slot` masks interrupts.
 pub unsafe trait Platform: Sync {
     /// The number of slots; every index handed out is below it. Constant.
     fn slot_count(&self) -> usize;
@@ -64,6 +71,27 @@ pub unsafe trait Platform: Sync {
     fn cache_line_size(&self) -> usize {
         128
     }
+
+    /// Enters a section where the core holds a lock or calls the provider; returns a token
+    /// for [`leave_critical`](Platform::leave_critical). A kernel whose `with_slot` leaves
+    /// interrupts enabled (so that an interrupt handler may allocate in the middle of an
+    /// allocation, on a slot of its own) masks them here. Sections nest: each token
+    /// restores the state its `enter_critical` found. The default does nothing.
+    #[inline(always)]
+    fn enter_critical(&self) -> usize {
+        0
+    }
+
+    /// Leaves the section `token` came from.
+    ///
+    /// # Safety
+    ///
+    /// `token` was returned by `enter_critical` on this CPU, and sections entered after it
+    /// were left already.
+    #[inline(always)]
+    unsafe fn leave_critical(&self, token: usize) {
+        let _ = token;
+    }
 }
 
 // SAFETY: forwards every call to the referenced platform, which keeps the promises; two
@@ -85,6 +113,17 @@ unsafe impl<P: Platform> Platform for &P {
 
     fn cache_line_size(&self) -> usize {
         (**self).cache_line_size()
+    }
+
+    #[inline(always)]
+    fn enter_critical(&self) -> usize {
+        (**self).enter_critical()
+    }
+
+    #[inline(always)]
+    unsafe fn leave_critical(&self, token: usize) {
+        // SAFETY: the caller's promise, which is the referenced platform's precondition.
+        unsafe { (**self).leave_critical(token) }
     }
 }
 
