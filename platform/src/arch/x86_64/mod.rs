@@ -14,9 +14,12 @@
 //!    source of 4 KiB frames for page tables: it builds the heap window (frame `phys` at
 //!    `phys + heap_offset`, an offset the kernel chooses) in the page tables of CR3, shared
 //!    by every CPU (4-level paging).
-//! 3. Mask interrupts only through [`InterruptGuard`] (or not at all) while a guard or a
-//!    [`KernelPlatform::with_slot`] closure is alive: a raw `sti` inside one breaks the
-//!    exclusivity the allocator relies on.
+//! 3. Mask interrupts only through [`InterruptGuard`] (or not at all) while a guard is
+//!    alive: a raw `sti` inside one breaks the exclusivity it promises.
+//! 4. With [`KernelPlatform`] (interrupts stay enabled on the allocator's fast path; an
+//!    interrupt handler allocates on a slot of its own nesting level), do not switch tasks
+//!    on a CPU while [`allocator_depth`] is above 0 there; a kernel that preempts anywhere
+//!    uses [`MaskingPlatform`].
 //!
 //! A kernel that owns its RAM (PVH, multiboot, its own boot loader) puts the heap on it with
 //! page-provider's `FrameProvider` over a [`HeapMapper`] (the x86-64 test kernel does this in
@@ -44,6 +47,9 @@ mod cpu;
 mod interrupts;
 mod paging;
 
-pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, cpu_initialized, current_cpu_racy, init_cpu};
+pub use cpu::{
+    KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, cache_line_size, cpu_initialized,
+    current_cpu_racy, init_cpu,
+};
 pub use interrupts::{InterruptGuard, interrupts_enabled};
 pub use paging::{HeapMapper, InstallError};
