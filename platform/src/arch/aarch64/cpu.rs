@@ -1,9 +1,10 @@
-//! The CPU index (kept in TPIDR_EL1), each CPU's count of live interrupt guards, the
-//! [`KernelPlatform`] built on them, and the cache-line size read from CTR_EL0.
+//! The CPU index (kept in TPIDR_EL1), each CPU's count of live interrupt guards and of open
+//! slot closures, the [`KernelPlatform`] (slots by nesting level, no masking on the fast
+//! path) and [`MaskingPlatform`] built on them, and the cache-line size read from CTR_EL0.
 //!
 //! Concurrency: TPIDR_EL1 is private to each CPU and written once at bring-up; a CPU's
-//! guard count is touched only by that CPU with interrupts masked; a slot is made exclusive
-//! by masking interrupts on its CPU, so the fast path takes no lock and does no atomic
+//! guard count is touched only by that CPU with interrupts masked, and its level only by
+//! that CPU, in strictly nested closures; so the fast path takes no lock and does no atomic
 //! read-modify-write.
 
 use core::arch::asm;
@@ -45,6 +46,7 @@ pub(super) fn current_mask_depth() -> &'static MaskDepth {
 pub unsafe fn init_cpu(index: usize) {
     assert!(index < MAX_CPUS, "CPU index {index} is not below MAX_CPUS ({MAX_CPUS})");
     MASK_DEPTHS[index].reset();
+    LEVEL_BY_CPU[index].store(0, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: TPIDR_EL1 is a software-only register that the caller hands over to us.
     unsafe {
         // A system register write: no memory, no stack, flags untouched.
@@ -85,14 +87,138 @@ pub fn cache_line_size() -> usize {
     if write_back_granule == 0 { dmin_line.max(128) } else { dmin_line.max(4 << write_back_granule) }
 }
 
-/// The kernel [`Platform`]: the slot is the CPU's dense index (0 = boot CPU) and a slot is
-/// held by masking IRQs and FIQs on its CPU.
+/// Slot levels per CPU for [`KernelPlatform`]: code outside interrupt handlers, a handler,
+/// a handler interrupting a handler, and a last level taken with interrupts masked.
+pub const LEVELS: usize = 4;
+const _: () = assert!(MAX_CPUS * LEVELS <= crate::MAX_SLOTS);
+
+/// Each CPU's open [`KernelPlatform`] slot closures, by CPU index (the last entry for a CPU
+/// that never ran `init_cpu`, which the platform refuses before touching it). Only the
+/// owning CPU reads or writes its entry: relaxed loads and stores, ordered against the
+/// closure's own accesses by compiler fences (interrupts on one CPU see its program order).
+static LEVEL_BY_CPU: [core::sync::atomic::AtomicUsize; MAX_CPUS + 1] =
+    [const { core::sync::atomic::AtomicUsize::new(0) }; MAX_CPUS + 1];
+
+/// The calling CPU's open [`KernelPlatform`] slot closures (0 outside the allocator). A
+/// kernel that switches tasks from interrupt handlers must not switch away from a task
+/// while this is above 0 on its CPU (see [`KernelPlatform`]).
+#[inline(always)]
+pub fn allocator_depth() -> usize {
+    LEVEL_BY_CPU[current_cpu_racy().min(MAX_CPUS)].load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The kernel's [`Platform`], without masking interrupts on the fast path: a CPU has
+/// [`LEVELS`] slots, and a slot closure takes the one of its nesting level on its CPU.
+///
+/// Code outside interrupt handlers allocates on level 0; an IRQ handler that allocates in
+/// the middle of that allocation finds level 1 taken by nobody (the interrupted closure
+/// holds level 0 and cannot run again until the handler returns), and so on. A closure
+/// raises its CPU's level with one store and lowers it with another: an interrupt between
+/// reading the level and raising it runs to completion first, on the same level, and leaves
+/// it as it found it. Beyond the last level, a closure masks interrupts and takes the last
+/// slot. The central lock and provider calls run with IRQs and FIQs masked
+/// ([`Platform::enter_critical`]), so a handler never waits for a lock its own CPU holds.
+///
+/// What it asks of the kernel besides [`init_cpu`]: no task switch on a CPU while a closure
+/// is open there ([`allocator_depth`] above 0). Kernels without preemption, and kernels that
+/// preempt only where `allocator_depth() == 0`, qualify; others use [`MaskingPlatform`].
+/// SError and debug exception handlers must not allocate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelPlatform {
     _private: (),
 }
 
 impl KernelPlatform {
+    /// The platform; every CPU using it must have called [`init_cpu`] first.
+    pub const fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+/// Restores the level a slot closure raised, even if the closure unwinds.
+struct Level {
+    cpu: usize,
+    level: usize,
+}
+
+impl Drop for Level {
+    #[inline(always)]
+    fn drop(&mut self) {
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        LEVEL_BY_CPU[self.cpu].store(self.level, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: indices come from `init_cpu`, distinct per CPU and below MAX_CPUS (checked), so
+// slot `index + level * MAX_CPUS` names one CPU and one level. On one CPU, closures nest
+// strictly (a handler returns before the code it interrupted resumes, and the kernel does
+// not switch tasks while a closure is open: the type's contract), and each open closure
+// holds a different level: a closure reads level L, raises it to L + 1 before using slot L
+// (a compiler fence keeps the slot's accesses after the store) and restores L when done; a
+// handler that interrupts it before the raise completes entirely at level L first and
+// restores L. The last level is taken with IRQs and FIQs masked, so it is held by one
+// closure at a time. Other CPUs use other indices. Consecutive closures of one slot run on
+// one CPU in program order. Between `enter_critical` and `leave_critical` IRQs and FIQs are
+// masked, so no handler on this CPU runs there. `try_with_idle_slot` lends only this CPU's
+// levels at or above its depth (held by no open closure), with interrupts masked.
+unsafe impl Platform for KernelPlatform {
+    fn slot_count(&self) -> usize {
+        MAX_CPUS * LEVELS
+    }
+
+    #[inline(always)]
+    fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let index = current_cpu_racy();
+        assert!(index < MAX_CPUS, "this CPU never called init_cpu");
+        let level = LEVEL_BY_CPU[index].load(core::sync::atomic::Ordering::Relaxed);
+        if level >= LEVELS - 1 {
+            return with_last_level(index, f);
+        }
+        LEVEL_BY_CPU[index].store(level + 1, core::sync::atomic::Ordering::Relaxed);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        let _restore = Level { cpu: index, level };
+        f(index + level * MAX_CPUS)
+    }
+
+    fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
+        let (cpu, level) = (slot % MAX_CPUS, slot / MAX_CPUS);
+        let _masked = InterruptGuard::new();
+        let idle = cpu == current_cpu_racy() && level >= allocator_depth().max(1) && level < LEVELS;
+        idle.then(f)
+    }
+
+    fn cache_line_size(&self) -> usize {
+        cache_line_size()
+    }
+
+    #[inline(always)]
+    fn enter_critical(&self) -> usize {
+        super::interrupts::mask_saving() as usize
+    }
+
+    #[inline(always)]
+    unsafe fn leave_critical(&self, token: usize) {
+        super::interrupts::unmask_as_before(token as u64);
+    }
+}
+
+/// A closure beyond the last unmasked level: interrupts masked, the last slot.
+#[cold]
+#[inline(never)]
+fn with_last_level<R>(index: usize, f: impl FnOnce(usize) -> R) -> R {
+    let _masked = InterruptGuard::new();
+    f(index + (LEVELS - 1) * MAX_CPUS)
+}
+
+/// The kernel [`Platform`] that masks IRQs and FIQs for every slot closure: one slot per
+/// CPU, nothing to ask of the kernel's scheduler. For kernels that may switch tasks anywhere;
+/// slower than [`KernelPlatform`] (DAIF writes and a guard count on every call).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaskingPlatform {
+    _private: (),
+}
+
+impl MaskingPlatform {
     /// The platform; every CPU using it must have called [`init_cpu`] first.
     pub const fn new() -> Self {
         Self { _private: () }
@@ -106,8 +232,8 @@ impl KernelPlatform {
 // so no other closure can start with the same index until it returns: not on another CPU
 // (the index is that CPU's alone), not in an interrupt handler on this one (masked).
 // Consecutive closures for an index run on the same CPU, in program order, which orders
-// them.
-unsafe impl Platform for KernelPlatform {
+// them. The critical section is inside a closure (masked) or needs nothing beyond it.
+unsafe impl Platform for MaskingPlatform {
     fn slot_count(&self) -> usize {
         MAX_CPUS
     }

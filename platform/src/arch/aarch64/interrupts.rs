@@ -109,6 +109,19 @@ impl Default for InterruptGuard {
     }
 }
 
+/// Masks IRQs and FIQs and returns DAIF as it was: a critical section's token for
+/// [`unmask_as_before`] (no guard count: sections that use it nest strictly).
+#[inline(always)]
+pub(super) fn mask_saving() -> u64 {
+    Daif::save_and_mask()
+}
+
+/// Puts back the I and F bits `token` (from [`mask_saving`]) recorded.
+#[inline(always)]
+pub(super) fn unmask_as_before(token: u64) {
+    Daif::restore(token);
+}
+
 /// Whether IRQs are masked on the current CPU now.
 #[inline(always)]
 pub fn interrupts_masked() -> bool {

@@ -19,6 +19,8 @@ mod cpu;
 mod interrupts;
 pub mod paging;
 
-pub use cpu::{KernelPlatform, MAX_CPUS, cache_line_size, current_cpu_racy, init_cpu};
+pub use cpu::{
+    KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, cache_line_size, current_cpu_racy, init_cpu,
+};
 pub use interrupts::{InterruptGuard, interrupts_masked};
 pub use paging::{Granule, HeapMapper, PhysMap, Regime, Tables, TablesError, Translation};
