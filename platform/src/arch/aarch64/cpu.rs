@@ -135,17 +135,18 @@ impl KernelPlatform {
     }
 }
 
-/// Restores the level a slot closure raised, even if the closure unwinds.
-struct Level {
-    cpu: usize,
-    level: usize,
-}
+/// A CPU's level word (see `arch/levels.rs` for the rule).
+struct CpuLevel(&'static core::sync::atomic::AtomicUsize);
 
-impl Drop for Level {
+impl crate::arch::levels::LevelWord for CpuLevel {
     #[inline(always)]
-    fn drop(&mut self) {
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        LEVEL_BY_CPU[self.cpu].store(self.level, core::sync::atomic::Ordering::Relaxed);
+    fn load(&self) -> usize {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn store(&self, level: usize) {
+        self.0.store(level, core::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -170,14 +171,12 @@ unsafe impl Platform for KernelPlatform {
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         let index = current_cpu_racy();
         assert!(index < MAX_CPUS, "this CPU never called init_cpu");
-        let level = LEVEL_BY_CPU[index].load(core::sync::atomic::Ordering::Relaxed);
-        if level >= LEVELS - 1 {
-            return with_last_level(index, f);
-        }
-        LEVEL_BY_CPU[index].store(level + 1, core::sync::atomic::Ordering::Relaxed);
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        let _restore = Level { cpu: index, level };
-        f(index + level * MAX_CPUS)
+        crate::arch::levels::with_level(
+            &CpuLevel(&LEVEL_BY_CPU[index]),
+            LEVELS,
+            InterruptGuard::new,
+            |level| f(index + level * MAX_CPUS),
+        )
     }
 
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
@@ -200,14 +199,6 @@ unsafe impl Platform for KernelPlatform {
     unsafe fn leave_critical(&self, token: usize) {
         super::interrupts::unmask_as_before(token as u64);
     }
-}
-
-/// A closure beyond the last unmasked level: interrupts masked, the last slot.
-#[cold]
-#[inline(never)]
-fn with_last_level<R>(index: usize, f: impl FnOnce(usize) -> R) -> R {
-    let _masked = InterruptGuard::new();
-    f(index + (LEVELS - 1) * MAX_CPUS)
 }
 
 /// The kernel [`Platform`] that masks IRQs and FIQs for every slot closure: one slot per

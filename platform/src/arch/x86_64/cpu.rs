@@ -220,13 +220,18 @@ impl KernelPlatform {
     }
 }
 
-/// Restores the level a slot closure raised, even if the closure unwinds.
-struct Level(usize);
+/// The calling CPU's level word, through `gs:` (see `arch/levels.rs` for the rule).
+struct GsLevel;
 
-impl Drop for Level {
+impl crate::arch::levels::LevelWord for GsLevel {
     #[inline(always)]
-    fn drop(&mut self) {
-        set_allocator_depth(self.0);
+    fn load(&self) -> usize {
+        allocator_depth()
+    }
+
+    #[inline(always)]
+    fn store(&self, level: usize) {
+        set_allocator_depth(level);
     }
 }
 
@@ -253,13 +258,9 @@ unsafe impl Platform for KernelPlatform {
         if index >= MAX_CPUS {
             not_initialized();
         }
-        let level = allocator_depth();
-        if level >= LEVELS - 1 {
-            return with_last_level(index, f);
-        }
-        set_allocator_depth(level + 1);
-        let _restore = Level(level);
-        f(index + level * MAX_CPUS)
+        crate::arch::levels::with_level(&GsLevel, LEVELS, InterruptGuard::new, |level| {
+            f(index + level * MAX_CPUS)
+        })
     }
 
     /// Lends a slot of this CPU's interrupt levels that no open closure holds (levels at or
@@ -295,14 +296,6 @@ unsafe impl Platform for KernelPlatform {
             unsafe { asm!("sti", options(nostack, preserves_flags)) };
         }
     }
-}
-
-/// A closure beyond the last unmasked level: interrupts masked, the last slot.
-#[cold]
-#[inline(never)]
-fn with_last_level<R>(index: usize, f: impl FnOnce(usize) -> R) -> R {
-    let _masked = InterruptGuard::new();
-    f(index + (LEVELS - 1) * MAX_CPUS)
 }
 
 /// The kernel [`Platform`] that masks interrupts for every slot closure: one slot per CPU,
