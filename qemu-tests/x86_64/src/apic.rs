@@ -169,6 +169,14 @@ fn send(apic_id: u32, command: u32) -> bool {
     wait_for_send()
 }
 
+/// Interrupt command: fixed delivery to every CPU but the sender (destination shorthand 11).
+const ALL_BUT_SELF: u32 = 0b11 << 18;
+
+/// Sends the fixed interrupt `vector` to every other CPU.
+pub(crate) fn send_to_others(vector: u8) -> bool {
+    send(0, ALL_BUT_SELF | u32::from(vector))
+}
+
 /// Sends INIT to the CPU with APIC ID `apic_id`: it resets and waits for a STARTUP.
 pub(crate) fn send_init(apic_id: u32) -> bool {
     send(apic_id, INIT_ASSERT)

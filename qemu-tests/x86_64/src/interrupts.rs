@@ -18,6 +18,8 @@ use crate::cpu::{ExitCode, exit, outb};
 
 /// The local APIC timer's vector.
 pub(crate) const TIMER_VECTOR: u8 = 0x40;
+/// The vector of the IPI that wakes halted idle CPUs (its handler only acknowledges it).
+pub(crate) const WAKE_VECTOR: u8 = 0x41;
 /// The local APIC's spurious-interrupt vector.
 pub(crate) const SPURIOUS_VECTOR: u8 = 0xFF;
 /// Where the legacy PIC's 16 lines land after remapping (masked, but a spurious IRQ 7 or
@@ -119,6 +121,31 @@ x86k_timer_stub:
 x86k_ignore_stub:
     iretq
 
+    .global x86k_wake_stub
+    .balign 16
+x86k_wake_stub:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    cld
+    call {wake_entry}
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+
     .section .rodata.x86k_vectors, "a"
     .balign 8
     .global x86k_exception_stubs
@@ -130,6 +157,7 @@ x86k_exception_stubs:
     unknown = const UNKNOWN_VECTOR,
     exception_entry = sym exception_entry,
     timer_entry = sym timer_entry,
+    wake_entry = sym wake_entry,
     options(att_syntax)
 );
 
@@ -139,6 +167,7 @@ unsafe extern "C" {
     fn x86k_unknown_stub();
     fn x86k_timer_stub();
     fn x86k_ignore_stub();
+    fn x86k_wake_stub();
 }
 
 /// What `x86k_exception_common` leaves on the stack: the pushed registers (last pushed
@@ -244,6 +273,11 @@ extern "C" fn timer_entry() {
     apic::end_of_interrupt();
 }
 
+/// The wake-up IPI: its only work is to end the `hlt` it interrupted.
+extern "C" fn wake_entry() {
+    apic::end_of_interrupt();
+}
+
 /// Sets the function the timer interrupt calls on every CPU.
 pub(crate) fn set_timer_handler(handler: Option<fn(usize)>) {
     TIMER_HANDLER.store(handler.map_or(0, |handler| handler as usize), Ordering::Release);
@@ -275,6 +309,7 @@ pub(crate) fn init() {
         let handler = match vector {
             vector if PIC_VECTORS.contains(&vector) => x86k_ignore_stub as *const () as u64,
             vector if vector == usize::from(TIMER_VECTOR) => x86k_timer_stub as *const () as u64,
+            vector if vector == usize::from(WAKE_VECTOR) => x86k_wake_stub as *const () as u64,
             vector if vector == usize::from(SPURIOUS_VECTOR) => x86k_ignore_stub as *const () as u64,
             _ => x86k_unknown_stub as *const () as u64,
         };

@@ -31,10 +31,12 @@ const TRACKED_BYTES: u64 = 16 << 30;
 const FRAME_WORDS: usize = (TRACKED_BYTES / CHUNK_SIZE as u64 / 64) as usize;
 
 /// RAM set aside for the kernel's own frame allocator: 2 MiB frames, and a quarter of the RAM
-/// (at least [`KERNEL_SMALL_FRAME_MIN`]) in 4 KiB frames (the heap window's tables, and the
-/// second heap's chunks once the 2 MiB frames are gone). The second heap's cross-CPU stress
-/// keeps up to about 1 GiB in flight when its vCPUs are starved on a busy host.
+/// (from [`KERNEL_SMALL_FRAME_MIN`] to [`KERNEL_SMALL_FRAME_MAX`]) in 4 KiB frames (the heap
+/// window's tables, and the second heap's chunks once the 2 MiB frames are gone). The second
+/// heap's cross-CPU stress kept over 766 MiB in flight when its vCPUs were starved on a busy
+/// host; the main heap needs the rest with 64 CPUs.
 const KERNEL_SMALL_FRAME_MIN: u64 = 704 << 20;
+const KERNEL_SMALL_FRAME_MAX: u64 = 1 << 30;
 const KERNEL_HUGE_FRAME_BYTES: u64 = 64 << 20;
 
 /// The kernel's frame provider: physical address 0 is frame 0, mapped at `HEAP_OFFSET`.
@@ -81,7 +83,8 @@ pub(crate) fn init(boot: &BootInfo) {
         (0, 0),
     ];
     let ram: u64 = boot.ram().iter().map(|&(_, len)| len).sum();
-    let small_bytes = (ram / 4).max(KERNEL_SMALL_FRAME_MIN) & !(CHUNK_SIZE as u64 - 1);
+    let small_bytes =
+        (ram / 4).clamp(KERNEL_SMALL_FRAME_MIN, KERNEL_SMALL_FRAME_MAX) & !(CHUNK_SIZE as u64 - 1);
     for (slot, bytes) in [(6, small_bytes), (7, KERNEL_HUGE_FRAME_BYTES)] {
         let start = find_ram(boot, bytes, &excluded).expect("no RAM for the kernel's frame allocator");
         excluded[slot] = (start, bytes);

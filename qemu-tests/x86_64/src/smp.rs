@@ -22,6 +22,7 @@ use platform::arch::x86_64::{MAX_CPUS, init_cpu, interrupts_enabled};
 
 use crate::console::println;
 use crate::cpu::{disable_interrupts, enable_interrupts};
+use crate::interrupts::WAKE_VECTOR;
 use crate::{apic, interrupts, time};
 
 /// Where the trampoline is copied: page 8, the STARTUP vector.
@@ -258,11 +259,23 @@ fn run_with_interrupts(work: &(dyn Fn(usize) + Sync), cpu: usize) {
     }
 }
 
+/// Halts until an interrupt arrives (the wake-up IPI of `run_on_cpus`), so that an idle
+/// CPU leaves its host CPU to the working ones under emulation. Interrupts masked before and
+/// after: `sti` enables them only after the next instruction, so an IPI pending or arriving
+/// now ends the `hlt` instead of being taken before it.
+fn idle_until_interrupt() {
+    // SAFETY: idle CPUs hold no interrupt guard or allocator critical section, the IDT
+    // handles every interrupt that may arrive (the wake-up IPI, a stray timer tick). Not
+    // `nomem`: the caller's loads of GENERATION must not move across it. No stack; IF is
+    // not a status flag.
+    unsafe { asm!("sti", "hlt", "cli", options(nostack, preserves_flags)) };
+}
+
 fn work_loop(index: usize, mut seen: usize) -> ! {
     loop {
         let generation = GENERATION.load(Ordering::Acquire);
         if generation == seen {
-            core::hint::spin_loop();
+            idle_until_interrupt();
             continue;
         }
         seen = generation;
@@ -287,6 +300,10 @@ pub(crate) fn run_on_cpus(cpus: usize, work: &(dyn Fn(usize) + Sync)) {
     JOB.store(&job as *const Job<'_> as *mut Job<'static>, Ordering::Relaxed);
     PENDING.store(online - 1, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Release);
+    // Every secondary, halted or about to halt, wakes up and sees the new generation.
+    if online > 1 {
+        assert!(apic::send_to_others(WAKE_VECTOR), "the wake-up IPI was not sent");
+    }
     if cpus > 0 {
         run_with_interrupts(work, 0);
     }
