@@ -10,9 +10,10 @@
 //! set `QEMU_TORTURE_SECONDS` (guest seconds): the kernels are rebuilt with it and each boot
 //! may take twice that much longer, e.g. `QEMU_TORTURE_SECONDS=300 cargo qemu aarch64`.
 //!
-//! `QEMU_CPUS=N` boots each kernel's main configuration with N CPUs instead (the AArch64
-//! one with a GICv3 and 8 GiB beyond 8 CPUs): `QEMU_CPUS=64 cargo qemu aarch64` is the long
-//! run on a server-sized machine (about N minutes under TCG on two host cores).
+//! `QEMU_CPUS=N` boots each kernel's main configuration with N CPUs instead (beyond 8 CPUs
+//! with 8 GiB, and the AArch64 one with a GICv3), and fails a boot that does not bring all N
+//! up: `QEMU_CPUS=64 cargo qemu aarch64` and `QEMU_CPUS=64 cargo qemu x86_64` are the long
+//! runs on a server-sized machine (x86-64: about 4 minutes under TCG on two host cores).
 
 use qemu_runner::{KERNELS, build_and_boot_all, ensure_qemu};
 
