@@ -89,8 +89,11 @@ impl HeapMapper {
     /// `phys + heap_offset`, and decides the leaf flags (no-execute if EFER.NXE is on).
     /// `table_frame` returns the physical address of an unused 4 KiB frame each time it is
     /// called (at most 1 per 512 GiB plus 1 per GiB of the window, plus 2; the returned
-    /// count says how many it took); the frames need not be zeroed. Present upper-level
-    /// tables on the way are reused, so the window may share a PML4 entry with the kernel.
+    /// count says how many it took); the frames need not be zeroed. A kernel without a frame
+    /// allocator can set a few KiB of RAM aside and pass
+    /// `|| frames.next()` over `let mut frames = (start..end).step_by(4096)`. Present
+    /// upper-level tables on the way are reused, so the window may share a PML4 entry with
+    /// the kernel.
     ///
     /// # Errors
     ///
