@@ -24,39 +24,55 @@ pub(crate) trait LevelWord {
     fn store(&self, level: usize);
 }
 
-/// Restores the level a closure raised, even if the closure unwinds.
-struct Restore<'a, W: LevelWord> {
-    word: &'a W,
-    level: usize,
-}
-
-impl<W: LevelWord> Drop for Restore<'_, W> {
+impl<W: LevelWord> LevelWord for &W {
     #[inline(always)]
-    fn drop(&mut self) {
-        compiler_fence(Ordering::SeqCst);
-        self.word.store(self.level);
+    fn load(&self) -> usize {
+        (**self).load()
+    }
+
+    #[inline(always)]
+    fn store(&self, level: usize) {
+        (**self).store(level);
     }
 }
 
-/// Runs `f(level)` on the CPU's next level; when only the last level is left, runs
-/// `f(levels - 1)` holding the guard `mask()` returns, which must keep interrupts masked
-/// until it drops.
+/// What a slot closure holds while it runs: its raised level (restored on drop, even if
+/// the closure unwinds), or the mask guard of the last level.
+pub(crate) enum Held<W: LevelWord, G> {
+    /// The level word was raised from `level`; dropping this restores it.
+    Level { word: W, level: usize },
+    /// The last level, with interrupts masked until the guard drops.
+    Masked(G),
+}
+
+impl<W: LevelWord, G> Drop for Held<W, G> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Held::Level { word, level } = self {
+            compiler_fence(Ordering::SeqCst);
+            word.store(*level);
+        }
+    }
+}
+
+/// Takes the calling CPU's next level: returns it and what to hold while using its slot.
+/// When only the last level is left, returns it with the guard `mask()` gives, which must
+/// keep interrupts masked until it drops. One call site for the closure that follows keeps
+/// it inlined without spilling its captures.
 #[inline(always)]
-pub(crate) fn with_level<W: LevelWord, G, R>(
-    word: &W,
+pub(crate) fn enter<W: LevelWord, G>(
+    word: W,
     levels: usize,
     mask: impl FnOnce() -> G,
-    f: impl FnOnce(usize) -> R,
-) -> R {
+) -> (usize, Held<W, G>) {
     let level = word.load();
     if level >= levels - 1 {
-        let _masked = mask();
-        return f(levels - 1);
+        core::hint::cold_path();
+        return (levels - 1, Held::Masked(mask()));
     }
     word.store(level + 1);
     compiler_fence(Ordering::SeqCst);
-    let _restore = Restore { word, level };
-    f(level)
+    (level, Held::Level { word, level })
 }
 
 #[cfg(test)]

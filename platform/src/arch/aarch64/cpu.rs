@@ -171,12 +171,9 @@ unsafe impl Platform for KernelPlatform {
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         let index = current_cpu_racy();
         assert!(index < MAX_CPUS, "this CPU never called init_cpu");
-        crate::arch::levels::with_level(
-            &CpuLevel(&LEVEL_BY_CPU[index]),
-            LEVELS,
-            InterruptGuard::new,
-            |level| f(index + level * MAX_CPUS),
-        )
+        let word = CpuLevel(&LEVEL_BY_CPU[index]);
+        let (level, _held) = crate::arch::levels::enter(word, LEVELS, InterruptGuard::new);
+        f(index + level * MAX_CPUS)
     }
 
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {

@@ -9,7 +9,7 @@ extern crate std;
 use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
-use super::{LevelWord, with_level};
+use super::{LevelWord, enter};
 
 const LEVELS: usize = 4;
 /// Interrupt arrival points a run can have (more than any run reaches).
@@ -42,7 +42,8 @@ impl Cpu {
 
     /// One allocation: a slot closure with arrival points inside it.
     fn allocate(&self) {
-        with_level(self, LEVELS, || Masked::new(&self.masked), |level| self.hold(level));
+        let (level, _held) = enter(self, LEVELS, || Masked::new(&self.masked));
+        self.hold(level);
     }
 
     fn hold(&self, level: usize) {

@@ -258,9 +258,9 @@ unsafe impl Platform for KernelPlatform {
         if index >= MAX_CPUS {
             not_initialized();
         }
-        crate::arch::levels::with_level(&GsLevel, LEVELS, InterruptGuard::new, |level| {
-            f(index + level * MAX_CPUS)
-        })
+        let word = GsLevel;
+        let (level, _held) = crate::arch::levels::enter(word, LEVELS, InterruptGuard::new);
+        f(index + level * MAX_CPUS)
     }
 
     /// Lends a slot of this CPU's interrupt levels that no open closure holds (levels at or
