@@ -48,10 +48,10 @@ extern "C" fn boot_main() -> ! {
     timer::set_emulated(info.qemu_virt);
     // SAFETY: the device tree names the console PL011; `mmu` maps it as Device memory.
     unsafe { console::set_base(info.uart.start as usize) };
-    // SAFETY: first thing after parsing, on the boot CPU, MMU off, no other CPU running.
     let granule = Granule::from_size(info.granule).expect("dtb::parse accepts only granule sizes");
-    // SAFETY: as above; the table pool after the image is RAM nothing else uses (the heap
-    // does not get it, see below).
+    // SAFETY: first thing after parsing, on the boot CPU, MMU off, no other CPU running; the
+    // table pool after the image is RAM nothing else uses (the heap does not get it, see
+    // below).
     let upper = unsafe { mmu::init_boot_cpu(&info, granule, FRAMES.mapper()) };
     // SAFETY: the boot CPU is index 0 and nothing else writes TPIDR_EL1.
     unsafe { init_cpu(0) };

@@ -9,8 +9,16 @@
 //! reaches every table through the kernel's map of physical memory (`phys_offset`, 0 for an
 //! identity-mapped kernel). After that, mapping a frame writes one level-2 block descriptor
 //! (4 KiB granule) or a run of level-3 page descriptors with the contiguous bit (128 of
-//! 16 KiB, 32 of 64 KiB), and unmapping clears them and invalidates their TLB entries on
-//! every CPU. Nothing depends on where the kernel image or this crate's statics lie.
+//! 16 KiB, 32 of 64 KiB), and unmapping clears them. Nothing depends on where the kernel
+//! image or this crate's statics lie.
+//!
+//! No TLB invalidation: a frame only ever maps at its one fixed address (`map_2m` refuses
+//! any other pair), always with the same descriptors, so a TLB entry another CPU keeps after
+//! an unmap can only translate that address to the same frame, which is what the
+//! [`HugeMapper`] contract allows, and mapping it again writes exactly what that entry
+//! holds (no conflicting sizes or attributes). Mapping changes descriptors from invalid to
+//! valid, which TLBs never cache. (Broadcast invalidations are also slow to emulate: QEMU
+//! stops every vCPU for each, and with 64 of them unmapping all of RAM took minutes.)
 //! [`HeapMapper::translate`] reads back what any address maps to.
 //!
 //! A kernel that builds its page tables itself can use the same table code for its own
@@ -20,8 +28,7 @@
 //!
 //! Concurrency: the window's state is written once by `install` and published by `state`
 //! (release); descriptors are atomics; the provider serialises calls for a frame (its own
-//! lock), and different frames use different descriptors. Every CPU walks the same tables, so
-//! one broadcast TLB invalidation (`tlbi vae1is`) covers them all.
+//! lock), and different frames use different descriptors.
 
 use core::arch::asm;
 use core::ops::Range;
@@ -320,8 +327,9 @@ impl HeapMapper {
 // SAFETY: `map_2m` writes, only for a frame of the window at its fixed address, a 2 MiB
 // mapping of normal write-back, inner shareable, read/write memory into tables every CPU
 // walks (`install`'s contract), then makes it visible to all walkers before returning;
-// `unmap_2m` clears it and completes a broadcast TLB invalidation of each of its pages before
-// returning. No memory is allocated: `install` built every table.
+// `unmap_2m` clears it and makes that visible; a TLB may keep the old translation, which
+// leads to the same frame (a frame has one address; see the module documentation). No
+// memory is allocated: `install` built every table.
 unsafe impl HugeMapper for HeapMapper {
     unsafe fn map_2m(&self, virt: usize, phys: u64) -> bool {
         let Some(tables) = self.window_tables(virt, phys) else {
@@ -358,32 +366,9 @@ unsafe impl HugeMapper for HeapMapper {
         // SAFETY: a barrier only.
         unsafe {
             // `dsb ishst`: the cleared descriptors are visible to every walker before the
-            // invalidations, so no walker can refill a TLB from the old entries after them.
+            // caller hands the frame on. No TLB invalidation (see the module documentation).
             // No `nomem`: ordered after the stores above. No stack, flags untouched.
             asm!("dsb ishst", options(nostack, preserves_flags));
-        }
-        // TLBI VAE1IS takes VA[55:12] in bits 43:0 (ASID bits 63:48 are zero, and global
-        // entries such as ours match any ASID). One invalidation per page: a contiguous run
-        // may be cached as one entry or as several.
-        let page = tables.regime.granule.size();
-        for address in (virt..virt + HUGE).step_by(page) {
-            let operand = ((address >> 12) & ((1 << 44) - 1)) as u64;
-            // SAFETY: the caller guarantees nothing uses the mapping any more, so removing
-            // its translation on every CPU cannot fault code that still expects it.
-            unsafe {
-                // `tlbi vae1is`: invalidates the page's translations at EL1 on every CPU of
-                // the inner shareable domain. No `nomem`: ordered with the barriers around
-                // it. No stack, flags untouched.
-                asm!("tlbi vae1is, {operand}", operand = in(reg) operand, options(nostack, preserves_flags));
-            }
-        }
-        // SAFETY: barriers only.
-        unsafe {
-            // `dsb ish`: waits until every CPU has completed the invalidations (and its
-            // accesses through the old translations). `isb`: this CPU's later instructions
-            // are fetched and translated without the old entries. No `nomem`: ordered with
-            // the caller's accesses. No stack, flags untouched.
-            asm!("dsb ish", "isb", options(nostack, preserves_flags));
         }
     }
 }
