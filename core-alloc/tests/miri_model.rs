@@ -117,3 +117,23 @@ fn small_block_programs() {
         assert_eq!(heap.stats().live_allocations(), 0);
     }
 }
+
+/// Compact mode (a span too small for chunks): the fit heap's headers and links, one-page
+/// slabs with their descriptors in the page, and the fallbacks when the span is full, under
+/// Miri's checks of every pointer the allocator forms.
+#[test]
+fn programs_over_a_compact_span() {
+    let span_bytes = if cfg!(miri) { 64 * 1024 } else { 1 << 20 };
+    for seed in 0..PROGRAMS as u64 {
+        let span = vec![0u128; span_bytes / 16].leak();
+        // SAFETY: the leaked, zeroed vector is used by nothing else.
+        let region: FixedRegion = unsafe { FixedRegion::new(span.as_mut_ptr().cast(), span_bytes, true) };
+        let heap = Allocator::new(region, TestPlatform::new());
+        let mut interpreter = Interpreter::new(&heap);
+        assert_eq!(interpreter.run(&program(0xC0C0_0000 + seed, 13, 48)), Ok(()), "program {seed}");
+        assert!(heap.is_compact());
+        heap.collect();
+        assert_eq!(heap.stats().live_allocations(), 0);
+        assert_eq!(heap.check_invariants(), Ok(()));
+    }
+}
