@@ -13,7 +13,8 @@
 //! `QEMU_CPUS=N` boots each kernel's main configuration with N CPUs instead (beyond 8 CPUs
 //! with 8 GiB, and the AArch64 one with a GICv3), and fails a boot that does not bring all N
 //! up: `QEMU_CPUS=64 cargo qemu aarch64` and `QEMU_CPUS=64 cargo qemu x86_64` are the long
-//! runs on a server-sized machine (x86-64: about 4 minutes under TCG on two host cores).
+//! runs on a server-sized machine (x86-64: about 4 minutes under TCG on two host cores;
+//! AArch64: about 6 minutes on two host cores shared with other work).
 
 use qemu_runner::{KERNELS, build_and_boot_all, ensure_qemu};
 
