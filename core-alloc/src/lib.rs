@@ -6,7 +6,7 @@
 //! [`Allocator`] is generic over a [`PageProvider`](page_provider::PageProvider) (where
 //! memory comes from) and a [`Platform`](platform::Platform) (which CPU or thread is
 //! running); build it in a `static` with the `const fn` [`Allocator::new`] and put
-//! `#[global_allocator]` on it. With the `host` feature, [`host::HostAlloc`] is the
+//! `#[global_allocator]` on it. With the `host` feature, `host::HostAlloc` is the
 //! ready-made Linux allocator.
 //!
 //! It is also the one crate a kernel depends on: [`platform`] and [`page_provider`] are

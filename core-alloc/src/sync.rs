@@ -8,9 +8,9 @@
 //!   access of the real code. Shuttle runs one thread at a time, so each operation is
 //!   sequentially consistent there; weaker orderings are checked by Miri and
 //!   ThreadSanitizer (see the README).
-//! - [`SpinLock`]: the central heap's lock. A spin lock needs no OS; under shuttle its spin
+//! - `SpinLock`: the central heap's lock. A spin lock needs no OS; under shuttle its spin
 //!   loop yields to the scheduler, so a waiting thread lets the holder run.
-//! - [`pause`]: named points inside the allocator where a test can stop a thread (feature
+//! - `pause`: named points inside the allocator where a test can stop a thread (feature
 //!   `pause-points`) to replay a race deterministically; under shuttle each is one more
 //!   scheduling point. In other builds it compiles to nothing.
 
@@ -21,7 +21,7 @@ pub(crate) use platform::sync::{
     AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering,
 };
 
-/// Named points where a test can pause a thread inside the allocator (see [`pause`]).
+/// Named points where a test can pause a thread inside the allocator (see `pause`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PausePoint {
@@ -40,7 +40,7 @@ pub enum PausePoint {
     CheckedFreeBeforeBit,
 }
 
-/// The test hook [`pause`] calls (feature `pause-points`).
+/// The test hook `pause` calls (feature `pause-points`).
 #[cfg(feature = "pause-points")]
 pub type PauseHook = fn(PausePoint);
 

@@ -32,7 +32,7 @@
 //! with acquire ordering and each return to FREE a release operation, which orders one
 //! holder's accesses to the slot's arena before the next holder's; a slot taken from an
 //! exited owner is ordered after that owner's last accesses by the kernel (see
-//! [`Slots::take_from_exited_owner`]). An owner releases its slot with a compare-exchange,
+//! `Slots::take_from_exited_owner`). An owner releases its slot with a compare-exchange,
 //! waiting while a check holds the entry, so a check never restores an owner word over a
 //! release.
 //!
@@ -207,7 +207,7 @@ fn lock_shared(index: usize) {
 /// child, the slots of threads that did not survive the fork stay owned (their entries name
 /// the parent process, so they are never taken over) and are never used again, so arenas
 /// they left mid-operation are never touched. The thread-exit key needs nothing either: it
-/// is never half-created (see [`LazyKey`]).
+/// is never half-created (see `LazyKey`).
 pub fn lock_shared_slots_for_fork() {
     for lock in &SHARED {
         while lock.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
