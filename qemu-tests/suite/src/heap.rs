@@ -14,11 +14,11 @@ use crate::{HeapUnderTest, Machine, Outcome, Rng, ensure, say};
 
 /// A block under test: where it is, its layout, and the seed of its pattern.
 #[derive(Debug, Clone, Copy)]
-struct Block {
-    address: usize,
-    size: usize,
-    align: usize,
-    id: u64,
+pub(crate) struct Block {
+    pub(crate) address: usize,
+    pub(crate) size: usize,
+    pub(crate) align: usize,
+    pub(crate) id: u64,
 }
 
 fn word_of(id: u64, index: usize) -> u64 {
@@ -60,7 +60,7 @@ impl Block {
 }
 
 /// Allocates a block and fills it; `None` when out of memory.
-fn make<P: PageProvider, Pl: Platform>(
+pub(crate) fn make<P: PageProvider, Pl: Platform>(
     heap: &HeapUnderTest<'_, P, Pl>,
     size: usize,
     align: usize,
@@ -73,7 +73,7 @@ fn make<P: PageProvider, Pl: Platform>(
 }
 
 /// Checks a block's pattern and frees it; returns whether it was intact.
-fn release<P: PageProvider, Pl: Platform>(heap: &HeapUnderTest<'_, P, Pl>, block: Block) -> bool {
+pub(crate) fn release<P: PageProvider, Pl: Platform>(heap: &HeapUnderTest<'_, P, Pl>, block: Block) -> bool {
     let intact = block.intact();
     // SAFETY: a live block of this allocator with this size and alignment.
     unsafe {

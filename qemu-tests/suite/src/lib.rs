@@ -17,6 +17,7 @@ extern crate alloc;
 mod compare;
 mod heap;
 mod small;
+mod small_global;
 mod smoke;
 mod speed;
 mod torture;
@@ -86,6 +87,29 @@ pub fn second_heap<P: PageProvider, Pl: Platform>(
     heap::huge_allocations_span_chunks(machine, heap).map_err(|why| alloc::format!("huge: {why}"))?;
     heap::concurrent_stress(machine, heap).map_err(|why| alloc::format!("stress: {why}"))?;
     heap::invariants_on_every_cpu(machine, heap).map_err(|why| alloc::format!("invariants: {why}"))
+}
+
+/// The set for a kernel whose `#[global_allocator]` is a small heap in compact mode (the
+/// README's shortest route: a `FixedRegion` over a span the kernel mapped, at most a few
+/// MiB), in place of [`run`]: the smoke tests, collections on every CPU, allocation in
+/// interrupt handlers, a cross-CPU stress, out of memory with its reason, and the heap's
+/// invariants, each sized from the span's free bytes. The tests that need tens or hundreds
+/// of MiB or 2 MiB alignments are not run (by design; a line before the summary names them).
+/// A few seconds under emulation.
+pub fn run_small_global<P: PageProvider, Pl: Platform>(
+    machine: &dyn Machine,
+    heap: &Allocator<P, Pl>,
+) -> Summary {
+    run_small_global_with(machine, heap, |_| {})
+}
+
+/// As [`run_small_global`], with the kernel's own tests in `more`, as in [`run_with`].
+pub fn run_small_global_with<P: PageProvider, Pl: Platform>(
+    machine: &dyn Machine,
+    heap: &Allocator<P, Pl>,
+    more: impl FnOnce(&mut dyn FnMut(&str, Outcome)),
+) -> Summary {
+    small_global::run(machine, heap, more)
 }
 
 /// Prints one line, prefixed with the architecture, in a single console write.

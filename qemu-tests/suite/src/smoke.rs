@@ -74,12 +74,19 @@ pub(crate) fn timer_interrupts_on_every_cpu(machine: &dyn Machine) -> Outcome {
 }
 
 pub(crate) fn collections_on_every_cpu(machine: &dyn Machine) -> Outcome {
+    collections_of(machine, 2000)
+}
+
+/// `Vec`, `BTreeMap`, `String` and `Box` on every CPU at once, `items` entries each (at
+/// least 300: the text check needs three hundreds; about 100 bytes of heap an item).
+pub(crate) fn collections_of(machine: &dyn Machine, items: usize) -> Outcome {
+    ensure!(items >= 300, "collections of {items} items: too few for the checks");
     let failures = AtomicUsize::new(0);
     machine.run_on_cpus(machine.cpu_count(), &|cpu| {
         let mut map = BTreeMap::new();
         let mut numbers = Vec::new();
         let mut text = String::new();
-        for i in 0..2000usize {
+        for i in 0..items {
             numbers.push(i * cpu);
             map.insert(i, alloc::format!("cpu {cpu} item {i}"));
             if i % 100 == 0 {
@@ -88,7 +95,9 @@ pub(crate) fn collections_on_every_cpu(machine: &dyn Machine) -> Outcome {
         }
         let boxed = Box::new([cpu as u8; 100]);
         let ok = numbers.iter().enumerate().all(|(i, &n)| n == i * cpu)
-            && map.get(&1999).is_some_and(|text| text.ends_with("item 1999"))
+            && map
+                .get(&(items - 1))
+                .is_some_and(|text| text.ends_with(&alloc::format!("item {}", items - 1)))
             && text.starts_with("0,100,200,")
             && boxed.iter().all(|&byte| byte == cpu as u8);
         if !ok {

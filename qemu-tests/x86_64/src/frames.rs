@@ -75,6 +75,8 @@ unsafe impl FrameAllocator<Size4KiB> for SmallFrames {
 }
 
 /// [`KERNEL_FRAMES`]' 2 MiB frames as an `x86_64`-crate frame allocator.
+// Unused in the `readme-heap` configuration, which leaves out its one user, the second heap.
+#[cfg_attr(feature = "readme-heap", allow(dead_code))]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HugeFrames;
 

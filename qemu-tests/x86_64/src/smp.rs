@@ -18,7 +18,7 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use alloc::boxed::Box;
-use platform::arch::x86_64::{MAX_CPUS, init_cpu, interrupts_enabled};
+use platform::arch::x86_64::{MAX_CPUS, interrupts_enabled};
 
 use crate::console::println;
 use crate::cpu::{disable_interrupts, enable_interrupts};
@@ -226,7 +226,15 @@ extern "C" fn ap_main() -> ! {
     AP_STARTED.store(true, Ordering::Release);
     // SAFETY: first thing on this CPU, interrupts masked; the boot CPU gives each
     // secondary a different index (it waits for AP_STARTED before the next one).
-    unsafe { init_cpu(index) };
+    #[cfg(not(feature = "readme-heap"))]
+    unsafe {
+        platform::arch::x86_64::init_cpu(index)
+    };
+    // SAFETY: as above (the README heap's boot call, which is `init_cpu`).
+    #[cfg(feature = "readme-heap")]
+    unsafe {
+        crate::readme_heap::init_heap_cpu(index)
+    };
     interrupts::load();
     apic::init_this_cpu();
     let seen = GENERATION.load(Ordering::Acquire);
