@@ -168,8 +168,9 @@ unsafe impl Platform for Uniprocessor {
 ///
 /// - after `map_2m(virt, phys)` returns true, the 2 MiB at `virt` translate, on every CPU,
 ///   to the 2 MiB at `phys` as normal write-back cacheable, readable and writable memory
-///   (x86-64: a page-directory entry with PS; AArch64: a level-2 block descriptor, normal
-///   memory, inner shareable);
+///   (x86-64: a page-directory entry with PS; AArch64: a level-2 block descriptor with the
+///   4 KiB granule, or 128 / 32 level-3 pages with the contiguous bit with 16 / 64 KiB,
+///   normal memory, inner shareable);
 /// - after `unmap_2m(virt)` returns, the mapping is gone and no CPU's TLB can translate
 ///   `virt` to anything but the frame it was mapped to before;
 /// - neither allocates memory from the allocator the provider serves.
