@@ -196,11 +196,18 @@ fn allocation_from_interrupts<P: PageProvider, Pl: Platform>(
     });
     machine.set_timer_handler(None);
     let runs: Vec<usize> = (0..cpus).map(|cpu| IRQ_RUNS[cpu % 64].load(Ordering::Relaxed)).collect();
+    let after = heap.allocator.stats();
+    let region = after.heap.region;
     say(
         machine,
         format_args!(
-            "interrupt handlers allocated on each CPU {runs:?} times (blocks of 8 B to 2 KiB, and {bigger} B), during {} operations",
-            operations.load(Ordering::Relaxed)
+            "interrupt handlers allocated on each CPU {runs:?} times (blocks of 8 B to 2 KiB, and {bigger} B), during {} operations; then {} arenas, {} slab pages, {} KiB free (largest piece {} KiB), last failure {:?}",
+            operations.load(Ordering::Relaxed),
+            after.arenas,
+            region.slab_pages,
+            region.fit.free_bytes / 1024,
+            region.fit.largest_free / 1024,
+            after.heap.failures.last
         ),
     );
     ensure!(
