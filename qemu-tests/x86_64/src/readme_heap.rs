@@ -73,8 +73,9 @@ pub(crate) fn map_heap() {
     let pml4 = ((cr3 & 0x000F_FFFF_FFFF_F000) as usize + PHYS_OFFSET) as *mut PageTable;
     // SAFETY: CR3's table is the PML4 every CPU uses, readable and writable through the
     // physical-memory map, as is every table under it; this mapper is the only one alive
-    // while it runs (the boot CPU, before the second heap's mapper is made), and it writes
-    // only the entries of the heap's range, which nothing else maps.
+    // (the second heap, which keeps another, is left out of this configuration, and the
+    // secondaries have not started), and it writes only the entries of the heap's range,
+    // which nothing else maps.
     let mut mapper = unsafe { OffsetPageTable::new(&mut *pml4, VirtAddr::new(PHYS_OFFSET as u64)) };
     let first = Page::containing_address(VirtAddr::new(HEAP_START as u64));
     let last = Page::containing_address(VirtAddr::new((HEAP_START + HEAP_SIZE - 1) as u64));
