@@ -54,13 +54,13 @@ pub mod host;
 pub mod testkit;
 
 pub use allocator::{Allocator, Misuse, MisuseHook, MisuseReport};
+pub use fit::FitCounters;
 /// Where memory comes from: the [`PageProvider`](page_provider::PageProvider) trait and
 /// the providers (re-exported, so that a kernel needs one dependency).
 pub use page_provider;
 /// Which CPU or thread is running: the [`Platform`](platform::Platform) trait, the kernel
 /// platforms and the host one (re-exported, so that a kernel needs one dependency).
 pub use platform;
-pub use fit::FitCounters;
 pub use region::{
     COMPACT_CHUNKS, COMPACT_SLAB_MAX, Failure, FailureCounters, FailureHook, FailureReport, RegionCounters,
 };
