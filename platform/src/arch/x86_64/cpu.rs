@@ -252,7 +252,7 @@ unsafe impl Platform for KernelPlatform {
         MAX_CPUS * LEVELS
     }
 
-    #[inline]
+    #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         let index = current_cpu_racy();
         if index >= MAX_CPUS {
