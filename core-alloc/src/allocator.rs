@@ -20,7 +20,7 @@ use platform::{MAX_SLOTS, Platform};
 use crate::arena::Arena;
 use crate::chunk::{ChunkHeader, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
 use crate::chunk_map::ChunkMap;
-use crate::config::{CHUNK_MASK, CHUNK_SIZE, MAX_LARGE, PAGE, PAGE_SHIFT};
+use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, MAX_LARGE, PAGE, PAGE_SHIFT};
 use crate::heap::{Heap, Release};
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
 use crate::size_class::{CLASS_COUNT, class_for};
@@ -496,7 +496,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     {
                         return block;
                     }
-                } else if new_size > crate::size_class::MAX_SMALL
+                } else if new_size >= LARGE_GROWTH_MIN
                     && new_size <= MAX_LARGE
                     && layout.align() <= MAX_LARGE
                     && address.is_multiple_of(layout.align())
@@ -511,7 +511,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
             }
         }
-        let moved = self.alloc_inner(layout, false);
+        // Growth to LARGE_GROWTH_MIN and beyond moves to a page run, which can grow in place
+        // next time (in compact mode the fit heap grows blocks in place already).
+        let grows_large = new_size > old_size
+            && new_size >= LARGE_GROWTH_MIN
+            && new_size <= MAX_LARGE
+            && layout.align() <= PAGE
+            && !(P::MAY_CLAIM_SPAN && self.mode.compact());
+        let moved = if grows_large { self.alloc_big(layout, false) } else { self.alloc_inner(layout, false) };
         if !moved.is_null() {
             // SAFETY: both blocks are live and distinct; the copy stays inside both.
             unsafe {

@@ -87,8 +87,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let fits = if kind == RUN_SLAB {
                     class_for(size, align) == Some((*run).class as usize)
                 } else {
-                    class_for(size, align).is_none()
-                        && size <= MAX_LARGE
+                    // Page runs also hold blocks of small sizes that reallocation grew (see
+                    // LARGE_GROWTH_MIN): the run's pages are what the size must fill.
+                    size <= MAX_LARGE
                         && size.div_ceil(PAGE) == (*run).pages as usize
                         && start.is_multiple_of(align)
                 };

@@ -23,6 +23,12 @@ pub const MAX_SLAB_PAGES: usize = 64;
 /// own rather than page runs inside shared chunks.
 pub const MAX_LARGE: usize = 1 << 20;
 
+/// A block that reallocation grows to at least this many bytes moves to a page run rather
+/// than a size class (a size class serves up to 32 KiB), so that it can grow again in place
+/// while the pages after it are free: a `Vec` doubling past 16 KiB copies nothing more. Page
+/// runs round up to 4 KiB, which from 16 KiB wastes no more than size classes do.
+pub const LARGE_GROWTH_MIN: usize = 16 * 1024;
+
 /// Run descriptors in a chunk header; one is reserved, so a chunk holds at most
 /// `RUNS_PER_CHUNK - 1` slabs and large runs at once.
 pub const RUNS_PER_CHUNK: usize = 64;

@@ -41,3 +41,33 @@ fn growing_a_block_to_256_mib_keeps_its_contents_and_remaps_huge_steps() {
     assert_eq!(stats.live_allocations(), 0, "{stats}");
     heap.check_invariants().unwrap();
 }
+
+/// A block grown past 16 KiB moves once to a page run and then grows in place while the
+/// pages after it are free: a `Vec` doubling from 16 KiB to 1 MiB copies nothing after the
+/// first move, in a fresh chunk where nothing else follows it.
+#[test]
+fn growth_past_16_kib_happens_in_place() {
+    let heap = common::mmap_heap();
+    let mut block = heap.allocate(8 * 1024, 8).unwrap();
+    // SAFETY: a live block of 8 KiB.
+    unsafe { block.as_ptr().write_bytes(0x5A, 8 * 1024) };
+    let mut moves = 0;
+    let mut size = 8 * 1024;
+    while size < 1 << 20 {
+        // SAFETY: a live block of `size` bytes, aligned to 8.
+        let grown = unsafe { heap.reallocate(block, 8, size * 2) }.unwrap();
+        if grown != block {
+            moves += 1;
+        }
+        // SAFETY: the grown block keeps the old bytes and has room for the new ones.
+        unsafe {
+            assert!(std::slice::from_raw_parts(grown.as_ptr(), size).iter().all(|&b| b == 0x5A));
+            grown.as_ptr().add(size).write_bytes(0x5A, size);
+        }
+        block = grown;
+        size *= 2;
+    }
+    assert_eq!(moves, 1, "every step past the first should have grown in place");
+    // SAFETY: the live block, freed once with its size.
+    unsafe { heap.deallocate(block, size, 8) };
+}
