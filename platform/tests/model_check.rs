@@ -4,8 +4,8 @@
 //! table (`platform::host::model::Table`) for many random and PCT schedules.
 //!
 //! ```sh
-//! cargo test -p platform --features host,shuttle --test model_check
-//! MODEL_CHECK_ITERATIONS=100000 cargo test -p platform --features host,shuttle --test model_check --release
+//! cargo test -p core-alloc-platform --features host,shuttle --test model_check
+//! MODEL_CHECK_ITERATIONS=100000 cargo test -p core-alloc-platform --features host,shuttle --test model_check --release
 //! ```
 //!
 //! Threads, their exits and the kernel's answer to "is this owner gone" are the test's:
