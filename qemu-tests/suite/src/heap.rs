@@ -456,7 +456,13 @@ pub(crate) fn memory_returned<P: PageProvider, Pl: Platform>(
         ),
     );
     ensure!(damaged.load(Ordering::Relaxed) == 0, "blocks were corrupted");
-    ensure!(free_before - free_at_peak >= 32, "the workload used only {} frames", free_before - free_at_peak);
+    // The workload's point is memory to give back: every CPU allocates six blocks of 3-4 MiB
+    // (12 frames or more) besides its small ones, so at least 8 frames a CPU must be in use.
+    ensure!(
+        free_before - free_at_peak >= 8 * cpus,
+        "the workload used only {} frames on {cpus} CPUs",
+        free_before - free_at_peak
+    );
     ensure!(
         free_after + meta_growth >= free_before,
         "{} frames not returned after everything was freed and collected",
