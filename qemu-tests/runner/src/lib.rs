@@ -655,7 +655,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "fails until the lead pastes the snippet of qemu-tests/x86_64/src/readme_heap.rs into README.md; un-ignore it then"]
     fn readme_contains_the_kernel_snippet() {
         let snippet =
             snippet_of(&read(&qemu_tests_dir().join(SNIPPET_SOURCE))).expect("the snippet's markers");
