@@ -496,8 +496,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     {
                         return block;
                     }
-                } else if new_size >= LARGE_GROWTH_MIN
-                    && new_size <= MAX_LARGE
+                } else if (LARGE_GROWTH_MIN..=MAX_LARGE).contains(&new_size)
                     && layout.align() <= MAX_LARGE
                     && address.is_multiple_of(layout.align())
                 {
@@ -514,8 +513,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // Growth to LARGE_GROWTH_MIN and beyond moves to a page run, which can grow in place
         // next time (in compact mode the fit heap grows blocks in place already).
         let grows_large = new_size > old_size
-            && new_size >= LARGE_GROWTH_MIN
-            && new_size <= MAX_LARGE
+            && (LARGE_GROWTH_MIN..=MAX_LARGE).contains(&new_size)
             && layout.align() <= PAGE
             && !(P::MAY_CLAIM_SPAN && self.mode.compact());
         let moved = if grows_large { self.alloc_big(layout, false) } else { self.alloc_inner(layout, false) };
