@@ -24,6 +24,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+// The package is published as core-alloc-platform; its code calls itself `platform`.
+use core_alloc_platform as platform;
 use platform::host::model::{FREE, Table, owner_word};
 use shuttle::sync::atomic::AtomicBool;
 use shuttle::thread;
