@@ -5,6 +5,9 @@
 //! Its chunks live at the bottom of the upper range, which nothing else in the kernel maps;
 //! the first ones get 2 MiB frames (one block each), the rest 512 frames of 4 KiB each, once
 //! the 2 MiB frames run out. Whatever granule TTBR0 uses, this heap uses 4 KiB pages.
+//!
+//! The `readme-heap` configuration leaves this heap out and keeps only [`frames_region`].
+#![cfg_attr(feature = "readme-heap", allow(dead_code))]
 
 use aarch64_paging::Mapping;
 use aarch64_paging::paging::{El1And0, MemoryRegion};

@@ -12,7 +12,7 @@ use core::alloc::Layout;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use platform::arch::aarch64::{InterruptGuard, MAX_CPUS, current_cpu_racy, init_cpu};
+use platform::arch::aarch64::{InterruptGuard, MAX_CPUS, current_cpu_racy};
 
 use crate::boot::{SecondaryBoot, secondary_start};
 use crate::console::println;
@@ -129,7 +129,15 @@ pub(crate) extern "C" fn secondary_main(record: &'static SecondaryBoot) -> ! {
     let index = record.cpu_index.load(Ordering::Relaxed) as usize;
     // SAFETY: the boot CPU hands out each index once, densely, below MAX_CPUS, and this is
     // the first thing this CPU does; nothing else writes TPIDR_EL1.
-    unsafe { init_cpu(index) };
+    #[cfg(not(feature = "readme-heap"))]
+    unsafe {
+        platform::arch::aarch64::init_cpu(index)
+    };
+    // SAFETY: as above (the README heap's boot call, which is `init_cpu`).
+    #[cfg(feature = "readme-heap")]
+    unsafe {
+        crate::readme_heap::init_heap_cpu(index)
+    };
     crate::gic::init_cpu();
     ONLINE.fetch_add(1, Ordering::Release);
     // Interrupts stay masked here except around work and right after waking: a wake-up SGI

@@ -173,15 +173,24 @@ pub struct FeatureBuild {
     pub expect: &'static [&'static str],
 }
 
-/// The configurations built with features: the x86-64 kernel whose `#[global_allocator]` is
-/// the README's kernel snippet (`qemu-tests/x86_64/src/readme_heap.rs`: a 1 MiB heap the
-/// kernel maps, in compact mode), which runs the suite's small-heap set (a few seconds).
-pub const FEATURE_BUILDS: [FeatureBuild; 1] = [FeatureBuild {
-    arch: "x86_64",
-    name: "x86_64 (README heap, 1 MiB)",
-    features: "readme-heap",
-    expect: &["the README's kernel snippet", "suite set: small global heap"],
-}];
+/// The configurations built with features: each kernel with the README's kernel snippet as
+/// its `#[global_allocator]` (`qemu-tests/<arch>/src/readme_heap.rs`: a heap the kernel maps,
+/// 1 MiB on x86-64 and 2 MiB on AArch64, whose secondaries take 128 KiB stacks from it; in
+/// compact mode), which runs the suite's small-heap set (a few seconds).
+pub const FEATURE_BUILDS: [FeatureBuild; 2] = [
+    FeatureBuild {
+        arch: "x86_64",
+        name: "x86_64 (README heap, 1 MiB)",
+        features: "readme-heap",
+        expect: &["the README's kernel snippet", "suite set: small global heap"],
+    },
+    FeatureBuild {
+        arch: "aarch64",
+        name: "aarch64 (README heap, 2 MiB)",
+        features: "readme-heap",
+        expect: &["the README's kernel snippet", "suite set: small global heap"],
+    },
+];
 
 /// QEMU's arguments for a boot of `kernel` with `changes` (see [`Variant::changes`]) and
 /// the CPU count of [`CPUS`] when it is set.
@@ -629,12 +638,28 @@ mod tests {
             !imports.is_empty() && imports.iter().all(|line| line.starts_with("use core_alloc::")),
             "{imports:?}"
         );
-        // The kernel builds the snippet with a core-alloc dependency without features, so the
+        // The kernels build the snippet with a core-alloc dependency without features, so the
         // README's one line is enough.
-        let manifest = read(&qemu_tests_dir().join("x86_64/Cargo.toml"));
-        let dependency =
-            manifest.lines().find(|line| line.starts_with("core-alloc = ")).expect("a core-alloc line");
-        assert!(!dependency.contains("features"), "{dependency}");
+        for kernel in KERNELS {
+            let manifest = read(&qemu_tests_dir().join(kernel.directory).join("Cargo.toml"));
+            let dependency =
+                manifest.lines().find(|line| line.starts_with("core-alloc = ")).expect("a core-alloc line");
+            assert!(!dependency.contains("features"), "{}: {dependency}", kernel.directory);
+        }
+    }
+
+    #[test]
+    fn the_aarch64_kernel_runs_the_same_snippet_but_for_its_architecture() {
+        let x86_64 =
+            snippet_of(&read(&qemu_tests_dir().join(SNIPPET_SOURCE))).expect("the snippet's markers");
+        let aarch64 = snippet_of(&read(&qemu_tests_dir().join("aarch64/src/readme_heap.rs")))
+            .expect("the snippet's markers");
+        let expected = x86_64.replace(
+            "use core_alloc::platform::arch::x86_64::{KernelPlatform, init_cpu}; // AArch64: arch::aarch64\n",
+            "use core_alloc::platform::arch::aarch64::{KernelPlatform, init_cpu}; // x86-64: arch::x86_64\n",
+        );
+        assert_ne!(expected, x86_64, "the x86-64 snippet's architecture line changed");
+        assert_eq!(aarch64, expected, "the AArch64 kernel's snippet differs from the x86-64 one");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! line per architecture: `x86_64: N passed, M failed`, `aarch64: N passed, M failed`, and
 //! one per further configuration (`qemu_runner::VARIANTS`: the AArch64 kernel with the
 //! 16 KiB granule on a GICv3, and with the 64 KiB granule; `qemu_runner::FEATURE_BUILDS`:
-//! the x86-64 kernel built with `--features readme-heap`, whose global allocator is the
-//! README's kernel snippet over a 1 MiB heap, running the suite's small-heap set).
+//! each kernel built with `--features readme-heap`, whose global allocator is the README's
+//! kernel snippet over a small heap, running the suite's small-heap set).
 //!
 //! `cargo run --release -p qemu-runner [-- x86_64|aarch64] [--quiet]`
 //!
