@@ -43,7 +43,7 @@ use page_provider::PageProvider;
 use platform::Platform;
 
 use crate::allocator::Allocator;
-use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, RUN_SLAB, Run, run_of};
+use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, RUN_SLAB, Run};
 use crate::config::ARENA_ALIGN;
 use crate::size_class::{CLASS_COUNT, slab_pages};
 use crate::slab::{self, RemoteFree};
@@ -524,7 +524,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             while !block.is_null() {
                 let next = block.cast::<*mut u8>().read_unaligned();
-                self.free_small_uncounted(slot, arena, run_of(block as usize), block);
+                self.free_small_uncounted(slot, arena, self.slab_of(block), block);
                 block = next;
             }
         }

@@ -374,6 +374,24 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         NonNull::new(block as *mut u8)
     }
 
+    /// The slab descriptor of a live small block, in either mode: compact mode's slabs are
+    /// one page with the descriptor at its start; slabs in chunks are found through the
+    /// chunk's page map. Every path that goes from a block to its slab without knowing the
+    /// mode (the delayed list) must use this, not `chunk::run_of`.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a live block of a slab of this allocator.
+    #[inline(always)]
+    pub(crate) unsafe fn slab_of(&self, block: *mut u8) -> *mut Run {
+        if P::MAY_CLAIM_SPAN && self.mode.compact() {
+            (block as usize & !(PAGE - 1)) as *mut Run
+        } else {
+            // SAFETY: the caller's promise; in the usual mode slabs live in slab chunks.
+            unsafe { crate::chunk::run_of(block as usize) }
+        }
+    }
+
     fn found(&self, address: usize) -> Found {
         match self.mode.page_kind(address) {
             Some(true) => Found::Slab((address & !(PAGE - 1)) as *mut Run),

@@ -316,3 +316,42 @@ fn spans_too_small_fail_cleanly_and_big_ones_use_chunks() {
     // SAFETY: a live block of this heap.
     unsafe { heap.deallocate(block, 64, 8) };
 }
+
+/// A full slab page's remote free goes through the owner's delayed list, which the owner
+/// drains on its next refill: the drain must find the slab of each block in compact mode
+/// too (it read a chunk header below the span before: a fault or a corrupted heap, seen
+/// with 8 CPUs under QEMU).
+#[test]
+fn remote_frees_into_a_full_slab_page_are_drained_in_compact_mode() {
+    let heap = small_heap(256 * 1024, 0);
+    // Fill slab pages of the 64-byte class on this thread until one is FULL: its blocks
+    // are all handed out and the next allocation had to refill.
+    let mut mine: Vec<usize> = (0..200).map(|_| heap.allocate(64, 8).unwrap().as_ptr() as usize).collect();
+    let page_of = |address: usize| address & !4095;
+    let first_page = page_of(mine[0]);
+    let on_first: Vec<usize> = mine.iter().copied().filter(|&block| page_of(block) == first_page).collect();
+    assert!(on_first.len() > 8 && mine.len() > on_first.len(), "the first page filled and another began");
+    // Another thread frees two blocks of the full page: remote frees into a FULL slab.
+    let theirs = [on_first[0], on_first[1]];
+    mine.retain(|block| !theirs.contains(block));
+    std::thread::spawn(move || {
+        for block in theirs {
+            // SAFETY: blocks handed to this thread, freed once.
+            unsafe { heap.deallocate(NonNull::new(block as *mut u8).unwrap(), 64, 8) };
+        }
+        heap.collect();
+    })
+    .join()
+    .unwrap();
+    // Refills on the owner drain the delayed list; the freed blocks come back to it.
+    let again: Vec<usize> = (0..300).map(|_| heap.allocate(64, 8).unwrap().as_ptr() as usize).collect();
+    assert!(theirs.iter().all(|block| again.contains(block)), "the delayed frees were not drained");
+    heap.check_invariants().unwrap();
+    for block in mine.into_iter().chain(again) {
+        // SAFETY: live blocks of this heap, freed once.
+        unsafe { heap.deallocate(NonNull::new(block as *mut u8).unwrap(), 64, 8) };
+    }
+    heap.collect();
+    assert_eq!(heap.stats().live_allocations(), 0);
+    heap.check_invariants().unwrap();
+}
