@@ -22,6 +22,8 @@
 //!   other threads look pointers up.
 //! - `compact_mode_under_churn`: the mode decided by racing first allocations, one-page
 //!   slabs in a span (remote frees, abandonment, release to the fit heap), fit blocks.
+//! - `compact_full_slab_page_vs_owner_refills`: remote frees into a FULL slab page (the
+//!   owner's delayed list) racing the owner's refills, which drain it.
 #![cfg(feature = "shuttle")]
 
 use std::ptr::NonNull;
@@ -393,4 +395,53 @@ fn compact_mode_under_churn() {
 #[test]
 fn model_compact_mode_under_churn() {
     explore(compact_mode_under_churn);
+}
+
+/// Compact mode's FULL slab pages (issue 9's README kernel found this path broken): one
+/// slot fills a slab page, which its next refill marks FULL; another slot frees two of its
+/// blocks and hands them over (remote frees into a FULL slab go to the owner's delayed
+/// list) while the owner keeps allocating and refilling, draining that list. The drain must
+/// find each block's slab in its page: if it does not, the page's count of used blocks never
+/// returns to 0 and the page is never given back, which the end of the scenario checks.
+fn compact_full_slab_page_vs_owner_refills() {
+    let heap = compact_heap(64 * 1024);
+    TestPlatform::enter(1);
+    let mut mine: Vec<usize> =
+        (0..100).map(|_| heap.allocate(48, 8).expect("out of memory").as_ptr() as usize).collect();
+    let first_page = mine[0] & !4095;
+    assert!(mine.iter().any(|&block| block & !4095 != first_page), "the first page did not fill");
+    let theirs: Vec<usize> =
+        mine.iter().copied().filter(|&block| block & !4095 == first_page).take(2).collect();
+    mine.retain(|block| !theirs.contains(block));
+    let freer = {
+        let heap = Arc::clone(&heap);
+        thread::spawn(move || {
+            TestPlatform::enter(2);
+            for block in theirs {
+                // SAFETY: each block is freed once.
+                unsafe { heap.free(NonNull::new(block as *mut u8).unwrap()) };
+            }
+            heap.collect(); // hands the batch over: into the FULL page's delayed list
+        })
+    };
+    let more: Vec<usize> =
+        (0..100).map(|_| heap.allocate(48, 8).expect("out of memory").as_ptr() as usize).collect();
+    freer.join().unwrap();
+    for block in mine.into_iter().chain(more) {
+        // SAFETY: each block is freed once.
+        unsafe { heap.free(NonNull::new(block as *mut u8).unwrap()) };
+    }
+    for slot in [2, 1, 2, 1] {
+        TestPlatform::enter(slot);
+        heap.collect();
+        heap.check_invariants().unwrap();
+    }
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    assert_eq!(stats.heap.region.slab_pages, 0, "a slab page kept blocks nobody holds: {stats}");
+}
+
+#[test]
+fn model_compact_full_slab_page_vs_owner_refills() {
+    explore(compact_full_slab_page_vs_owner_refills);
 }
