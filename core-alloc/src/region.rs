@@ -296,15 +296,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 return self.alloc_inner(layout, zeroed);
             }
         }
-        let block = self.platform.with_slot(|_| {
-            let mut heap = self.lock_heap();
-            let region = heap.region.as_mut()?;
-            let block = region.fit().alloc(size, align)?;
-            let usable = region.fit().used_size(block).unwrap_or(0);
-            heap.counters.region.blocks_live += 1;
-            heap.counters.region.blocks_live_bytes += usable;
-            Some(block as *mut u8)
-        });
+        let block = self.platform.with_slot(|_| self.fit_block(size, align));
         match block {
             Some(block) => {
                 if zeroed {
@@ -322,16 +314,19 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
 
     /// A block of `class` as a fit block, when no slab page can be had for it.
     pub(crate) fn alloc_compact_fallback(&self, class: usize) -> *mut u8 {
-        let size = class_size(class);
+        self.fit_block(class_size(class), class_align(class).min(PAGE)).unwrap_or(ptr::null_mut())
+    }
+
+    /// A fit block handed to a caller, counted in the region's live blocks. Call inside a
+    /// slot closure.
+    fn fit_block(&self, size: usize, align: usize) -> Option<*mut u8> {
         let mut heap = self.lock_heap();
-        let Some(region) = heap.region.as_mut() else { return ptr::null_mut() };
-        let Some(block) = region.fit().alloc(size, class_align(class).min(PAGE)) else {
-            return ptr::null_mut();
-        };
+        let region = heap.region.as_mut()?;
+        let block = region.fit().alloc(size, align)?;
         let usable = region.fit().used_size(block).unwrap_or(0);
         heap.counters.region.blocks_live += 1;
         heap.counters.region.blocks_live_bytes += usable;
-        block as *mut u8
+        Some(block as *mut u8)
     }
 
     /// A slab page for a small class, in compact mode.
