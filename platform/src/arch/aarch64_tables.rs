@@ -293,11 +293,18 @@ impl Tables {
     /// `table` is a table of these tables (reachable through the map), and `index` is
     /// below its descriptor count.
     unsafe fn entry(&self, table: u64, index: usize) -> &AtomicU64 {
-        let address = (table as usize).wrapping_add(self.map.offset) + index * 8;
         // SAFETY: the caller's promise: the table is memory the map reaches, 8-byte aligned
         // (tables are granule aligned), used only as descriptors, and lives as long as the
         // tables are used.
-        unsafe { &*(address as *const AtomicU64) }
+        unsafe { &*self.entry_address(table, index) }
+    }
+
+    /// Where the descriptor `index` of the table at physical address `table` is, as a
+    /// pointer whose provenance covers the whole table (a reference to one descriptor
+    /// would cover only that one, and a run of descriptors is read through it).
+    fn entry_address(&self, table: u64, index: usize) -> *const AtomicU64 {
+        let address = (table as usize).wrapping_add(self.map.offset) + index * 8;
+        address as *const AtomicU64
     }
 
     /// The first descriptor of the 2 MiB mapping of `virt` (2 MiB aligned), following
@@ -312,7 +319,7 @@ impl Tables {
         &self,
         virt: usize,
         mut table_frame: Option<&mut dyn FnMut() -> Option<u64>>,
-    ) -> Result<&AtomicU64, TablesError> {
+    ) -> Result<*const AtomicU64, TablesError> {
         let granule = self.regime.granule;
         let mut table = self.root;
         for level in self.regime.start_level()..granule.huge_level() {
@@ -343,10 +350,9 @@ impl Tables {
             entry.store(table_descriptor(frame), Ordering::Release);
             table = frame;
         }
-        let index = self.regime.index(granule.huge_level(), virt);
-        // SAFETY: `table` is a table of the 2 MiB level, found above; a 2 MiB-aligned
-        // address has the index of the first descriptor of its run.
-        Ok(unsafe { self.entry(table, index) })
+        // `table` is a table of the 2 MiB level, found above; a 2 MiB-aligned address has
+        // the index of the first descriptor of its run.
+        Ok(self.entry_address(table, self.regime.index(granule.huge_level(), virt)))
     }
 
     /// Builds every table the 2 MiB mappings of `window` need, with frames from
@@ -412,7 +418,8 @@ impl Tables {
         }
         // SAFETY: the caller's promises.
         let first = unsafe { self.huge_entry(virt, table_frame) }?;
-        let run = self.run(first);
+        // SAFETY: `first` came from `huge_entry`.
+        let run = unsafe { self.run(first) };
         if run.iter().any(|entry| entry.load(Ordering::Relaxed) & descriptor::VALID != 0) {
             return Err(TablesError::InUse(virt));
         }
@@ -440,14 +447,20 @@ impl Tables {
         let Ok(first) = (unsafe { self.huge_entry(virt, None) }) else {
             return false;
         };
-        for entry in self.run(first) {
+        // SAFETY: `first` came from `huge_entry`.
+        for entry in unsafe { self.run(first) } {
             entry.store(0, Ordering::Relaxed);
         }
         true
     }
 
     /// The descriptors of the 2 MiB mapping whose first descriptor is `first`.
-    fn run<'a>(&self, first: &'a AtomicU64) -> &'a [AtomicU64] {
+    ///
+    /// # Safety
+    ///
+    /// `first` came from [`Tables::huge_entry`] of these tables, which stay valid while the
+    /// slice is used.
+    unsafe fn run(&self, first: *const AtomicU64) -> &[AtomicU64] {
         // SAFETY: `first` is the first descriptor of a naturally aligned run inside one
         // table (2 MiB-aligned addresses index a multiple of the run's length, and a table
         // holds a whole number of runs), so the run's descriptors follow it in that table.

@@ -106,6 +106,7 @@ fn run(fire: &[usize]) -> (usize, [usize; LEVELS]) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "45,760 schedules take many minutes interpreted; the logic is safe code")]
 fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
     let mut schedules = 0;
     let mut reached = [0usize; LEVELS];
