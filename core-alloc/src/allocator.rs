@@ -18,10 +18,11 @@ use page_provider::PageProvider;
 use platform::{MAX_SLOTS, Platform};
 
 use crate::arena::Arena;
-use crate::chunk::{ChunkHeader, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
+use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
 use crate::chunk_map::ChunkMap;
-use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, MAX_LARGE, PAGE, PAGE_SHIFT};
+use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT};
 use crate::heap::{Heap, Release};
+use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
 use crate::size_class::{CLASS_COUNT, class_for};
 use crate::stats::Stats;
@@ -296,7 +297,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         let Some(class) = class_for(layout.size(), layout.align()) else {
-            return self.alloc_big(layout, zeroed);
+            return self.alloc_big(layout, zeroed, false);
         };
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
         let block = self.platform.with_slot(|slot| unsafe { self.alloc_small(slot, class) });
@@ -311,14 +312,28 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         block
     }
 
-    /// Large and huge allocations.
+    /// Large and huge allocations; `growing` when reallocation grows a block (a cached run
+    /// up to `LARGE_SLACK` times the size may serve it, see `large_cache`).
     #[cold]
-    fn alloc_big(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+    fn alloc_big(&self, layout: Layout, zeroed: bool, growing: bool) -> *mut u8 {
         let (size, align) = (layout.size(), layout.align());
         let found = if size <= MAX_LARGE && align <= MAX_LARGE {
             let pages = size.div_ceil(PAGE).max(1);
             let align_pages = (align / PAGE).max(1);
-            self.platform.with_slot(|_| {
+            // Growth may take a bigger cached run, cut down to LARGE_SLACK times its pages:
+            // the pages cut off follow the run, free for its next growth in place.
+            self.platform.with_slot(|slot| {
+                // SAFETY: the slot closure gives exclusive use of the slot's arena; a run it
+                // returns is a live large run, ours alone.
+                if let Some(run) = unsafe { self.take_cached_large(slot, pages, align_pages, growing) } {
+                    // SAFETY: as above.
+                    let (first, have) = unsafe { ((*run).first_page as usize, (*run).pages as usize) };
+                    if have > pages * LARGE_SLACK {
+                        // SAFETY: as above; shrinking in place always succeeds.
+                        let _ = unsafe { self.lock_heap().resize_run(run, pages * LARGE_SLACK) };
+                    }
+                    return Some((page_address(run, first) as *mut u8, false));
+                }
                 let (run, clean) = self.take_run(pages, align_pages, RUN_LARGE)?;
                 // SAFETY: a fresh large run, ours alone.
                 let first = unsafe { (*run).first_page as usize };
@@ -379,29 +394,36 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
-    /// Frees a large run.
+    /// Frees a large run: into the slot's large cache, or to the central heap.
     ///
     /// # Safety
     ///
     /// `address` is in a slab chunk and was handed out by this allocator.
     #[cold]
     unsafe fn free_large(&self, run: *mut Run, address: usize) {
-        self.platform.with_slot(|_| {
-            let mut heap = self.lock_heap();
-            // SAFETY: the caller vouches for the address; the kind and first page are
-            // stable under the lock.
+        self.platform.with_slot(|slot| {
+            // SAFETY: the caller vouches for the address. The kind and first page of a live
+            // large run change only by its owner, the caller; a stale pointer may read them
+            // mid-change, and the exchange below is what decides (see `large_cache`).
             unsafe {
                 if (*run).kind != RUN_LARGE || page_address(run, (*run).first_page as usize) != address {
-                    drop(heap);
                     self.report(
                         if (*run).kind == RUN_LARGE { Misuse::ForeignPointer } else { Misuse::DoubleFree },
                         address,
                     );
                     return;
                 }
-                let release = heap.free_run(run, &self.map);
-                drop(heap);
-                self.give_back(release);
+                if (*run)
+                    .owner
+                    .compare_exchange(NO_OWNER, LARGE_FREED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    self.report(Misuse::DoubleFree, address);
+                    return;
+                }
+                if !self.cache_large(slot, run) {
+                    self.free_runs_centrally(&[run]);
+                }
             }
         });
     }
@@ -500,10 +522,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     && layout.align() <= MAX_LARGE
                     && address.is_multiple_of(layout.align())
                 {
-                    let pages = new_size.div_ceil(PAGE);
-                    let resized = self.platform.with_slot(|_| {
-                        pages == (*run).pages as usize || self.lock_heap().resize_run(run, pages)
-                    });
+                    // In place without the lock when the run has the pages: growth inside a
+                    // run bigger than its block (one from an arena's cache), or a shrink that
+                    // still needs half of it.
+                    let (pages, have) = (new_size.div_ceil(PAGE), (*run).pages as usize);
+                    let resized = (pages <= have && (new_size >= old_size || pages * 2 >= have))
+                        || self.platform.with_slot(|_| self.lock_heap().resize_run(run, pages));
                     if resized {
                         return block;
                     }
@@ -516,7 +540,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             && (LARGE_GROWTH_MIN..=MAX_LARGE).contains(&new_size)
             && layout.align() <= PAGE
             && !(P::MAY_CLAIM_SPAN && self.mode.compact());
-        let moved = if grows_large { self.alloc_big(layout, false) } else { self.alloc_inner(layout, false) };
+        let moved =
+            if grows_large { self.alloc_big(layout, false, true) } else { self.alloc_inner(layout, false) };
         if !moved.is_null() {
             // SAFETY: both blocks are live and distinct; the copy stays inside both.
             unsafe {
@@ -691,6 +716,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             Self::refresh_region_counters(&mut heap);
             heap.counters
         });
+        // The central heap counts cached large runs as carved: they are not live blocks.
+        stats.heap.large_live = stats.heap.large_live.saturating_sub(stats.large_cached);
+        stats.heap.large_live_bytes = stats.heap.large_live_bytes.saturating_sub(stats.large_cached_bytes);
         stats
     }
 

@@ -45,6 +45,7 @@ use platform::Platform;
 use crate::allocator::Allocator;
 use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, RUN_SLAB, Run};
 use crate::config::ARENA_ALIGN;
+use crate::large_cache::LargeCache;
 use crate::size_class::{CLASS_COUNT, slab_pages};
 use crate::slab::{self, RemoteFree};
 use crate::stats::{ArenaCounters, count_one};
@@ -105,6 +106,8 @@ pub(crate) struct Arena {
     /// Blocks this slot freed into one slab it does not own, chained and not handed over
     /// yet: a batch costs one compare-exchange on the slab instead of one per block.
     batch: RemoteBatch,
+    /// Freed large runs kept for this slot's next large allocations.
+    pub(crate) large: LargeCache,
     pub(crate) counters: ArenaCounters,
     delayed: Delayed,
 }
@@ -276,7 +279,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// # Safety
     ///
     /// The caller holds `slot`.
-    unsafe fn arena(&self, slot: usize) -> *mut Arena {
+    pub(crate) unsafe fn arena(&self, slot: usize) -> *mut Arena {
         let existing = self.arenas[slot].load(Ordering::Relaxed);
         if !existing.is_null() {
             return existing;
@@ -542,6 +545,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
         unsafe {
+            self.flush_large_cache(arena);
             self.hand_over_batch(arena);
             self.drain_delayed(slot, arena);
             self.release_idle_current(arena, CLASS_COUNT);
@@ -582,6 +586,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: exclusive use of the slot (caller): the arena and its slabs are ours.
         unsafe {
+            self.flush_large_cache(arena);
             self.hand_over_batch(arena);
             self.drain_delayed(slot, arena);
             for class in 0..CLASS_COUNT {
@@ -663,6 +668,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     }
                 }
             }
+            (*arena).large.check()?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use platform::Platform;
 use crate::allocator::{Allocator, Misuse};
 use crate::chunk::{RUN_LARGE, RUN_SLAB, chunk_of, page_address, run_of};
 use crate::chunk_map::{KIND_SLAB, kind_of};
-use crate::config::{CHUNK_MASK, MAX_LARGE, PAGE};
+use crate::config::{CHUNK_MASK, LARGE_SLACK, MAX_LARGE, PAGE};
 use crate::size_class::class_for;
 
 /// The word and bit of the live-block table for a block at `address` in a slab chunk.
@@ -88,9 +88,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     class_for(size, align) == Some((*run).class as usize)
                 } else {
                     // Page runs also hold blocks of small sizes that reallocation grew (see
-                    // LARGE_GROWTH_MIN): the run's pages are what the size must fill.
+                    // LARGE_GROWTH_MIN), and a run from an arena's large cache may have up to
+                    // LARGE_SLACK times the pages the size needs (see `large_cache`).
+                    let (needed, pages) = (size.div_ceil(PAGE).max(1), (*run).pages as usize);
                     size <= MAX_LARGE
-                        && size.div_ceil(PAGE) == (*run).pages as usize
+                        && needed <= pages
+                        && pages <= needed * LARGE_SLACK
                         && start.is_multiple_of(align)
                 };
                 if !fits {

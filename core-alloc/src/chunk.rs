@@ -22,7 +22,7 @@
 //! values. A slab's free-list fields belong to the arena that owns it (see `slab`); `remote`
 //! and `owner` are atomics shared with other CPUs.
 
-use crate::sync::{AtomicU16, AtomicU64};
+use crate::sync::{AtomicU16, AtomicU64, Ordering};
 use core::ptr;
 
 use page_provider::bitmap::Bitmap;
@@ -264,6 +264,8 @@ impl ChunkHeader {
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
             let run = ptr::addr_of_mut!((*chunk).runs[index]);
             (*run).kind = kind;
+            // A large run is live (see `large_cache`); a slab's owner is set by `slab::init`.
+            (*run).owner.store(NO_OWNER, Ordering::Relaxed);
             (*run).first_page = first as u16;
             (*run).pages = pages as u16;
             Some((run, zeroed))

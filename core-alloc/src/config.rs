@@ -25,9 +25,21 @@ pub const MAX_LARGE: usize = 1 << 20;
 
 /// A block that reallocation grows to at least this many bytes moves to a page run rather
 /// than a size class (a size class serves up to 32 KiB), so that it can grow again in place
-/// while the pages after it are free: a `Vec` doubling past 16 KiB copies nothing more. Page
-/// runs round up to 4 KiB, which from 16 KiB wastes no more than size classes do.
-pub const LARGE_GROWTH_MIN: usize = 16 * 1024;
+/// while the pages after it are free, or inside a bigger run from the arena's large cache
+/// (`large_cache`): a `Vec` doubling past 4 KiB copies nothing more. Page runs round up to
+/// 4 KiB: a grown block of 4-16 KiB may take up to a page more than its size class would.
+pub const LARGE_GROWTH_MIN: usize = 4 * 1024;
+
+/// Freed large runs each arena keeps for its next large allocations (see `large_cache`).
+pub const LARGE_CACHE_RUNS: usize = 8;
+/// Pages those runs may hold together (512 KiB).
+pub const LARGE_CACHE_PAGES: usize = 128;
+/// The largest run an arena caches, in pages (256 KiB); bigger ones go back to the central
+/// heap at once.
+pub const LARGE_CACHE_MAX_RUN: usize = 64;
+/// A large block's run has at most this many times the pages its size needs: a cached run
+/// serves reallocation growth up to this factor (plain allocations up to half of it).
+pub const LARGE_SLACK: usize = 4;
 
 /// Run descriptors in a chunk header; one is reserved, so a chunk holds at most
 /// `RUNS_PER_CHUNK - 1` slabs and large runs at once.

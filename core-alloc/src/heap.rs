@@ -133,6 +133,23 @@ pub(crate) struct Release {
 impl Release {
     /// Nothing to give back.
     pub(crate) const NOTHING: Self = Self { chunks: ptr::null_mut() };
+
+    /// Both lists of chunks as one.
+    pub(crate) fn and(self, other: Release) -> Release {
+        if self.chunks.is_null() {
+            return other;
+        }
+        let mut last = self.chunks;
+        // SAFETY: released chunks are ours, linked through their headers' `next`, and
+        // belong to one list each.
+        unsafe {
+            while !(*last).next.is_null() {
+                last = (*last).next;
+            }
+            (*last).next = other.chunks;
+        }
+        self
+    }
 }
 
 /// The central heap's state; see the module documentation.

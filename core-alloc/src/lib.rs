@@ -42,6 +42,7 @@ mod chunk_map;
 pub mod config;
 mod fit;
 mod heap;
+mod large_cache;
 mod region;
 pub mod size_class;
 mod slab;

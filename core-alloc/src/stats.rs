@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use crate::heap::HeapCounters;
 use crate::size_class::{CLASS_COUNT, class_size};
@@ -47,6 +47,11 @@ pub struct Stats {
     pub heap: HeapCounters,
     /// Arenas created (slots that have allocated or freed).
     pub arenas: usize,
+    /// Freed large runs the arenas keep for their next large allocations (not counted in
+    /// `heap.large_live`).
+    pub large_cached: usize,
+    /// Bytes of those runs.
+    pub large_cached_bytes: usize,
 }
 
 impl Stats {
@@ -55,7 +60,7 @@ impl Stats {
         for (index, class) in classes.iter_mut().enumerate() {
             class.block_size = class_size(index);
         }
-        Self { classes, heap: HeapCounters::default(), arenas: 0 }
+        Self { classes, heap: HeapCounters::default(), arenas: 0, large_cached: 0, large_cached_bytes: 0 }
     }
 
     /// Bytes in live small blocks (whole blocks).
@@ -106,7 +111,7 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned; {} arenas; {} orphan slabs; {} refusals",
+            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned; {} arenas; {} orphan slabs; {} refusals; {} large runs cached ({} KiB)",
             self.chunks_held(),
             self.heap.slab_chunks,
             self.heap.cached_chunks,
@@ -116,6 +121,8 @@ impl fmt::Display for Stats {
             self.arenas,
             self.heap.orphan_slabs,
             self.heap.provider_refusals,
+            self.large_cached,
+            self.large_cached_bytes / 1024,
         )?;
         let region = &self.heap.region;
         if region.span_bytes > 0 {
@@ -155,6 +162,9 @@ impl fmt::Display for Stats {
 pub(crate) struct ArenaCounters {
     pub allocations: [AtomicU64; CLASS_COUNT],
     pub frees: [AtomicU64; CLASS_COUNT],
+    /// Runs in the arena's large cache, and their pages.
+    large_cached: AtomicUsize,
+    large_cached_pages: AtomicUsize,
 }
 
 impl ArenaCounters {
@@ -164,5 +174,13 @@ impl ArenaCounters {
             class.allocations += self.allocations[index].load(Ordering::Relaxed);
             class.frees += self.frees[index].load(Ordering::Relaxed);
         }
+        stats.large_cached += self.large_cached.load(Ordering::Relaxed);
+        stats.large_cached_bytes += self.large_cached_pages.load(Ordering::Relaxed) * crate::config::PAGE;
+    }
+
+    /// Records what the arena's large cache holds now (owner only).
+    pub(crate) fn note_large_cache(&self, runs: usize, pages: usize) {
+        self.large_cached.store(runs, Ordering::Relaxed);
+        self.large_cached_pages.store(pages, Ordering::Relaxed);
     }
 }

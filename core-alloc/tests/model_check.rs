@@ -24,6 +24,8 @@
 //!   slabs in a span (remote frees, abandonment, release to the fit heap), fit blocks.
 //! - `compact_full_slab_page_vs_owner_refills`: remote frees into a FULL slab page (the
 //!   owner's delayed list) racing the owner's refills, which drain it.
+//! - `large_cache_double_free_and_collect`: the arenas' large caches, the `owner` exchange
+//!   that decides between two frees of one large run, collect giving cached runs back.
 #![cfg(feature = "shuttle")]
 
 use std::ptr::NonNull;
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use core_alloc::size_class::{class_for, slab_capacity};
 use core_alloc::testkit::shuttle::{self, thread};
 use core_alloc::testkit::{SimProvider, TestPlatform};
-use core_alloc::{Allocator, MisuseReport};
+use core_alloc::{Allocator, Misuse, MisuseReport};
 use platform::Platform;
 
 type Heap = Allocator<SimProvider, TestPlatform>;
@@ -309,6 +311,65 @@ fn chunk_map_under_churn() {
 #[test]
 fn model_chunk_map_under_churn() {
     explore(chunk_map_under_churn);
+}
+
+/// Double frees reported in the current schedule.
+static DOUBLE_FREES: AtomicUsize = AtomicUsize::new(0);
+
+fn count_double_free(report: &MisuseReport) {
+    assert_eq!(report.kind, Misuse::DoubleFree, "the allocator reported a misuse nobody made: {report:?}");
+    DOUBLE_FREES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The arenas' large caches (issue 10): two slots free one large block at once (a double
+/// free: exactly one wins the run's exchange and caches it, the other is told), while a
+/// third frees another large block, takes its run back for a smaller request and frees it
+/// again, and a fourth allocates and frees large blocks and collects. Then the two racers
+/// take runs from their caches, and everything goes back.
+fn large_cache_double_free_and_collect() {
+    DOUBLE_FREES.store(0, Ordering::Relaxed);
+    let heap = Arc::new(
+        Allocator::new(SimProvider::new(8), TestPlatform::new()).with_misuse_hook(count_double_free),
+    );
+    TestPlatform::enter(0);
+    let shared = allocate(&heap, 64_000);
+    let other = allocate(&heap, 100_000);
+    let racers = [1, 2].map(|slot| spawn(&heap, slot, move |heap| free(heap, shared)));
+    let reuser = spawn(&heap, 3, move |heap| {
+        free(heap, other);
+        let again = allocate(heap, 90_000);
+        assert_eq!(again, other, "the cached run did not serve a request it fits");
+        free(heap, again);
+    });
+    let collector = spawn(&heap, 4, |heap| {
+        for size in [40_000, 200_000] {
+            let block = allocate(heap, size);
+            free(heap, block);
+            heap.collect();
+        }
+    });
+    for racer in racers {
+        racer.join().unwrap();
+    }
+    assert_eq!(DOUBLE_FREES.load(Ordering::Relaxed), 1, "one of two frees of a block must be reported");
+    let phase_two = [1, 2].map(|slot| {
+        spawn(&heap, slot, |heap| {
+            let block = allocate(heap, 60_000);
+            free(heap, block);
+        })
+    });
+    reuser.join().unwrap();
+    collector.join().unwrap();
+    for thread in phase_two {
+        thread.join().unwrap();
+    }
+    free_all_and_check(&heap, Vec::new(), &[]);
+    assert_eq!(heap.stats().large_cached, 0, "collect left large runs cached");
+}
+
+#[test]
+fn model_large_cache_double_free_and_collect() {
+    explore(large_cache_double_free_and_collect);
 }
 
 type CompactHeap = Allocator<page_provider::fixed::FixedRegion, TestPlatform>;
