@@ -65,7 +65,7 @@ pub(crate) struct Run {
     pub bump: u32,
     /// Slab: chunk offset past the last block.
     pub end: u32,
-    /// Slab: the block size. Large: the usable size in bytes.
+    /// Slab: the block size. (A large run's usable size is its pages.)
     pub block_size: u32,
     /// Slab: the size class.
     pub class: u8,
@@ -74,7 +74,8 @@ pub(crate) struct Run {
     /// Slab: which list of its owner holds it (`LIST_*`); owner-only.
     pub list: u8,
     _padding: u8,
-    /// Slab: the slot of the arena that owns it, or `NO_OWNER`.
+    /// Slab: the slot of the arena that owns it, or `NO_OWNER`. Large: `NO_OWNER` while its
+    /// block is live, `LARGE_FREED` once freed (see `large_cache`).
     pub owner: AtomicU16,
     /// The first page of the run.
     pub first_page: u16,
