@@ -18,7 +18,7 @@ use page_provider::PageProvider;
 use platform::{MAX_SLOTS, Platform};
 
 use crate::arena::Arena;
-use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, page_address, run_of};
+use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, page_address, run_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT};
 use crate::heap::{Heap, Release};
@@ -554,7 +554,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
 
     /// Carves a page run from the central heap, getting a new chunk from the provider
     /// (outside the lock) when no chunk the heap holds has room. Call inside a slot closure.
-    pub(crate) fn take_run(&self, pages: usize, align_pages: usize, kind: u8) -> Option<(*mut Run, bool)> {
+    pub(crate) fn take_run(
+        &self,
+        pages: usize,
+        align_pages: usize,
+        kind: RunKind,
+    ) -> Option<(*mut Run, bool)> {
         if P::MAY_CLAIM_SPAN && self.mode.compact() {
             debug_assert!(kind == RUN_SLAB && pages >= 1);
             return self.take_slab_page();

@@ -43,7 +43,7 @@ use page_provider::PageProvider;
 use platform::Platform;
 
 use crate::allocator::Allocator;
-use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, RUN_SLAB, Run};
+use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, ListTag, RUN_SLAB, Run};
 use crate::config::ARENA_ALIGN;
 use crate::large_cache::LargeCache;
 use crate::size_class::{CLASS_COUNT, slab_pages};
@@ -119,7 +119,7 @@ static_assertions::const_assert!(core::mem::align_of::<Arena>() <= ARENA_ALIGN);
 /// # Safety
 ///
 /// The caller owns the run and the list; the run is on no list.
-unsafe fn push_front(list: *mut *mut Run, run: *mut Run, tag: u8) {
+unsafe fn push_front(list: *mut *mut Run, run: *mut Run, tag: ListTag) {
     // SAFETY: owner-only list fields (caller).
     unsafe {
         (*run).prev = ptr::null_mut();

@@ -29,24 +29,35 @@ use page_provider::bitmap::Bitmap;
 
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, PAGE, PAGE_SHIFT, PAGES_PER_CHUNK, RUNS_PER_CHUNK};
 
+/// What a run descriptor describes. A byte, so that a descriptor read through a misused
+/// pointer holds some kind (possibly none of these) rather than an invalid value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(transparent)]
+pub(crate) struct RunKind(u8);
+
 /// A run descriptor that describes nothing.
-pub(crate) const RUN_FREE: u8 = 0;
+pub(crate) const RUN_FREE: RunKind = RunKind(0);
 /// A slab: `pages` pages carved into blocks of one size class.
-pub(crate) const RUN_SLAB: u8 = 1;
+pub(crate) const RUN_SLAB: RunKind = RunKind(1);
 /// A large allocation: `pages` pages handed out whole.
-pub(crate) const RUN_LARGE: u8 = 2;
+pub(crate) const RUN_LARGE: RunKind = RunKind(2);
+
+/// Which list holds a slab (its owner's bin lists, or the central orphan lists).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(transparent)]
+pub(crate) struct ListTag(u8);
 
 /// A slab held by no arena list (being set up, or released).
-pub(crate) const LIST_NONE: u8 = 0;
+pub(crate) const LIST_NONE: ListTag = ListTag(0);
 /// The slab its bin allocates from.
-pub(crate) const LIST_CURRENT: u8 = 1;
+pub(crate) const LIST_CURRENT: ListTag = ListTag(1);
 /// A slab with free blocks, waiting in its bin's partial list.
-pub(crate) const LIST_PARTIAL: u8 = 2;
+pub(crate) const LIST_PARTIAL: ListTag = ListTag(2);
 /// A slab with no free block the owner knows of, in its bin's full list.
-pub(crate) const LIST_FULL: u8 = 3;
+pub(crate) const LIST_FULL: ListTag = ListTag(3);
 /// An abandoned slab on the central heap's orphan list of its class, waiting for adoption
 /// or for its last block to be freed; touched only under the central lock.
-pub(crate) const LIST_ORPHAN: u8 = 4;
+pub(crate) const LIST_ORPHAN: ListTag = ListTag(4);
 
 /// The owner value of a slab that no arena owns (abandoned by an exiting thread).
 pub(crate) const NO_OWNER: u16 = u16::MAX;
@@ -70,9 +81,9 @@ pub(crate) struct Run {
     /// Slab: the size class.
     pub class: u8,
     /// `RUN_FREE`, `RUN_SLAB` or `RUN_LARGE`.
-    pub kind: u8,
+    pub kind: RunKind,
     /// Slab: which list of its owner holds it (`LIST_*`); owner-only.
-    pub list: u8,
+    pub list: ListTag,
     _padding: u8,
     /// Slab: the slot of the arena that owns it, or `NO_OWNER`. Large: `NO_OWNER` while its
     /// block is live, `LARGE_FREED` once freed (see `large_cache`).
@@ -246,7 +257,7 @@ impl ChunkHeader {
         chunk: *mut ChunkHeader,
         pages: usize,
         align_pages: usize,
-        kind: u8,
+        kind: RunKind,
     ) -> Option<(*mut Run, bool)> {
         // SAFETY: the caller holds the heap lock, which guards every field used here except
         // the chosen descriptor, which is unused and so touched by nobody else.

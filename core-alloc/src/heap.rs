@@ -29,7 +29,8 @@ use core::ptr::{self, NonNull};
 use page_provider::PageProvider;
 
 use crate::chunk::{
-    ChunkHeader, HEADER_PAGES, LIST_NONE, LIST_ORPHAN, RUN_LARGE, RUN_SLAB, Run, USABLE_PAGES, chunk_of,
+    ChunkHeader, HEADER_PAGES, LIST_NONE, LIST_ORPHAN, RUN_LARGE, RUN_SLAB, Run, RunKind, USABLE_PAGES,
+    chunk_of,
 };
 use crate::chunk_map::{
     ChunkMap, KIND_HUGE, KIND_HUGE_TAIL, KIND_SLAB, NODE_BYTES, count_of, entry, kind_of,
@@ -296,7 +297,7 @@ impl Heap {
         &mut self,
         pages: usize,
         align_pages: usize,
-        kind: u8,
+        kind: RunKind,
     ) -> Option<(*mut Run, bool)> {
         debug_assert!((1..=USABLE_PAGES).contains(&pages) && align_pages.is_power_of_two());
         for bucket in bucket_of(pages)..BUCKETS {
@@ -330,7 +331,7 @@ impl Heap {
         chunk: *mut ChunkHeader,
         pages: usize,
         align_pages: usize,
-        kind: u8,
+        kind: RunKind,
     ) -> Option<(*mut Run, bool)> {
         // SAFETY: the caller's promise; the lock is held.
         unsafe {
@@ -351,7 +352,7 @@ impl Heap {
     }
 
     /// Counts a run just carved: large runs are live allocations in the statistics.
-    fn count_carved(&mut self, kind: u8, pages: usize) {
+    fn count_carved(&mut self, kind: RunKind, pages: usize) {
         if kind == RUN_LARGE {
             self.counters.large_live += 1;
             self.counters.large_live_bytes += pages * PAGE;
@@ -372,7 +373,7 @@ impl Heap {
         chunk: *mut ChunkHeader,
         pages: usize,
         align_pages: usize,
-        kind: u8,
+        kind: RunKind,
         provider: &P,
         map: &ChunkMap,
     ) -> Result<Option<(*mut Run, bool)>, ()> {
