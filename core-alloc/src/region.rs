@@ -567,10 +567,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// The failure to report for a request of `size` bytes at `align` that found nothing:
-    /// records it and calls the hook.
+    /// records it and calls the hook. Called inside a slot closure or outside one, so it takes
+    /// no slot itself (a platform whose slots are locks would deadlock on a second one), only
+    /// the central lock.
     #[cold]
     pub(crate) fn failed(&self, size: usize, align: usize) {
-        let report = self.platform.with_slot(|_| {
+        let report = {
             let mut heap = self.lock_heap();
             let reason = match heap.region.as_mut() {
                 Some(region) => {
@@ -601,7 +603,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             heap.counters.failures.count(reason);
             heap.counters.failures.last = Some(report);
             report
-        });
+        };
         (self.failure_hook)(&report);
     }
 }

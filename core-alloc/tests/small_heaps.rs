@@ -355,3 +355,34 @@ fn remote_frees_into_a_full_slab_page_are_drained_in_compact_mode() {
     assert_eq!(heap.stats().live_allocations(), 0);
     heap.check_invariants().unwrap();
 }
+
+/// A failed allocation is recorded without taking a second slot inside the first: a platform
+/// whose slots are locks (the testkit's, like a kernel's one slot per CPU without levels)
+/// deadlocked when a tiny span had no room for the arena (found by the fuzzer). Runs in a
+/// thread, so that a deadlock fails the test instead of hanging it.
+#[test]
+fn failures_are_recorded_inside_a_slot_without_taking_another() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for bytes in [512, 1024, 2048, 4096, 8192, 16384] {
+            let span = vec![0u128; bytes / 16].leak();
+            // SAFETY: the leaked, zeroed span is used by this heap alone.
+            let region = unsafe { FixedRegion::<1>::new(span.as_mut_ptr().cast(), bytes, true) };
+            let heap = Allocator::new(region, core_alloc::testkit::TestPlatform::new());
+            let mut blocks = Vec::new();
+            while let Some(block) = heap.allocate(24, 8) {
+                blocks.push(block);
+            }
+            assert!(heap.stats().heap.failures.last.is_some(), "{bytes}-byte span: no reason");
+            assert!(heap.allocate(100_000, 8).is_none());
+            for block in blocks {
+                // SAFETY: live blocks of this heap.
+                unsafe { heap.free(block) };
+            }
+        }
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("an allocation that failed never returned (a slot taken twice?)");
+}
