@@ -233,7 +233,8 @@ impl ChunkHeader {
         // fields are plain data or atomics for which zero bytes are valid values.
         unsafe {
             if !zeroed {
-                ptr::write_bytes(chunk.cast::<u8>(), 0, HEADER_PAGES * PAGE);
+                // The header only: the rest of its pages holds nothing.
+                ptr::write_bytes(chunk.cast::<u8>(), 0, core::mem::size_of::<ChunkHeader>());
             }
             (*chunk).free_pages.set_range(HEADER_PAGES, USABLE_PAGES, true);
             (*chunk).dirty_pages.set_range(0, if zeroed { HEADER_PAGES } else { PAGES_PER_CHUNK }, true);

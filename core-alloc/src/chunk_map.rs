@@ -1,6 +1,7 @@
 //! A map from every chunk the allocator holds to what it is, over the whole 64-bit address
-//! space (no 48-bit assumption): a four-level radix tree indexed by `address >> 21`, with
-//! 16 KiB nodes allocated from metadata memory as the heap spreads, never freed.
+//! space (no 48-bit assumption): a radix tree indexed by `address >> 21`, a static root and
+//! four levels of 4 KiB nodes allocated from metadata memory as the heap spreads, never
+//! freed (a heap in one place needs four: 16 KiB, zeroed before its first allocation).
 //!
 //! It answers "is this pointer ours, and what is it" without touching the pointed-to memory:
 //! huge frees (whose first chunk has no header) and checked builds use it. The fast paths
@@ -15,11 +16,13 @@ use core::ptr::{self, NonNull};
 use crate::config::CHUNK_SHIFT;
 
 /// Bits of chunk index resolved by each interior level and by the leaves.
-const LEVEL_BITS: u32 = 11;
+pub(crate) const LEVEL_BITS: u32 = 9;
+/// Levels of nodes below the root: three interior levels and the leaves.
+const NODE_LEVELS: u32 = 4;
 /// Entries in a node.
 const FANOUT: usize = 1 << LEVEL_BITS;
-/// Bits of chunk index resolved by the root (64 - 21 - 3 * 11 = 10).
-const ROOT_BITS: u32 = usize::BITS - CHUNK_SHIFT - 3 * LEVEL_BITS;
+/// Bits of chunk index resolved by the root (64 - 21 - 4 * 9 = 7).
+const ROOT_BITS: u32 = usize::BITS - CHUNK_SHIFT - NODE_LEVELS * LEVEL_BITS;
 /// Bytes in an interior node or a leaf.
 pub(crate) const NODE_BYTES: usize = FANOUT * 8;
 
@@ -56,12 +59,13 @@ impl ChunkMap {
         Self { root: [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS] }
     }
 
-    /// The path through the tree for `address`: root, two interior and one leaf index.
-    fn path(address: usize) -> [usize; 4] {
+    /// The path through the tree for `address`: root, three interior and one leaf index.
+    fn path(address: usize) -> [usize; 5] {
         let index = address >> CHUNK_SHIFT;
         let mask = FANOUT - 1;
         [
-            index >> (3 * LEVEL_BITS),
+            index >> (4 * LEVEL_BITS),
+            (index >> (3 * LEVEL_BITS)) & mask,
             (index >> (2 * LEVEL_BITS)) & mask,
             (index >> LEVEL_BITS) & mask,
             index & mask,
@@ -71,9 +75,9 @@ impl ChunkMap {
     /// The entry of the chunk containing `address`, 0 if the chunk is not ours.
     #[inline]
     pub(crate) fn get(&self, address: usize) -> u64 {
-        let [a, b, c, d] = Self::path(address);
+        let [a, b, c, d, e] = Self::path(address);
         let mut node = self.root[a].load(Ordering::Acquire);
-        for index in [b, c] {
+        for index in [b, c, d] {
             if node.is_null() {
                 return 0;
             }
@@ -84,8 +88,8 @@ impl ChunkMap {
         if node.is_null() {
             return 0;
         }
-        // SAFETY: the third level holds pointers to leaves, never freed.
-        unsafe { (*node.cast::<Leaf>())[d].load(Ordering::Acquire) }
+        // SAFETY: the last interior level holds pointers to leaves, never freed.
+        unsafe { (*node.cast::<Leaf>())[e].load(Ordering::Acquire) }
     }
 
     /// Sets the entry of the chunk containing `address`; returns false if a node was
@@ -101,9 +105,9 @@ impl ChunkMap {
         value: u64,
         new_node: &mut dyn FnMut() -> Option<NonNull<u8>>,
     ) -> bool {
-        let [a, b, c, d] = Self::path(address);
+        let [a, b, c, d, e] = Self::path(address);
         let mut slot = &self.root[a];
-        for index in [b, c] {
+        for index in [b, c, d] {
             let mut node = slot.load(Ordering::Acquire);
             if node.is_null() {
                 let Some(fresh) = new_node() else { return false };
@@ -121,7 +125,7 @@ impl ChunkMap {
             slot.store(leaf, Ordering::Release);
         }
         // SAFETY: `leaf` is a leaf node, never freed.
-        unsafe { (*leaf.cast::<Leaf>())[d].store(value, Ordering::Release) };
+        unsafe { (*leaf.cast::<Leaf>())[e].store(value, Ordering::Release) };
         true
     }
 }

@@ -42,9 +42,10 @@ use crate::slab;
 /// The largest huge allocation grown by remapping rather than copying, in chunks (4 GiB):
 /// its records fit in the metadata reserved before the move.
 pub(crate) const MAX_REMAP_CHUNKS: usize = 2048;
-/// Chunk-map nodes set aside before a remap: recording a run of up to `MAX_REMAP_CHUNKS`
-/// chunks (at most two leaves' worth) needs at most two new nodes per level below the root.
-pub(crate) const REMAP_NODES: usize = 6;
+/// Chunk-map nodes set aside before a remap: a run of up to `MAX_REMAP_CHUNKS` chunks spans
+/// at most `MAX_REMAP_CHUNKS / 512 + 1` leaves (512 entries each) and two nodes of each of the
+/// three interior levels above them (each covers far more than the run).
+pub(crate) const REMAP_NODES: usize = MAX_REMAP_CHUNKS / (1 << crate::chunk_map::LEVEL_BITS) + 1 + 3 * 2;
 
 /// Zeroed chunk-map nodes taken out of the heap for one caller's records, so that nobody
 /// else can use them while the caller works without the lock (a remap). What the caller
