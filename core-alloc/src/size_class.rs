@@ -65,9 +65,18 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if size > MAX_SMALL || align > PAGE {
         return None;
     }
+    if align <= 16 {
+        // The common case, without a search: every class above 1 KiB is at least 256-aligned,
+        // and the tables below name classes aligned enough.
+        return Some(if size <= LOOKUP_LIMIT {
+            ALIGNED_CLASS[(align >> 3) & 3][size.div_ceil(4)] as usize
+        } else {
+            class_index(size)
+        });
+    }
     let size = if size > align { size } else { align };
     let mut index =
-        if size <= LOOKUP_LIMIT { SMALL_CLASS[size.div_ceil(4)] as usize } else { class_index(size) };
+        if size <= LOOKUP_LIMIT { ALIGNED_CLASS[0][size.div_ceil(4)] as usize } else { class_index(size) };
     while (CLASS_ALIGN[index as u8 as usize] as usize) < align {
         // Terminates: the page-sized class (index < CLASS_COUNT) is page-aligned.
         index += 1;
@@ -78,13 +87,26 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
 /// Sizes up to this many bytes find their class in a table rather than by arithmetic.
 const LOOKUP_LIMIT: usize = 1024;
 
-/// The class of each size up to `LOOKUP_LIMIT`, by the size in 4-byte steps, rounded up.
-const SMALL_CLASS: [u8; LOOKUP_LIMIT / 4 + 1] = {
-    let mut table = [0u8; LOOKUP_LIMIT / 4 + 1];
-    let mut step = 0;
-    while step < table.len() {
-        table[step] = class_index(step * 4) as u8;
-        step += 1;
+/// The class of each size up to `LOOKUP_LIMIT`, by the size in 4-byte steps (rounded up),
+/// for alignments of at most 4 (row 0), 8 (row 1) and 16 (rows 2 and 3): the smallest class
+/// of at least that size (at least one byte) whose blocks have that alignment. Every class is
+/// a multiple of 4 bytes, so rounding the size up to one changes no answer.
+const ALIGNED_CLASS: [[u8; LOOKUP_LIMIT / 4 + 1]; 4] = {
+    let mut table = [[0u8; LOOKUP_LIMIT / 4 + 1]; 4];
+    let mut row = 0;
+    while row < 4 {
+        let align = [4, 8, 16, 16][row];
+        let mut step = 0;
+        while step < table[row].len() {
+            let size = if step == 0 { 1 } else { step * 4 };
+            let mut index = class_index(size);
+            while class_align(index) < align {
+                index += 1;
+            }
+            table[row][step] = index as u8;
+            step += 1;
+        }
+        row += 1;
     }
     table
 };
