@@ -377,6 +377,14 @@ impl ChunkHeader {
                     if page < first || page >= first + (*run).pages as usize {
                         return Err("a page is mapped to a run that does not cover it");
                     }
+                    // A large run is live or freed (see `large_cache`), never a slot number.
+                    let owner = (*run).owner.load(Ordering::Relaxed);
+                    if (*run).kind == RUN_LARGE
+                        && owner != NO_OWNER
+                        && owner != crate::large_cache::LARGE_FREED
+                    {
+                        return Err("a large run's owner word is neither live nor freed");
+                    }
                 }
             }
         }

@@ -24,8 +24,12 @@
 //! the central heap), and every free of a large run first exchanges `NO_OWNER` for
 //! `LARGE_FREED`, so of two frees of one run exactly one wins and the other is reported. A
 //! run taken from the cache is live again (`NO_OWNER`) before its block is handed out; the
-//! central heap sets `NO_OWNER` when it carves a large run. (Model check:
-//! `tests/model_check.rs`, `model_large_cache_double_free_and_collect`.)
+//! central heap sets `NO_OWNER` when it carves a large run (`check_invariants` checks that a
+//! large run's word is one of the two). A second free that arrives after the run was handed
+//! out again, from the cache or carved anew, cannot be told from a free of the new block: as
+//! before the cache, double frees are caught while the run stays freed. (Model check:
+//! `tests/model_check.rs`, `model_large_cache_double_free_and_collect`; the checker found that
+//! limit when a scenario let the run be reused before the second free.)
 
 use core::ptr;
 

@@ -324,8 +324,9 @@ fn count_double_free(report: &MisuseReport) {
 /// The arenas' large caches (issue 10): two slots free one large block at once (a double
 /// free: exactly one wins the run's exchange and caches it, the other is told), while a
 /// third frees another large block, takes its run back for a smaller request and frees it
-/// again, and a fourth allocates and frees large blocks and collects. Then the two racers
-/// take runs from their caches, and everything goes back.
+/// again, and a fourth allocates and frees large blocks and collects. Then the racers' slots
+/// are given up (the winner's cache flushed to the central heap) while the third and fourth
+/// may still run, new holders allocate and free, and everything goes back.
 fn large_cache_double_free_and_collect() {
     DOUBLE_FREES.store(0, Ordering::Relaxed);
     let heap = Arc::new(
@@ -352,8 +353,13 @@ fn large_cache_double_free_and_collect() {
         racer.join().unwrap();
     }
     assert_eq!(DOUBLE_FREES.load(Ordering::Relaxed), 1, "one of two frees of a block must be reported");
+    // Once both frees are done (a double free that came after the run went back to the
+    // central heap and was carved again could not be told from a free of the new block), the
+    // racers' slots are given up, the winner's cache going back to the central heap while the
+    // reuser and the collector work; then new holders of the slots use them.
     let phase_two = [1, 2].map(|slot| {
         spawn(&heap, slot, |heap| {
+            exit_slot(heap);
             let block = allocate(heap, 60_000);
             free(heap, block);
         })
