@@ -348,7 +348,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let emptied = slab::push_local(run, block);
             // The current slab stays put, empty or not: a loop that allocates and frees one
             // block never leaves this path.
-            if (*run).list != LIST_CURRENT && (emptied || (*run).list == LIST_FULL) {
+            if (*run).list.moves_after_local_free(emptied) {
                 self.after_local_free(arena, run, emptied);
             }
         }

@@ -59,6 +59,21 @@ pub(crate) const LIST_FULL: ListTag = ListTag(3);
 /// or for its last block to be freed; touched only under the central lock.
 pub(crate) const LIST_ORPHAN: ListTag = ListTag(4);
 
+impl ListTag {
+    /// Whether a local free into a slab its owner holds on this list (current, partial or
+    /// full) needs the list changed: the slab left the full list, or a partial slab
+    /// `emptied`. The current slab stays put either way. One add and one compare on the free
+    /// path, from the tag values (checked below).
+    #[inline(always)]
+    pub(crate) fn moves_after_local_free(self, emptied: bool) -> bool {
+        debug_assert!(self == LIST_CURRENT || self == LIST_PARTIAL || self == LIST_FULL);
+        self.0 + u8::from(emptied) >= LIST_FULL.0
+    }
+}
+
+// `moves_after_local_free`: current + 1 stays below full, partial + 1 reaches it.
+const _: () = assert!(LIST_CURRENT.0 + 1 < LIST_FULL.0 && LIST_PARTIAL.0 + 1 == LIST_FULL.0);
+
 /// The owner value of a slab that no arena owns (abandoned by an exiting thread).
 pub(crate) const NO_OWNER: u16 = u16::MAX;
 

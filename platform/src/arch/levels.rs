@@ -6,6 +6,14 @@
 //! the read and the raise runs to completion at level L first and leaves the word at L. At
 //! the last level the caller masks interrupts instead (nothing can then interrupt it).
 //!
+//! The word encodes level L as `base + L * step`. x86-64 keeps the slot itself in it
+//! (`base` the CPU index, `step` `MAX_CPUS`), so a closure uses the value it read as its slot
+//! with no arithmetic: one load, a compare and one store in, one store out; a CPU that never
+//! ran `init_cpu` reads a word at or past `last` and so reaches the masked path, where the
+//! platform checks the CPU: the fast path pays nothing for that check. AArch64 keeps the bare
+//! level (`base` 0, `step` 1) and adds the CPU index itself: the same pair measured about 10%
+//! slower under QEMU with the slot in the word (fewer instructions; the cause was not found).
+//!
 //! Concurrency: a CPU's word is touched only by that CPU, with single loads and stores; the
 //! compiler fences keep the closure's accesses between the raise and the restore (the CPU
 //! keeps program order for its own interrupt handlers). The tests below inject interrupts
@@ -18,10 +26,10 @@ use core::sync::atomic::{Ordering, compiler_fence};
 
 /// A CPU's level word: only that CPU reads and writes it.
 pub(crate) trait LevelWord {
-    /// The closures open on this CPU.
+    /// The slot the next closure on this CPU takes.
     fn load(&self) -> usize;
-    /// Sets the closures open on this CPU.
-    fn store(&self, level: usize);
+    /// Sets the slot the next closure on this CPU takes.
+    fn store(&self, value: usize);
 }
 
 impl<W: LevelWord> LevelWord for &W {
@@ -31,16 +39,17 @@ impl<W: LevelWord> LevelWord for &W {
     }
 
     #[inline(always)]
-    fn store(&self, level: usize) {
-        (**self).store(level);
+    fn store(&self, value: usize) {
+        (**self).store(value);
     }
 }
 
-/// What a slot closure holds while it runs: its raised level (restored on drop, even if
-/// the closure unwinds), or the mask guard of the last level.
+/// What a slot closure holds while it runs: the word's value before it, stored back on
+/// drop (even if the closure unwinds), or at the last level (where the word was not
+/// raised) the mask guard.
 pub(crate) enum Held<W: LevelWord, G> {
-    /// The level word was raised from `level`; dropping this restores it.
-    Level { word: W, level: usize },
+    /// The word was raised from `value`; dropping this restores it.
+    Level { word: W, value: usize },
     /// The last level, with interrupts masked until the guard drops.
     Masked(G),
 }
@@ -48,31 +57,38 @@ pub(crate) enum Held<W: LevelWord, G> {
 impl<W: LevelWord, G> Drop for Held<W, G> {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Held::Level { word, level } = self {
+        if let Held::Level { word, value } = self {
             compiler_fence(Ordering::SeqCst);
-            word.store(*level);
+            word.store(*value);
         }
     }
 }
 
-/// Takes the calling CPU's next level: returns it and what to hold while using its slot.
-/// When only the last level is left, returns it with the guard `mask()` gives, which must
-/// keep interrupts masked until it drops. One call site for the closure that follows keeps
-/// it inlined without spilling its captures.
+/// Takes the calling CPU's next level: returns the word's value (see the module
+/// documentation) and what to hold while using it. A value at or past `last` (the last
+/// level's, or a CPU the platform does not know) returns with the guard `mask()` gives,
+/// which must keep interrupts masked until it drops; a word past the last level's (`last +
+/// step` or more: only an unknown CPU's) is the platform's to refuse there (a panic), since
+/// the value returned is capped at the last level's. Otherwise the word is raised by `step`. One call site for the closure that follows
+/// keeps it inlined without spilling its captures.
 #[inline(always)]
 pub(crate) fn enter<W: LevelWord, G>(
     word: W,
-    levels: usize,
+    last: usize,
+    step: usize,
     mask: impl FnOnce() -> G,
 ) -> (usize, Held<W, G>) {
-    let level = word.load();
-    if level >= levels - 1 {
+    let value = word.load();
+    if value >= last {
         core::hint::cold_path();
-        return (levels - 1, Held::Masked(mask()));
+        let guard = mask();
+        // The last level's value is below `last + step` (its base is below `step`), and
+        // `mask` refused a word past it: saying so spares callers a bounds check.
+        return (value.min(last + step - 1), Held::Masked(guard));
     }
-    word.store(level + 1);
+    word.store(value + step);
     compiler_fence(Ordering::SeqCst);
-    (level, Held::Level { word, level })
+    (value, Held::Level { word, value })
 }
 
 #[cfg(test)]

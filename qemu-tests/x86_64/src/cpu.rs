@@ -128,27 +128,32 @@ const IA32_GS_BASE: u32 = 0xC000_0101;
 
 /// With the GS base back at 0 for a moment (as on a CPU that never ran `init_cpu`), the
 /// platform reaches its uninitialised record instead of faulting at a low address: the CPU
-/// index reads `usize::MAX` (so `KernelPlatform` panics naming `init_cpu`), and a guard
-/// masks interrupts and does not unmask them. Boot CPU, interrupts masked, no timer.
+/// index reads `usize::MAX` (so `KernelPlatform`, sent to its masked path by the record's
+/// slot word, panics naming `init_cpu`), `allocator_depth()` reads 0, and a guard masks
+/// interrupts and does not unmask them. Boot CPU, interrupts masked, no timer.
 pub(crate) fn uninitialized_cpu_is_detected() -> qemu_suite::Outcome {
-    use platform::arch::x86_64::{InterruptGuard, cpu_initialized, current_cpu_racy, interrupts_enabled};
+    use platform::arch::x86_64::{
+        InterruptGuard, allocator_depth, cpu_initialized, current_cpu_racy, interrupts_enabled,
+    };
     let _outer = InterruptGuard::new();
     // SAFETY: IA32_GS_BASE exists on every x86-64 CPU.
     let base = unsafe { rdmsr(IA32_GS_BASE) };
     // SAFETY: interrupts are masked and nothing on this CPU uses the GS base until it is
     // restored below; the platform's accesses with GS base 0 hit a static of its own.
-    let (index, initialized, masked_after_guard) = unsafe {
+    let (index, initialized, depth, masked_after_guard) = unsafe {
         wrmsr(IA32_GS_BASE, 0);
         let index = current_cpu_racy();
         let initialized = cpu_initialized();
+        let depth = allocator_depth();
         drop(InterruptGuard::new());
         let masked = !interrupts_enabled();
         wrmsr(IA32_GS_BASE, base);
-        (index, initialized, masked)
+        (index, initialized, depth, masked)
     };
-    if index != usize::MAX || initialized || !masked_after_guard {
+    if index != usize::MAX || initialized || depth != 0 || !masked_after_guard {
         return Err(alloc::format!(
-            "with GS base 0: index {index:#x}, initialised {initialized}, masked after a guard {masked_after_guard}"
+            "with GS base 0: index {index:#x}, initialised {initialized}, depth {depth}, masked after a \
+             guard {masked_after_guard}"
         ));
     }
     if !cpu_initialized() || current_cpu_racy() != 0 {

@@ -46,7 +46,7 @@ pub(super) fn current_mask_depth() -> &'static MaskDepth {
 pub unsafe fn init_cpu(index: usize) {
     assert!(index < MAX_CPUS, "CPU index {index} is not below MAX_CPUS ({MAX_CPUS})");
     MASK_DEPTHS[index].reset();
-    LEVEL_BY_CPU[index].store(0, core::sync::atomic::Ordering::Relaxed);
+    LEVEL_BY_CPU[index].0.store(0, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: TPIDR_EL1 is a software-only register that the caller hands over to us.
     unsafe {
         // A system register write: no memory, no stack, flags untouched.
@@ -96,15 +96,21 @@ const _: () = assert!(MAX_CPUS * LEVELS <= crate::MAX_SLOTS);
 /// that never ran `init_cpu`, which the platform refuses before touching it). Only the
 /// owning CPU reads or writes its entry: relaxed loads and stores, ordered against the
 /// closure's own accesses by compiler fences (interrupts on one CPU see its program order).
-static LEVEL_BY_CPU: [core::sync::atomic::AtomicUsize; MAX_CPUS + 1] =
-    [const { core::sync::atomic::AtomicUsize::new(0) }; MAX_CPUS + 1];
+/// Each entry has a cache line of its own (128 bytes, the largest line AArch64 systems
+/// have): every allocation and free writes it twice.
+static LEVEL_BY_CPU: [LevelWord; MAX_CPUS + 1] =
+    [const { LevelWord(core::sync::atomic::AtomicUsize::new(0)) }; MAX_CPUS + 1];
+
+/// A CPU's level, alone on its cache line.
+#[repr(C, align(128))]
+struct LevelWord(core::sync::atomic::AtomicUsize);
 
 /// The calling CPU's open [`KernelPlatform`] slot closures (0 outside the allocator). A
 /// kernel that switches tasks from interrupt handlers must not switch away from a task
 /// while this is above 0 on its CPU (see [`KernelPlatform`]).
 #[inline(always)]
 pub fn allocator_depth() -> usize {
-    LEVEL_BY_CPU[current_cpu_racy().min(MAX_CPUS)].load(core::sync::atomic::Ordering::Relaxed)
+    LEVEL_BY_CPU[current_cpu_racy().min(MAX_CPUS)].0.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// The kernel's [`Platform`], without masking interrupts on the fast path: a CPU has
@@ -171,8 +177,10 @@ unsafe impl Platform for KernelPlatform {
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         let index = current_cpu_racy();
         assert!(index < MAX_CPUS, "this CPU never called init_cpu");
-        let word = CpuLevel(&LEVEL_BY_CPU[index]);
-        let (level, _held) = crate::arch::levels::enter(word, LEVELS, InterruptGuard::new);
+        let word = CpuLevel(&LEVEL_BY_CPU[index].0);
+        // The word counts levels (step 1) here: x86-64 keeps the slot in it instead, but
+        // AArch64 under QEMU ran the pair slower that way (see `arch/levels.rs`).
+        let (level, _held) = crate::arch::levels::enter(word, LEVELS - 1, 1, InterruptGuard::new);
         f(index + level * MAX_CPUS)
     }
 

@@ -2,7 +2,9 @@
 //! an interrupt may arrive at any load or store of the level word and at points inside a
 //! closure (also inside another interrupt's closure), each interrupt handler allocating
 //! again; the masked last level takes no interrupt. Every open closure must hold a level no
-//! other open closure holds, and the word must be back at 0 at the end.
+//! other open closure holds, and the word must be back where it started at the end. The
+//! word encodes levels as the platforms do: level L at `base + L * step`, with the x86-64
+//! encoding (the slot: CPU 3 of 8) and the AArch64 one (the bare level).
 
 extern crate std;
 
@@ -12,11 +14,16 @@ use std::vec::Vec;
 use super::{LevelWord, enter};
 
 const LEVELS: usize = 4;
+/// Word encodings `(base, step)`: level L is `base + L * step`.
+const ENCODINGS: [(usize, usize); 2] = [(3, 8), (0, 1)];
 /// Interrupt arrival points a run can have (more than any run reaches).
 const POINTS: usize = 64;
 
 struct Cpu {
     word: Cell<usize>,
+    /// The word's encoding.
+    base: usize,
+    step: usize,
     /// Levels held by open closures.
     held: RefCell<[bool; LEVELS]>,
     /// Interrupts masked (the last level's closure).
@@ -42,8 +49,10 @@ impl Cpu {
 
     /// One allocation: a slot closure with arrival points inside it.
     fn allocate(&self) {
-        let (level, _held) = enter(self, LEVELS, || Masked::new(&self.masked));
-        self.hold(level);
+        let last = self.base + (LEVELS - 1) * self.step;
+        let (value, _held) = enter(self, last, self.step, || Masked::new(&self.masked));
+        assert_eq!(value % self.step, self.base % self.step, "word {value} is not this CPU's");
+        self.hold((value - self.base) / self.step);
     }
 
     fn hold(&self, level: usize) {
@@ -88,9 +97,11 @@ impl LevelWord for Cpu {
     }
 }
 
-fn run(fire: &[usize]) -> (usize, [usize; LEVELS]) {
+fn run(fire: &[usize], (base, step): (usize, usize)) -> (usize, [usize; LEVELS]) {
     let cpu = Cpu {
-        word: Cell::new(0),
+        word: Cell::new(base),
+        base,
+        step,
         held: RefCell::new([false; LEVELS]),
         masked: Cell::new(false),
         point: Cell::new(0),
@@ -99,7 +110,7 @@ fn run(fire: &[usize]) -> (usize, [usize; LEVELS]) {
         runs: RefCell::new([0; LEVELS]),
     };
     cpu.allocate();
-    assert_eq!(cpu.word.get(), 0, "the level word was not restored (schedule {fire:?})");
+    assert_eq!(cpu.word.get(), base, "the level word was not restored (schedule {fire:?})");
     assert!(cpu.point.get() < POINTS, "a run has more arrival points than the schedules cover");
     let runs = *cpu.runs.borrow();
     (cpu.fired.get(), runs)
@@ -108,37 +119,67 @@ fn run(fire: &[usize]) -> (usize, [usize; LEVELS]) {
 #[test]
 #[cfg_attr(miri, ignore = "45,760 schedules take many minutes interpreted; the logic is safe code")]
 fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
-    let mut schedules = 0;
-    let mut reached = [0usize; LEVELS];
-    let mut masked_runs = 0;
-    for a in 0..POINTS {
-        for b in a..POINTS {
-            for c in b..POINTS {
-                let fire: Vec<usize> = [a, b, c].into_iter().collect();
-                let (fired, runs) = run(&fire);
-                schedules += 1;
-                for (level, &count) in runs.iter().enumerate() {
-                    reached[level] += usize::from(count > 0);
+    for encoding in ENCODINGS {
+        let mut schedules = 0;
+        let mut reached = [0usize; LEVELS];
+        let mut masked_runs = 0;
+        for a in 0..POINTS {
+            for b in a..POINTS {
+                for c in b..POINTS {
+                    let fire: Vec<usize> = [a, b, c].into_iter().collect();
+                    let (fired, runs) = run(&fire, encoding);
+                    schedules += 1;
+                    for (level, &count) in runs.iter().enumerate() {
+                        reached[level] += usize::from(count > 0);
+                    }
+                    masked_runs += usize::from(runs[LEVELS - 1] > 0);
+                    assert!(fired <= 3);
                 }
-                masked_runs += usize::from(runs[LEVELS - 1] > 0);
-                assert!(fired <= 3);
             }
         }
+        // The schedules reach every level, the masked last one included.
+        assert!(reached.iter().all(|&count| count > 0), "levels reached: {reached:?}");
+        assert!(masked_runs > 0);
+        assert!(schedules > 40_000);
     }
-    // The schedules reach every level, the masked last one included.
-    assert!(reached.iter().all(|&count| count > 0), "levels reached: {reached:?}");
-    assert!(masked_runs > 0);
-    assert!(schedules > 40_000);
 }
 
 #[test]
 fn an_interrupt_between_the_read_and_the_raise_completes_at_the_same_level_first() {
     // Point 0 is the load of the word: the handler's closure takes level 0 and restores 0
     // before the interrupted closure raises the word and takes level 0 in turn.
-    let (fired, runs) = run(&[0]);
-    assert_eq!(fired, 1);
-    assert_eq!(runs, [2, 0, 0, 0]);
-    // Inside the closure (after the raise): the handler takes level 1.
-    let (_, runs) = run(&[3]);
-    assert_eq!(runs, [1, 1, 0, 0]);
+    for encoding in ENCODINGS {
+        let (fired, runs) = run(&[0], encoding);
+        assert_eq!(fired, 1);
+        assert_eq!(runs, [2, 0, 0, 0]);
+        // Inside the closure (after the raise): the handler takes level 1.
+        let (_, runs) = run(&[3], encoding);
+        assert_eq!(runs, [1, 1, 0, 0]);
+    }
+}
+
+#[test]
+fn a_word_past_the_last_level_takes_the_masked_path_and_is_left_alone() {
+    // A CPU the platform does not know reads usize::MAX: the mask closure (which refuses
+    // such a CPU on the platforms) runs, and the word is not raised nor changed.
+    let word = Cell::new(usize::MAX);
+    struct Word<'a>(&'a Cell<usize>);
+    impl LevelWord for Word<'_> {
+        fn load(&self) -> usize {
+            self.0.get()
+        }
+        fn store(&self, value: usize) {
+            self.0.set(value);
+        }
+    }
+    let masked = Cell::new(false);
+    {
+        let (slot, _held) = enter(Word(&word), 3 + (LEVELS - 1) * 8, 8, || Masked::new(&masked));
+        // Capped at the last level's range: the platform's mask closure refuses such a CPU.
+        assert!(slot < 3 + LEVELS * 8, "slot {slot}");
+        assert!(masked.get());
+        assert_eq!(word.get(), usize::MAX);
+    }
+    assert!(!masked.get());
+    assert_eq!(word.get(), usize::MAX);
 }

@@ -13,9 +13,10 @@
 //! field` (in 64-bit mode the GS base is added to the RIP-relative address), and `init_cpu`
 //! sets the GS base to `&RECORDS[i] - &UNINITIALIZED`, so an initialised CPU reaches its
 //! record. A CPU whose GS base is still 0 (as at reset, and as boot loaders leave it) reaches
-//! `UNINITIALIZED` itself, whose index is `usize::MAX`: [`KernelPlatform`] already checks the
-//! index against [`MAX_CPUS`] and panics saying that `init_cpu` was not called, and
-//! [`current_cpu_racy`] returns `usize::MAX`. Its guard depth starts near `2^62`, so guards
+//! `UNINITIALIZED` itself, whose index is `usize::MAX` and whose slot word is `usize::MAX`,
+//! past the last level: [`KernelPlatform`] then takes its masked path, which checks the index
+//! and panics saying that `init_cpu` was not called (the fast path pays nothing for the
+//! check), and [`current_cpu_racy`] returns `usize::MAX`. Its guard depth starts near `2^62`, so guards
 //! on such a CPU mask interrupts and never unmask them, whatever other uninitialised CPUs
 //! do to the shared count. Same instructions as absolute `gs:` offsets, same length.
 
@@ -42,9 +43,9 @@ pub(super) struct CpuRecord {
     pub(super) mask_depth: AtomicUsize,
     /// Offset 16: RFLAGS as it was when the outermost live guard was created.
     pub(super) saved_flags: AtomicUsize,
-    /// Offset 24: [`KernelPlatform`] slot closures open on this CPU: the level the next one
-    /// takes.
-    level: AtomicUsize,
+    /// Offset 24: the slot the next [`KernelPlatform`] closure on this CPU takes: the index
+    /// plus [`MAX_CPUS`] times the closures open (see `arch/levels.rs`).
+    slot: AtomicUsize,
 }
 
 /// `gs:` offset of [`CpuRecord::index`].
@@ -53,16 +54,17 @@ pub(super) const INDEX_OFFSET: usize = core::mem::offset_of!(CpuRecord, index);
 pub(super) const DEPTH_OFFSET: usize = core::mem::offset_of!(CpuRecord, mask_depth);
 /// `gs:` offset of [`CpuRecord::saved_flags`].
 pub(super) const FLAGS_OFFSET: usize = core::mem::offset_of!(CpuRecord, saved_flags);
-/// `gs:` offset of [`CpuRecord::level`].
-const LEVEL_OFFSET: usize = core::mem::offset_of!(CpuRecord, level);
+/// `gs:` offset of [`CpuRecord::slot`].
+const SLOT_OFFSET: usize = core::mem::offset_of!(CpuRecord, slot);
 
-/// The record a CPU with GS base 0 reaches: index `usize::MAX`, and a guard depth no
-/// number of guards brings to 0 (see the module documentation).
+/// The record a CPU with GS base 0 reaches: index `usize::MAX`, a guard depth no number of
+/// guards brings to 0 (see the module documentation), and a slot word past the last level,
+/// which sends [`KernelPlatform`] to its masked path, where it checks the CPU.
 pub(super) static UNINITIALIZED: CpuRecord = CpuRecord {
     index: AtomicUsize::new(usize::MAX),
     mask_depth: AtomicUsize::new(1 << 62),
     saved_flags: AtomicUsize::new(0),
-    level: AtomicUsize::new(0),
+    slot: AtomicUsize::new(usize::MAX),
 };
 
 static RECORDS: [CpuRecord; MAX_CPUS] = [const {
@@ -70,7 +72,7 @@ static RECORDS: [CpuRecord; MAX_CPUS] = [const {
         index: AtomicUsize::new(0),
         mask_depth: AtomicUsize::new(0),
         saved_flags: AtomicUsize::new(0),
-        level: AtomicUsize::new(0),
+        slot: AtomicUsize::new(0),
     }
 }; MAX_CPUS];
 
@@ -94,7 +96,7 @@ pub unsafe fn init_cpu(index: usize) {
     record.index.store(index, Ordering::Relaxed);
     record.mask_depth.store(0, Ordering::Relaxed);
     record.saved_flags.store(0, Ordering::Relaxed);
-    record.level.store(0, Ordering::Relaxed);
+    record.slot.store(index, Ordering::Relaxed);
     let base = (record as *const CpuRecord as u64).wrapping_sub(&raw const UNINITIALIZED as u64);
     // SAFETY: the caller runs this once per CPU before any `gs:` access of this module and
     // nobody else owns the GS base; the record is a static, so the base stays valid. The
@@ -151,38 +153,50 @@ const _: () = assert!(MAX_CPUS * LEVELS <= MAX_SLOTS);
 /// RFLAGS.IF: maskable interrupts are delivered.
 const RFLAGS_IF: usize = 1 << 9;
 
-/// The calling CPU's open [`KernelPlatform`] slot closures (0 outside the allocator). A
-/// kernel that switches tasks from interrupt handlers must not switch away from a task
-/// while this is above 0 on its CPU (see [`KernelPlatform`]).
+/// The calling CPU's open [`KernelPlatform`] slot closures (0 outside the allocator, and on
+/// a CPU that never ran [`init_cpu`]). A kernel that switches tasks from interrupt handlers
+/// must not switch away from a task while this is above 0 on its CPU (see
+/// [`KernelPlatform`]).
 #[inline]
 pub fn allocator_depth() -> usize {
-    let level: usize;
+    let slot = next_slot();
+    if slot >= MAX_CPUS * LEVELS { 0 } else { slot / MAX_CPUS }
+}
+
+/// The slot the calling CPU's next [`KernelPlatform`] closure takes (`usize::MAX` on a CPU
+/// that never ran [`init_cpu`]).
+#[inline(always)]
+fn next_slot() -> usize {
+    let slot: usize;
     // SAFETY: this CPU's record field after `init_cpu`, or the uninitialised record's (a
     // static) before; one load, no stack, flags unchanged.
     unsafe {
         asm!(
-            "mov {level}, qword ptr gs:[rip + {record} + {offset}]",
-            level = out(reg) level,
+            "mov {slot}, qword ptr gs:[rip + {record} + {offset}]",
+            slot = out(reg) slot,
             record = sym UNINITIALIZED,
-            offset = const LEVEL_OFFSET,
+            offset = const SLOT_OFFSET,
             options(nostack, preserves_flags, readonly),
         );
     }
-    level
+    slot
 }
 
-/// Sets the calling CPU's open slot closures.
+/// Sets the slot the calling CPU's next closure takes.
 #[inline(always)]
-fn set_allocator_depth(level: usize) {
-    // SAFETY: this CPU's record field (`KernelPlatform` checked the index first, so
-    // `init_cpu` ran). One store; not `nomem`, so it is a compiler barrier and the closure's
-    // memory accesses stay between the two stores of a slot closure. No stack, no flags.
+fn set_next_slot(slot: usize) {
+    // SAFETY: this CPU's record field: the fast path stores only after reading a slot below
+    // the last level, which only an initialised CPU's record holds (the uninitialised
+    // record's is `usize::MAX`), and the masked path stores back the value it read, after
+    // `not_initialized` refused an uninitialised CPU. One store; not `nomem`, so it is a
+    // compiler barrier and the closure's memory accesses stay between the two stores of a
+    // slot closure. No stack, no flags.
     unsafe {
         asm!(
-            "mov qword ptr gs:[rip + {record} + {offset}], {level}",
-            level = in(reg) level,
+            "mov qword ptr gs:[rip + {record} + {offset}], {slot}",
+            slot = in(reg) slot,
             record = sym UNINITIALIZED,
-            offset = const LEVEL_OFFSET,
+            offset = const SLOT_OFFSET,
             options(nostack, preserves_flags),
         );
     }
@@ -226,18 +240,31 @@ struct GsLevel;
 impl crate::arch::levels::LevelWord for GsLevel {
     #[inline(always)]
     fn load(&self) -> usize {
-        allocator_depth()
+        next_slot()
     }
 
     #[inline(always)]
-    fn store(&self, level: usize) {
-        set_allocator_depth(level);
+    fn store(&self, slot: usize) {
+        set_next_slot(slot);
     }
 }
 
-// SAFETY: indices come from `init_cpu`, distinct per CPU and below MAX_CPUS (checked), so
-// slot `index + level * MAX_CPUS` is below MAX_CPUS * LEVELS and names one CPU and one
-// level. On one CPU, closures nest strictly (an interrupt handler returns before the code
+/// The last level's guard: interrupts masked, on a CPU that ran `init_cpu` (checked here,
+/// off the fast path: an uninitialised CPU's slot word sends every closure here).
+#[inline(always)]
+fn mask_last_level() -> InterruptGuard {
+    if !cpu_initialized() {
+        not_initialized();
+    }
+    InterruptGuard::new()
+}
+
+// SAFETY: indices come from `init_cpu`, distinct per CPU and below MAX_CPUS (checked), and
+// `init_cpu` starts the CPU's slot word at its index; a closure raises the word by MAX_CPUS
+// only while it is below the last level's (LEVELS - 1) * MAX_CPUS, so the word is always
+// `index + level * MAX_CPUS` with level below LEVELS: below MAX_CPUS * LEVELS, one CPU and
+// one level (an uninitialised CPU's word, usize::MAX, reaches the masked path, which refuses
+// it before any slot is used). On one CPU, closures nest strictly (an interrupt handler returns before the code
 // it interrupted resumes, and the kernel does not switch tasks while a closure is open: the
 // type's contract), and each open closure holds a different level: a closure reads level L,
 // raises it to L + 1 before using slot L and restores L when done; a handler that interrupts
@@ -254,13 +281,9 @@ unsafe impl Platform for KernelPlatform {
 
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let index = current_cpu_racy();
-        if index >= MAX_CPUS {
-            not_initialized();
-        }
-        let word = GsLevel;
-        let (level, _held) = crate::arch::levels::enter(word, LEVELS, InterruptGuard::new);
-        f(index + level * MAX_CPUS)
+        let (slot, _held) =
+            crate::arch::levels::enter(GsLevel, (LEVELS - 1) * MAX_CPUS, MAX_CPUS, mask_last_level);
+        f(slot)
     }
 
     /// Lends a slot of this CPU's interrupt levels that no open closure holds (levels at or
