@@ -21,7 +21,7 @@ use crate::arena::Arena;
 use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, page_address, run_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT};
-use crate::heap::{Heap, Release};
+use crate::heap::{Clock, Heap, Release};
 use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
 use crate::size_class::{CLASS_COUNT, class_for};
@@ -72,6 +72,8 @@ pub struct Allocator<P, Pl> {
     pub(crate) failure_hook: FailureHook,
     /// Frees counted here when their slot's arena could not be made (out of memory).
     pub(crate) stray_frees: [AtomicU64; CLASS_COUNT],
+    /// With a platform clock: how long an empty chunk stays cached (nanoseconds).
+    decay_ns: u64,
 }
 
 /// The central lock, held inside the platform's critical section (see
@@ -129,7 +131,61 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             misuse_hook: ignore_misuse,
             failure_hook: ignore_failure,
             stray_frees: [const { AtomicU64::new(0) }; CLASS_COUNT],
+            decay_ns: crate::config::DECAY_NS,
         }
+    }
+
+    /// The same allocator, giving the empty chunks it keeps for reuse (at most `1 + chunks
+    /// in use / 8`) back to the provider once they have stayed unused for `nanoseconds`
+    /// (default [`DECAY_NS`](crate::config::DECAY_NS), one second), when the platform has a
+    /// clock ([`Platform::now_ns`]); 0 keeps none. Without a clock the count-based cache is
+    /// all there is. The check runs when a chunk empties, every few hundred slab refills of
+    /// each arena, and on [`decay`](Self::decay).
+    pub const fn with_decay(mut self, nanoseconds: u64) -> Self {
+        self.decay_ns = nanoseconds;
+        self
+    }
+
+    /// The decay period in nanoseconds (see [`with_decay`](Self::with_decay)).
+    pub fn decay_period_ns(&self) -> u64 {
+        self.decay_ns
+    }
+
+    /// The platform clock's reading with the decay period, if the platform has a clock.
+    pub(crate) fn clock(&self) -> Option<Clock> {
+        self.platform.now_ns().map(|now| Clock { now, decay: self.decay_ns })
+    }
+
+    /// Gives back what has stayed unused for the decay period (see
+    /// [`with_decay`](Self::with_decay)): the empty chunks the central heap keeps, and, if
+    /// the calling CPU's (or thread's) arena has had no slow-path operation since a `decay`
+    /// call at least a period ago, what the arena holds unused, as [`collect`](Self::collect)
+    /// does for it (its empty slabs, its cached large runs, the frees it batched for other
+    /// arenas, and the remote frees into its own slabs). Does nothing without a platform
+    /// clock. The central part also runs on the allocator's own slow paths; this call is
+    /// what returns memory while the program allocates nothing: call it from every CPU's
+    /// idle loop or a periodic timer (it takes the central lock briefly). Memory freed from
+    /// one CPU into another's slabs needs both CPUs' calls, so it goes back within about two
+    /// periods of calls.
+    pub fn decay(&self) {
+        let Some(clock) = self.clock() else {
+            return;
+        };
+        self.platform.with_slot(|slot| {
+            // SAFETY: the slot closure gives exclusive use of the slot's arena, and no other
+            // operation of the slot is under way.
+            unsafe { self.decay_arena(slot, clock) };
+            self.decay_in_slot();
+        });
+    }
+
+    /// [`decay`](Self::decay) from inside a slot closure.
+    pub(crate) fn decay_in_slot(&self) {
+        let Some(clock) = self.clock() else {
+            return;
+        };
+        let release = self.lock_heap().trim_decayed(clock, &self.map);
+        self.give_back(release);
     }
 
     /// The same allocator, calling `hook` when it notices a misuse (see [`Misuse`]).
@@ -450,7 +506,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 unsafe {
                     if cache {
                         ChunkHeader::init(chunk, false);
-                        if self.lock_heap().cache_chunk(chunk, &self.provider, &self.map) {
+                        if self.lock_heap().cache_chunk(chunk, &self.provider, &self.map, self.clock()) {
                             return Some(());
                         }
                     }
@@ -596,8 +652,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // SAFETY: in compact mode every slab is a slab page (the caller's promise).
             return unsafe { self.release_slab_page(run) };
         }
+        let clock = self.clock();
         // SAFETY: the caller's promise.
-        let release = unsafe { self.lock_heap().free_run(run, &self.map) };
+        let release = unsafe { self.lock_heap().free_run(run, &self.map, clock) };
         self.give_back(release);
     }
 

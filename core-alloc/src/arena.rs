@@ -18,7 +18,8 @@
 //! Empty slabs: the bin keeps its current slab even when empty (so a free-then-allocate loop
 //! does not take and return a slab every time); other slabs that empty go back to the
 //! central heap at once, and every `IDLE_CHECK_INTERVAL` refills the arena gives back the
-//! current slabs of other classes that are empty.
+//! current slabs of other classes that are empty, and (with a platform clock) lets the
+//! central heap give back the empty chunks that stayed unused for the decay period.
 //!
 //! When a slot is given up (`release_slot`, at thread exit on hosts), every slab of the arena
 //! is abandoned: empty ones go back to the heap, the others become ABANDONED and go back when
@@ -45,6 +46,7 @@ use platform::Platform;
 use crate::allocator::Allocator;
 use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, ListTag, RUN_SLAB, Run};
 use crate::config::ARENA_ALIGN;
+use crate::heap::Clock;
 use crate::large_cache::LargeCache;
 use crate::size_class::{CLASS_COUNT, slab_pages};
 use crate::slab::{self, RemoteFree};
@@ -103,6 +105,12 @@ pub(crate) struct Arena {
     bins: [Bin; CLASS_COUNT],
     /// Slow-path refills so far; paces the release of idle empty slabs.
     refills: u32,
+    /// Slow-path operations so far (refills, large allocations and frees): `decay` tells an
+    /// idle arena by this not moving.
+    pub(crate) activity: u32,
+    /// `activity` when `decay` last looked, and the clock's time then.
+    idle_mark: u32,
+    idle_since: u64,
     /// Blocks this slot freed into one slab it does not own, chained and not handed over
     /// yet: a batch costs one compare-exchange on the slab instead of one per block.
     batch: RemoteBatch,
@@ -199,8 +207,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 self.drain_delayed(slot, arena);
             }
             (*arena).refills = (*arena).refills.wrapping_add(1);
+            (*arena).activity = (*arena).activity.wrapping_add(1);
             if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
                 self.release_idle_current(arena, class);
+                self.decay_in_slot();
             }
             let bin = ptr::addr_of_mut!((*arena).bins[class]);
             loop {
@@ -533,6 +543,30 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
+    /// The arena part of `Allocator::decay`: flushes `slot`'s arena (see
+    /// [`flush_arena`](Self::flush_arena)) if it has had no slow-path operation since a
+    /// `decay` call at least `clock.decay` ago; otherwise marks it, so that a later call can
+    /// tell.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, outside any other allocator operation of the slot.
+    pub(crate) unsafe fn decay_arena(&self, slot: usize, clock: Clock) {
+        let arena = self.arenas[slot].load(Ordering::Relaxed);
+        if arena.is_null() {
+            return;
+        }
+        // SAFETY: the slot holder owns the arena.
+        unsafe {
+            if (*arena).activity != (*arena).idle_mark || (*arena).idle_since > clock.now {
+                (*arena).idle_mark = (*arena).activity;
+                (*arena).idle_since = clock.now;
+            } else if clock.now - (*arena).idle_since >= clock.decay {
+                self.flush_arena(slot);
+            }
+        }
+    }
+
     /// Collects remote frees of every slab of `slot`'s arena and gives empty ones back.
     ///
     /// # Safety
@@ -619,6 +653,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     unsafe fn abandon_or_release(&self, run: *mut Run) {
         // The lock is held across the abandonment, so that the free of the slab's last
         // block, which releases it under the same lock, finds it on the orphan list.
+        let clock = self.clock();
         let mut heap = self.lock_heap();
         // SAFETY: forwarded ownership; the lock is held.
         unsafe {
@@ -627,7 +662,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             } else if P::MAY_CLAIM_SPAN && self.mode.compact() {
                 Self::free_slab_page_locked(&mut heap, run);
             } else {
-                let release = heap.free_run(run, &self.map);
+                let release = heap.free_run(run, &self.map, clock);
                 drop(heap);
                 self.give_back(release);
             }

@@ -168,6 +168,9 @@ pub(crate) struct ChunkHeader {
     pub next: *mut ChunkHeader,
     /// Central heap list links.
     pub prev: *mut ChunkHeader,
+    /// In the empty cache: the platform clock's time when the chunk went there (0 without a
+    /// clock); the cache gives it back once it has stayed there for the decay period.
+    pub empty_since: u64,
     /// Checked builds: one bit per 8-byte granule, set where a live block starts.
     #[cfg(feature = "checked")]
     pub live_bits: *mut AtomicU64,

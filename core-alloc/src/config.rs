@@ -46,11 +46,17 @@ pub const LARGE_SLACK: usize = 4;
 pub const RUNS_PER_CHUNK: usize = 64;
 
 /// Empty chunks kept for reuse are at most `1 + chunks in use / RETAIN_DIVISOR` (at least
-/// one, so that a heap going up and down by a chunk does not map and unmap every time);
-/// the rest go back to the provider.
+/// one, so that a heap going up and down by a chunk does not map and unmap every time); the
+/// rest go back to the provider at once, and with a platform clock the kept ones too once
+/// they have stayed unused for `DECAY_NS`.
 pub const RETAIN_DIVISOR: usize = 8;
 /// And never more than this many.
 pub const RETAIN_MAX: usize = 64;
+
+/// With a platform clock, an empty chunk the heap keeps for reuse goes back to the provider
+/// once it has stayed unused this long (nanoseconds; one second). A setting:
+/// `Allocator::with_decay`.
+pub const DECAY_NS: u64 = 1_000_000_000;
 
 /// Bytes reserved for each arena's block of metadata; arenas start on this boundary too,
 /// which is at least a cache line on every machine we know (128 on some AArch64 servers).

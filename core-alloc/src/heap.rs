@@ -9,8 +9,11 @@
 //!
 //! An empty chunk goes to a cache of empty chunks, newest first. The cache keeps at most
 //! `1 + chunks in use / RETAIN_DIVISOR` (and at most `RETAIN_MAX`); the oldest beyond that
-//! go back to the provider at once. Whole chunks are the only unit returned, so huge pages
-//! are never split by a purge.
+//! go back to the provider at once. With a platform clock ([`Clock`]) a cached chunk also
+//! goes back once it has stayed empty for the decay period (checked whenever a chunk
+//! empties, on the arenas' periodic refill checks, and by `Allocator::decay`), so an idle
+//! heap ends up holding no empty chunk. Whole chunks are the only unit returned, so huge
+//! pages are never split by a purge.
 //!
 //! Huge allocations are whole chunks from the provider, recorded in the chunk map; a
 //! single-chunk one may reuse a cached empty chunk, and a freed single-chunk one may become
@@ -117,10 +120,22 @@ pub struct HeapCounters {
     pub chunks_returned: usize,
     /// Requests the provider refused.
     pub provider_refusals: usize,
+    /// Of `chunks_returned`: empty chunks given back because they stayed cached for the
+    /// decay period (with a platform clock; see `Allocator::with_decay`).
+    pub decayed_chunks: usize,
     /// Compact mode: the span and what is in it (all zero in the usual mode).
     pub region: crate::region::RegionCounters,
     /// Allocations that returned null, by reason, and the last one.
     pub failures: crate::region::FailureCounters,
+}
+
+/// The platform clock's reading and the decay period, for the empty cache's retention.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    /// Now, in the platform clock's nanoseconds.
+    pub(crate) now: u64,
+    /// How long a chunk stays cached empty before it goes back, in nanoseconds.
+    pub(crate) decay: u64,
 }
 
 /// Chunks the heap let go of, to be given back to the provider by the caller once the
@@ -207,6 +222,7 @@ impl Heap {
                 chunks_obtained: 0,
                 chunks_returned: 0,
                 provider_refusals: 0,
+                decayed_chunks: 0,
                 region: crate::region::RegionCounters {
                     span_bytes: 0,
                     fit: crate::fit::FitCounters {
@@ -230,7 +246,8 @@ impl Heap {
         }
     }
 
-    /// Empty chunks to keep at most, given the chunks in use now.
+    /// Empty chunks to keep at most, given the chunks in use now (with a clock, those kept
+    /// also go back once they have stayed unused for the decay period).
     fn retain_limit(&self) -> usize {
         let in_use = self.counters.slab_chunks + self.counters.huge_live_bytes / CHUNK_SIZE;
         (1 + in_use / RETAIN_DIVISOR).min(RETAIN_MAX)
@@ -344,8 +361,9 @@ impl Heap {
                     Some(found)
                 }
                 None => {
-                    // A request no chunk can hold (alignment beyond what fits): keep the chunk.
-                    self.push_empty(chunk);
+                    // A request no chunk can hold (alignment beyond what fits): keep the chunk
+                    // (a fresh one counts as empty since the clock's origin).
+                    self.push_empty(chunk, (*chunk).empty_since);
                     None
                 }
             }
@@ -419,7 +437,7 @@ impl Heap {
     /// # Safety
     ///
     /// `run` is a live run of a slab chunk of this heap, with nothing in it live.
-    pub(crate) unsafe fn free_run(&mut self, run: *mut Run, map: &ChunkMap) -> Release {
+    pub(crate) unsafe fn free_run(&mut self, run: *mut Run, map: &ChunkMap, clock: Option<Clock>) -> Release {
         let chunk = chunk_of(run as usize);
         // SAFETY: the caller's promise; the lock is held.
         unsafe {
@@ -436,9 +454,13 @@ impl Heap {
             }
             self.unlink(chunk);
             self.counters.slab_chunks -= 1;
-            self.push_empty(chunk);
+            self.push_empty(chunk, clock.map_or(0, |clock| clock.now));
         }
-        self.trim(self.retain_limit(), map)
+        let release = self.trim(self.retain_limit(), map);
+        match clock {
+            Some(clock) => release.and(self.trim_decayed(clock, map)),
+            None => release,
+        }
     }
 
     /// Files an abandoned slab on the orphan list of its class.
@@ -527,14 +549,17 @@ impl Heap {
         }
     }
 
-    /// Puts an empty formatted chunk at the head of the empty cache.
+    /// Puts an empty formatted chunk at the head of the empty cache, empty since `since`
+    /// (the clock's time; no earlier than the head's, so the cache stays ordered by age).
     ///
     /// # Safety
     ///
     /// `chunk` is a formatted slab chunk with no run, in no list.
-    unsafe fn push_empty(&mut self, chunk: *mut ChunkHeader) {
+    unsafe fn push_empty(&mut self, chunk: *mut ChunkHeader, since: u64) {
         // SAFETY: the lock is held; the chunk is in no list.
         unsafe {
+            let newest = if self.empty_head.is_null() { 0 } else { (*self.empty_head).empty_since };
+            (*chunk).empty_since = since.max(newest);
             (*chunk).bucket = u16::MAX;
             (*chunk).prev = ptr::null_mut();
             (*chunk).next = self.empty_head;
@@ -573,26 +598,47 @@ impl Heap {
     pub(crate) fn trim(&mut self, keep: usize, map: &ChunkMap) -> Release {
         let mut release = Release::NOTHING;
         while self.counters.cached_chunks > keep {
-            let chunk = self.empty_tail;
-            // SAFETY: a non-empty cache has a tail, a formatted slab chunk of this heap.
-            unsafe {
-                self.empty_tail = (*chunk).prev;
-                if self.empty_tail.is_null() {
-                    self.empty_head = ptr::null_mut();
-                } else {
-                    (*self.empty_tail).next = ptr::null_mut();
-                }
-                // Forgotten first: a checked build's misuse-free that looks the chunk up
-                // from now on is told it is not ours, before its table is recycled.
-                self.forget_chunks(chunk as usize, 1, map);
-                self.detach_live_bits(chunk);
-                (*chunk).next = release.chunks;
-            }
-            release.chunks = chunk;
-            self.counters.cached_chunks -= 1;
-            self.counters.chunks_returned += 1;
+            self.release_oldest(&mut release, map);
         }
         release
+    }
+
+    /// Takes out the cached empty chunks that have stayed there for the decay period, and
+    /// returns them for the caller to give back once the lock is dropped.
+    pub(crate) fn trim_decayed(&mut self, clock: Clock, map: &ChunkMap) -> Release {
+        let mut release = Release::NOTHING;
+        while !self.empty_tail.is_null() {
+            // SAFETY: the tail is a cached chunk's formatted header (the lock is held).
+            let since = unsafe { (*self.empty_tail).empty_since };
+            if since.saturating_add(clock.decay) > clock.now {
+                break;
+            }
+            self.release_oldest(&mut release, map);
+            self.counters.decayed_chunks += 1;
+        }
+        release
+    }
+
+    /// Moves the oldest cached empty chunk (the cache is not empty) to `release`.
+    fn release_oldest(&mut self, release: &mut Release, map: &ChunkMap) {
+        let chunk = self.empty_tail;
+        // SAFETY: a non-empty cache has a tail, a formatted slab chunk of this heap.
+        unsafe {
+            self.empty_tail = (*chunk).prev;
+            if self.empty_tail.is_null() {
+                self.empty_head = ptr::null_mut();
+            } else {
+                (*self.empty_tail).next = ptr::null_mut();
+            }
+            // Forgotten first: a checked build's misuse-free that looks the chunk up from
+            // now on is told it is not ours, before its table is recycled.
+            self.forget_chunks(chunk as usize, 1, map);
+            self.detach_live_bits(chunk);
+            (*chunk).next = release.chunks;
+        }
+        release.chunks = chunk;
+        self.counters.cached_chunks -= 1;
+        self.counters.chunks_returned += 1;
     }
 
     /// Clears the chunk-map entries of `count` chunks from `base`.
@@ -714,7 +760,7 @@ impl Heap {
         let chunk = self.take_empty()?;
         if !self.record(chunk as usize, entry(KIND_HUGE, 1), provider, map) {
             // SAFETY: it was cached a moment ago and is unchanged.
-            unsafe { self.push_empty(chunk) };
+            unsafe { self.push_empty(chunk, (*chunk).empty_since) };
             return None;
         }
         // SAFETY: an empty cached chunk, out of the cache now.
@@ -785,12 +831,13 @@ impl Heap {
         chunk: *mut ChunkHeader,
         provider: &P,
         map: &ChunkMap,
+        clock: Option<Clock>,
     ) -> bool {
         // SAFETY: the caller's promise; the lock is held.
         let recorded = unsafe { self.take_in_slab_chunk(chunk, provider, map) };
         if recorded {
             // SAFETY: formatted, recorded, in no list.
-            unsafe { self.push_empty(chunk) };
+            unsafe { self.push_empty(chunk, clock.map_or(0, |clock| clock.now)) };
         }
         recorded
     }
@@ -941,6 +988,10 @@ impl Heap {
                 }
                 if (*chunk).next.is_null() && chunk != self.empty_tail {
                     return Err("the empty cache's tail is wrong");
+                }
+                // Oldest last: decay takes chunks from the tail while they are due.
+                if !(*chunk).next.is_null() && (*(*chunk).next).empty_since > (*chunk).empty_since {
+                    return Err("the empty cache is not ordered newest first");
                 }
                 chunk = (*chunk).next;
             }

@@ -121,6 +121,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: the slot holder owns the arena and the runs its cache holds.
         unsafe {
+            (*arena).activity = (*arena).activity.wrapping_add(1);
             let cache = &mut *ptr::addr_of_mut!((*arena).large);
             // Growth prefers the biggest run, plain requests the smallest.
             let most = if growing { usize::MAX } else { pages.saturating_mul(LARGE_SLACK / 2) };
@@ -166,6 +167,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         if arena.is_null() {
             return false;
         }
+        // SAFETY: the slot holder owns the arena.
+        unsafe { (*arena).activity = (*arena).activity.wrapping_add(1) };
         let mut evicted = [ptr::null_mut(); LARGE_CACHE_RUNS];
         let mut evicted_count = 0;
         // SAFETY: the slot holder owns the arena and its cache.
@@ -217,10 +220,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return;
         }
         let mut release = crate::heap::Release::NOTHING;
+        let clock = self.clock();
         let mut heap = self.lock_heap();
         for &run in runs {
             // SAFETY: the caller's promise; the lock is held.
-            let freed = unsafe { heap.free_run(run, &self.map) };
+            let freed = unsafe { heap.free_run(run, &self.map, clock) };
             release = release.and(freed);
         }
         drop(heap);

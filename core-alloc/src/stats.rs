@@ -111,13 +111,14 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned; {} arenas; {} orphan slabs; {} refusals; {} large runs cached ({} KiB)",
+            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned ({} after the decay period); {} arenas; {} orphan slabs; {} refusals; {} large runs cached ({} KiB)",
             self.chunks_held(),
             self.heap.slab_chunks,
             self.heap.cached_chunks,
             self.heap.meta_chunks,
             self.heap.chunks_obtained,
             self.heap.chunks_returned,
+            self.heap.decayed_chunks,
             self.arenas,
             self.heap.orphan_slabs,
             self.heap.provider_refusals,

@@ -72,6 +72,15 @@ pub unsafe trait Platform: Sync {
         128
     }
 
+    /// A monotonic clock in nanoseconds, if the platform has one: the core then gives memory
+    /// that stayed unused for its decay period back to the provider (see core-alloc's
+    /// `Allocator::with_decay`), and otherwise keeps a count-based amount. Any origin; it
+    /// must never go backwards on one CPU, and should agree across CPUs to within a small
+    /// fraction of the decay period. Called on slow paths only. The default has no clock.
+    fn now_ns(&self) -> Option<u64> {
+        None
+    }
+
     /// Enters a section where the core holds a lock or calls the provider; returns a token
     /// for [`leave_critical`](Platform::leave_critical). A kernel whose `with_slot` leaves
     /// interrupts enabled (so that an interrupt handler may allocate in the middle of an
@@ -113,6 +122,10 @@ unsafe impl<P: Platform> Platform for &P {
 
     fn cache_line_size(&self) -> usize {
         (**self).cache_line_size()
+    }
+
+    fn now_ns(&self) -> Option<u64> {
+        (**self).now_ns()
     }
 
     #[inline(always)]

@@ -214,12 +214,40 @@ shuttle::thread_local! {
 /// Slots chosen by the test; see the module documentation.
 pub struct TestPlatform {
     locks: [SpinLock<()>; TEST_SLOTS],
+    /// The clock's reading (nanoseconds), or `NO_CLOCK`.
+    clock: core::sync::atomic::AtomicU64,
 }
 
+/// `TestPlatform::clock` of a platform without a clock.
+const NO_CLOCK: u64 = u64::MAX;
+
 impl TestPlatform {
-    /// A platform with [`TEST_SLOTS`] slots.
+    /// A platform with [`TEST_SLOTS`] slots and no clock.
     pub const fn new() -> Self {
-        Self { locks: [const { SpinLock::new(()) }; TEST_SLOTS] }
+        Self {
+            locks: [const { SpinLock::new(()) }; TEST_SLOTS],
+            clock: core::sync::atomic::AtomicU64::new(NO_CLOCK),
+        }
+    }
+
+    /// A platform with [`TEST_SLOTS`] slots and a clock that reads 0 until the test moves
+    /// it with [`advance`](Self::advance).
+    pub const fn with_clock() -> Self {
+        Self {
+            locks: [const { SpinLock::new(()) }; TEST_SLOTS],
+            clock: core::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the clock on by `nanoseconds`.
+    ///
+    /// # Panics
+    ///
+    /// If the platform has no clock.
+    pub fn advance(&self, nanoseconds: u64) {
+        let now = self.clock.load(core::sync::atomic::Ordering::Relaxed);
+        assert_ne!(now, NO_CLOCK, "this TestPlatform has no clock");
+        self.clock.store(now + nanoseconds, core::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes the calling thread use `slot` from now on (0 until it says otherwise).
@@ -253,5 +281,10 @@ unsafe impl Platform for TestPlatform {
         let slot = CURRENT_SLOT.with(Cell::get);
         let _held = self.locks[slot].lock();
         f(slot)
+    }
+
+    fn now_ns(&self) -> Option<u64> {
+        let now = self.clock.load(core::sync::atomic::Ordering::Relaxed);
+        (now != NO_CLOCK).then_some(now)
     }
 }

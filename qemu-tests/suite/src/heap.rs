@@ -440,6 +440,28 @@ pub(crate) fn memory_returned<P: PageProvider, Pl: Platform>(
     });
     drop(table);
     let free_retained = (heap.free_frames)();
+    // With a platform clock, `decay()` from every CPU (as idle loops would call it) gives
+    // back what stayed unused for the decay period, without `collect()`: a first round marks
+    // the arenas, after a period a second flushes them (handing over the frees batched for
+    // other CPUs' slabs), a third gathers those, and after another period the chunks they
+    // emptied go back.
+    let decayed = heap.allocator.platform().now_ns().map(|_| {
+        let period = heap.allocator.decay_period_ns();
+        let wait = || {
+            let due = machine.now_ns() + period + 1_000_000;
+            while machine.now_ns() < due {
+                core::hint::spin_loop();
+            }
+        };
+        let round = || machine.run_on_cpus(cpus, &|_| heap.allocator.decay());
+        round();
+        wait();
+        round();
+        round();
+        wait();
+        round();
+        ((heap.free_frames)(), heap.allocator.stats().heap.meta_chunks - meta_before, period)
+    });
     // Two rounds: in the first every CPU also hands over the frees it was batching for other
     // CPUs' slabs, which those CPUs may already have passed; the second gathers them.
     machine.run_on_cpus(cpus, &|_| heap.allocator.collect());
@@ -455,6 +477,24 @@ pub(crate) fn memory_returned<P: PageProvider, Pl: Platform>(
             free_before.saturating_sub(free_after)
         ),
     );
+    match decayed {
+        Some((free_decayed, meta_growth, period)) => {
+            say(
+                machine,
+                format_args!(
+                    "memory: after two decay periods ({} ms) with decay() on every CPU, without collect: {} retained (metadata grew by {meta_growth})",
+                    period / 1_000_000,
+                    free_before.saturating_sub(free_decayed)
+                ),
+            );
+            ensure!(
+                free_decayed + meta_growth >= free_before,
+                "{} frames not returned by decay() on every CPU after the decay period",
+                free_before - free_decayed - meta_growth
+            );
+        }
+        None => say(machine, format_args!("memory: no platform clock on this heap: decay() not tested")),
+    }
     ensure!(damaged.load(Ordering::Relaxed) == 0, "blocks were corrupted");
     // The workload's point is memory to give back: every CPU allocates six blocks of 3-4 MiB
     // (12 frames or more) besides its small ones, so at least 8 frames a CPU must be in use.

@@ -73,6 +73,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     apic::init_boot_cpu();
     time::calibrate();
+    // The allocator's clock for decay (x86-64 has none it could read on its own).
+    platform::arch::x86_64::set_clock(time::now_ns);
     memory::init(&boot);
     #[cfg(feature = "readme-heap")]
     readme_heap::map_heap();

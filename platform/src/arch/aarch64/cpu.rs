@@ -87,6 +87,27 @@ pub fn cache_line_size() -> usize {
     if write_back_granule == 0 { dmin_line.max(128) } else { dmin_line.max(4 << write_back_granule) }
 }
 
+/// The architected generic timer's virtual count in nanoseconds (CNTVCT_EL0 over
+/// CNTFRQ_EL0): the platforms' clock for decay (`Platform::now_ns`). EL1 may always read
+/// both; the count is monotonic and common to all CPUs. `None` if the frequency register
+/// was left 0 by the firmware.
+pub fn now_ns() -> Option<u64> {
+    let (count, frequency): (u64, u64);
+    // SAFETY: reading CNTVCT_EL0 and CNTFRQ_EL0 has no side effects. The `isb` keeps the
+    // count from being read early (out of order); no memory, no stack, flags untouched.
+    unsafe {
+        asm!(
+            "isb",
+            "mrs {count}, cntvct_el0",
+            "mrs {frequency}, cntfrq_el0",
+            count = out(reg) count,
+            frequency = out(reg) frequency,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    (frequency != 0).then(|| (u128::from(count) * 1_000_000_000 / u128::from(frequency)) as u64)
+}
+
 /// Slot levels per CPU for [`KernelPlatform`]: code outside interrupt handlers, a handler,
 /// a handler interrupting a handler, and a last level taken with interrupts masked.
 pub const LEVELS: usize = 4;
@@ -195,6 +216,10 @@ unsafe impl Platform for KernelPlatform {
         cache_line_size()
     }
 
+    fn now_ns(&self) -> Option<u64> {
+        now_ns()
+    }
+
     #[inline(always)]
     fn enter_critical(&self) -> usize {
         super::interrupts::mask_saving() as usize
@@ -244,5 +269,9 @@ unsafe impl Platform for MaskingPlatform {
 
     fn cache_line_size(&self) -> usize {
         cache_line_size()
+    }
+
+    fn now_ns(&self) -> Option<u64> {
+        now_ns()
     }
 }

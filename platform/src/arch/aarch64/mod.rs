@@ -21,7 +21,7 @@ pub mod paging;
 
 pub use cpu::{
     KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, cache_line_size, current_cpu_racy,
-    init_cpu,
+    init_cpu, now_ns,
 };
 pub use interrupts::{InterruptGuard, interrupts_masked};
 pub use paging::{Granule, HeapMapper, PhysMap, Regime, Tables, TablesError, Translation};

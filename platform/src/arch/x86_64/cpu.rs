@@ -145,6 +145,31 @@ pub fn cpu_initialized() -> bool {
     current_cpu_racy() < MAX_CPUS
 }
 
+/// The kernel's clock, registered with [`set_clock`] (null until then).
+static CLOCK: core::sync::atomic::AtomicPtr<()> = core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Gives the platforms the kernel's monotonic clock, in nanoseconds: the allocator then gives
+/// empty chunks it keeps for reuse back once they have stayed unused for its decay period
+/// (`Platform::now_ns`). x86-64 has no clock the platform could read without calibration
+/// (the TSC's frequency comes from the kernel's timer setup), so the kernel passes its own;
+/// without one the allocator keeps its count-based cache only. `clock` must be callable on
+/// every CPU, from interrupt handlers and with interrupts masked, must not allocate, and
+/// must never go backwards.
+pub fn set_clock(clock: fn() -> u64) {
+    CLOCK.store(clock as *mut (), Ordering::Release);
+}
+
+/// The clock given to [`set_clock`], read now; `None` before one was given.
+pub fn now_ns() -> Option<u64> {
+    let clock = CLOCK.load(Ordering::Acquire);
+    if clock.is_null() {
+        return None;
+    }
+    // SAFETY: only `set_clock` stores here, and it stores a `fn() -> u64`.
+    let clock: fn() -> u64 = unsafe { core::mem::transmute::<*mut (), fn() -> u64>(clock) };
+    Some(clock())
+}
+
 /// Slot levels per CPU for [`KernelPlatform`]: code outside interrupt handlers, a handler,
 /// a handler interrupting a handler, and a last level taken with interrupts masked.
 pub const LEVELS: usize = 4;
@@ -300,6 +325,10 @@ unsafe impl Platform for KernelPlatform {
         cache_line_size()
     }
 
+    fn now_ns(&self) -> Option<u64> {
+        now_ns()
+    }
+
     #[inline]
     fn enter_critical(&self) -> usize {
         let flags: usize;
@@ -361,6 +390,10 @@ unsafe impl Platform for MaskingPlatform {
 
     fn cache_line_size(&self) -> usize {
         cache_line_size()
+    }
+
+    fn now_ns(&self) -> Option<u64> {
+        now_ns()
     }
 }
 

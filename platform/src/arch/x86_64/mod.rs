@@ -49,7 +49,7 @@ mod paging;
 
 pub use cpu::{
     KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, cache_line_size, cpu_initialized,
-    current_cpu_racy, init_cpu,
+    current_cpu_racy, init_cpu, now_ns, set_clock,
 };
 pub use interrupts::{InterruptGuard, interrupts_enabled};
 pub use paging::{HeapMapper, InstallError};

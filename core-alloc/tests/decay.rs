@@ -1,0 +1,167 @@
+//! Decay with a platform clock (`Allocator::with_decay`, `Allocator::decay`): the empty
+//! chunks the central heap keeps for reuse go back to the provider once they have stayed
+//! unused for the decay period, each after its own period (oldest first), not before; the
+//! check runs on `decay()` and on the allocator's own slow paths; without a clock nothing
+//! changes. Driven by `TestPlatform`'s manual clock over the simulated provider.
+
+use std::ptr::NonNull;
+
+use core_alloc::Allocator;
+use core_alloc::testkit::{SimProvider, TestPlatform};
+
+/// 300 KiB: a large run too big for the arenas' large caches, so a free goes straight to
+/// the central heap; six fill a chunk (75 pages each, 510 usable).
+const BLOCK: usize = 300 * 1024;
+const PER_CHUNK: usize = 6;
+const DECAY: u64 = 1_000;
+
+type Heap = Allocator<SimProvider, TestPlatform>;
+
+fn heap() -> Heap {
+    Allocator::new(SimProvider::new(64), TestPlatform::with_clock()).with_decay(DECAY)
+}
+
+/// One chunk's worth of blocks.
+fn fill_chunk(heap: &Heap) -> Vec<NonNull<u8>> {
+    (0..PER_CHUNK).map(|_| heap.allocate(BLOCK, 8).expect("the simulated provider has room")).collect()
+}
+
+fn free_all(heap: &Heap, blocks: Vec<NonNull<u8>>) {
+    for block in blocks {
+        // SAFETY: each block was allocated by `heap` with this size and is freed once.
+        unsafe { heap.deallocate(block, BLOCK, 8) };
+    }
+}
+
+#[test]
+fn each_empty_chunk_goes_back_after_its_own_decay_period_and_not_before() {
+    let heap = heap();
+    // Sixteen chunks in use, so that the count-based cache keeps up to three empty ones.
+    let busy: Vec<_> = (0..16).flat_map(|_| fill_chunk(&heap)).collect();
+    let (first, second, third) = (fill_chunk(&heap), fill_chunk(&heap), fill_chunk(&heap));
+    let outstanding = heap.provider().outstanding();
+
+    free_all(&heap, first); // empty since 0
+    assert_eq!(heap.stats().heap.cached_chunks, 1, "{}", heap.stats());
+    heap.platform().advance(600);
+    free_all(&heap, second); // empty since 600
+    assert_eq!(heap.stats().heap.cached_chunks, 2, "{}", heap.stats());
+    assert_eq!(heap.provider().outstanding(), outstanding, "nothing goes back within the period");
+
+    heap.platform().advance(DECAY - 600 - 1); // 999: the first is one short
+    heap.decay();
+    assert_eq!(heap.stats().heap.cached_chunks, 2, "{}", heap.stats());
+    heap.platform().advance(1); // 1 000: the first has stayed its period
+    heap.decay();
+    let stats = heap.stats();
+    assert_eq!((stats.heap.cached_chunks, stats.heap.decayed_chunks), (1, 1), "{stats}");
+    assert_eq!(heap.provider().outstanding(), outstanding - 1);
+
+    // The second goes back on a slow path of the allocator's own, without `decay()`: the
+    // free that empties the third chunk at 1 700 finds it due.
+    heap.platform().advance(700);
+    free_all(&heap, third);
+    let stats = heap.stats();
+    assert_eq!((stats.heap.cached_chunks, stats.heap.decayed_chunks), (1, 2), "{stats}");
+    assert_eq!(heap.provider().outstanding(), outstanding - 2);
+
+    heap.platform().advance(DECAY);
+    heap.decay();
+    assert_eq!(heap.stats().heap.cached_chunks, 0);
+    assert_eq!(heap.provider().outstanding(), outstanding - 3);
+    free_all(&heap, busy);
+    heap.check_invariants().unwrap();
+    heap.collect();
+    assert_eq!(heap.provider().outstanding(), heap.stats().heap.meta_chunks);
+}
+
+#[test]
+fn a_cached_chunk_taken_for_reuse_is_no_longer_due() {
+    let heap = heap();
+    let busy: Vec<_> = (0..8).flat_map(|_| fill_chunk(&heap)).collect();
+    free_all(&heap, fill_chunk(&heap));
+    assert_eq!(heap.stats().heap.cached_chunks, 1);
+    heap.platform().advance(DECAY - 1);
+    // Reused before it was due: it holds blocks again, and nothing decays.
+    let reused = fill_chunk(&heap);
+    assert_eq!(heap.stats().heap.cached_chunks, 0);
+    heap.platform().advance(10 * DECAY);
+    heap.decay();
+    assert_eq!(heap.stats().heap.decayed_chunks, 0);
+    // Emptied again at 10 999: due at 11 999, not by its first time.
+    free_all(&heap, reused);
+    heap.decay();
+    assert_eq!(heap.stats().heap.cached_chunks, 1, "{}", heap.stats());
+    heap.platform().advance(DECAY);
+    heap.decay();
+    assert_eq!(heap.stats().heap.cached_chunks, 0);
+    free_all(&heap, busy);
+    heap.check_invariants().unwrap();
+}
+
+#[test]
+fn without_a_clock_the_count_based_cache_is_all_there_is() {
+    let heap = Allocator::new(SimProvider::new(64), TestPlatform::new()).with_decay(0);
+    let busy: Vec<_> = (0..8).flat_map(|_| fill_chunk(&heap)).collect();
+    free_all(&heap, fill_chunk(&heap));
+    heap.decay();
+    let stats = heap.stats();
+    assert_eq!((stats.heap.cached_chunks, stats.heap.decayed_chunks), (1, 0), "{stats}");
+    free_all(&heap, busy);
+    heap.collect();
+    assert_eq!(heap.provider().outstanding(), heap.stats().heap.meta_chunks);
+}
+
+#[test]
+fn a_zero_period_keeps_no_empty_chunk() {
+    let heap = Allocator::new(SimProvider::new(64), TestPlatform::with_clock()).with_decay(0);
+    let busy: Vec<_> = (0..8).flat_map(|_| fill_chunk(&heap)).collect();
+    let last = fill_chunk(&heap);
+    let outstanding = heap.provider().outstanding();
+    free_all(&heap, last);
+    let stats = heap.stats();
+    assert_eq!((stats.heap.cached_chunks, stats.heap.decayed_chunks), (0, 1), "{stats}");
+    assert_eq!(heap.provider().outstanding(), outstanding - 1);
+    free_all(&heap, busy);
+    heap.check_invariants().unwrap();
+}
+
+#[test]
+fn an_arena_idle_for_the_decay_period_gives_back_what_it_holds_unused() {
+    let heap = heap();
+    // The arena keeps its current slab (now empty) and a freed 64 KiB run in its cache,
+    // both in the heap's one slab chunk.
+    let small: Vec<_> = (0..100).map(|_| heap.allocate(48, 8).unwrap()).collect();
+    let large = heap.allocate(64 * 1024, 8).unwrap();
+    for block in small {
+        // SAFETY: allocated above with this size, freed once.
+        unsafe { heap.deallocate(block, 48, 8) };
+    }
+    // SAFETY: as above.
+    unsafe { heap.deallocate(large, 64 * 1024, 8) };
+    let held = |heap: &Heap| heap.provider().outstanding() - heap.stats().heap.cached_chunks;
+    let before = held(&heap);
+    assert_eq!(heap.stats().large_cached, 1);
+
+    heap.decay(); // marks the arena at 0
+    heap.platform().advance(DECAY - 1);
+    heap.decay();
+    assert_eq!(heap.stats().large_cached, 1, "flushed before the period");
+
+    // Activity moves the mark: a period must pass again from the next look.
+    let block = heap.allocate(64 * 1024, 8).unwrap(); // from the cache
+    // SAFETY: as above.
+    unsafe { heap.deallocate(block, 64 * 1024, 8) };
+    heap.platform().advance(1);
+    heap.decay(); // sees activity: marks at 1 000
+    heap.platform().advance(DECAY - 1);
+    heap.decay();
+    assert_eq!(heap.stats().large_cached, 1, "flushed before a period without activity");
+
+    heap.platform().advance(1);
+    heap.decay();
+    let stats = heap.stats();
+    assert_eq!(stats.large_cached, 0, "{stats}");
+    assert!(held(&heap) < before, "the arena's slab and run went back to the heap: {stats}");
+    heap.check_invariants().unwrap();
+}
