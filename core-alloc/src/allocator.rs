@@ -184,7 +184,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let Some(clock) = self.clock() else {
             return;
         };
-        let release = self.lock_heap().trim_decayed(clock, &self.map);
+        let mut heap = self.lock_heap();
+        let release = heap.trim_decayed(clock, &self.map);
+        heap.purge_idle(clock, &self.provider);
+        drop(heap);
         self.give_back(release);
     }
 

@@ -171,6 +171,15 @@ pub(crate) struct ChunkHeader {
     /// In the empty cache: the platform clock's time when the chunk went there (0 without a
     /// clock); the cache gives it back once it has stayed there for the decay period.
     pub empty_since: u64,
+    /// Purging (see `heap`): set whenever the chunk's runs change; the purge pass clears it
+    /// and notes the time in `unchanged_since`, and purges the chunk's free pages once it
+    /// has stayed unchanged (and mostly free) for the decay period, then sets `purged`
+    /// until the next change.
+    pub changed: bool,
+    /// Purged since the last change.
+    pub purged: bool,
+    /// When the purge pass last found `changed` set.
+    pub unchanged_since: u64,
     /// Checked builds: one bit per 8-byte granule, set where a live block starts.
     #[cfg(feature = "checked")]
     pub live_bits: *mut AtomicU64,
@@ -262,6 +271,8 @@ impl ChunkHeader {
             (*chunk).bucket = u16::MAX;
             (*chunk).next = ptr::null_mut();
             (*chunk).prev = ptr::null_mut();
+            (*chunk).changed = true;
+            (*chunk).purged = false;
         }
     }
 
@@ -293,6 +304,8 @@ impl ChunkHeader {
             set_page_run(chunk, first, pages, index as u8);
             (*chunk).free_count -= pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
+            (*chunk).changed = true;
+            (*chunk).purged = false;
             let run = ptr::addr_of_mut!((*chunk).runs[index]);
             (*run).kind = kind;
             // A large run is live (see `large_cache`); a slab's owner is set by `slab::init`.
@@ -319,6 +332,8 @@ impl ChunkHeader {
             (*chunk).free_count += pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
             (*chunk).free_runs |= 1u64 << run_index(run);
+            (*chunk).changed = true;
+            (*chunk).purged = false;
         }
     }
 
@@ -352,6 +367,8 @@ impl ChunkHeader {
                 (*chunk).free_count += spare as u16;
             }
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
+            (*chunk).changed = true;
+            (*chunk).purged = false;
             (*run).pages = pages as u16;
             true
         }

@@ -58,6 +58,12 @@ pub const RETAIN_MAX: usize = 64;
 /// `Allocator::with_decay`.
 pub const DECAY_NS: u64 = 1_000_000_000;
 
+/// The purge pass (with a clock, on providers that purge) looks at most at this many of the
+/// most-free slab chunks ...
+pub const PURGE_SCAN_CHUNKS: usize = 64;
+/// ... and makes at most this many provider calls.
+pub const PURGE_CALLS: usize = 64;
+
 /// Bytes reserved for each arena's block of metadata; arenas start on this boundary too,
 /// which is at least a cache line on every machine we know (128 on some AArch64 servers).
 pub const ARENA_ALIGN: usize = 256;

@@ -12,8 +12,15 @@
 //! go back to the provider at once. With a platform clock ([`Clock`]) a cached chunk also
 //! goes back once it has stayed empty for the decay period (checked whenever a chunk
 //! empties, on the arenas' periodic refill checks, and by `Allocator::decay`), so an idle
-//! heap ends up holding no empty chunk. Whole chunks are the only unit returned, so huge
-//! pages are never split by a purge.
+//! heap ends up holding no empty chunk.
+//!
+//! Purging (with a clock, and a provider that can purge: hosts): a slab chunk that is at
+//! least half free and whose runs have not changed for the decay period has its free dirty
+//! pages purged (`PageProvider::purge`: `MADV_DONTNEED` on Linux), which splits the huge
+//! page backing it; the pass runs from the decay checks at most every quarter period, looks
+//! at the `PURGE_SCAN_CHUNKS` most-free chunks and makes at most `PURGE_CALLS` provider
+//! calls, under the lock (short system calls, rarely). A chunk is purged once per change.
+//! Kernels' providers do not purge: they return memory in whole 2 MiB frames only.
 //!
 //! Huge allocations are whole chunks from the provider, recorded in the chunk map; a
 //! single-chunk one may reuse a cached empty chunk, and a freed single-chunk one may become
@@ -38,7 +45,9 @@ use crate::chunk::{
 use crate::chunk_map::{
     ChunkMap, KIND_HUGE, KIND_HUGE_TAIL, KIND_SLAB, NODE_BYTES, count_of, entry, kind_of,
 };
-use crate::config::{CHUNK_MASK, CHUNK_SIZE, PAGE, RETAIN_DIVISOR, RETAIN_MAX};
+use crate::config::{
+    CHUNK_MASK, CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS, RETAIN_DIVISOR, RETAIN_MAX,
+};
 use crate::size_class::CLASS_COUNT;
 use crate::slab;
 
@@ -123,6 +132,12 @@ pub struct HeapCounters {
     /// Of `chunks_returned`: empty chunks given back because they stayed cached for the
     /// decay period (with a platform clock; see `Allocator::with_decay`).
     pub decayed_chunks: usize,
+    /// Purges of free pages inside partly used chunks (provider calls; see `heap`).
+    pub purges: usize,
+    /// Bytes those purges covered.
+    pub purged_bytes: usize,
+    /// Chunks purged: each purge of a chunk splits the huge page backing it, where one did.
+    pub purged_chunks: usize,
     /// Compact mode: the span and what is in it (all zero in the usual mode).
     pub region: crate::region::RegionCounters,
     /// Allocations that returned null, by reason, and the last one.
@@ -178,6 +193,8 @@ pub(crate) struct Heap {
     /// Empty slab chunks, newest at the head, oldest at the tail.
     empty_head: *mut ChunkHeader,
     empty_tail: *mut ChunkHeader,
+    /// The clock's time before which the purge pass does not run again.
+    next_purge: u64,
     meta_cursor: usize,
     meta_end: usize,
     meta_zeroed: bool,
@@ -204,6 +221,7 @@ impl Heap {
             orphans: [ptr::null_mut(); CLASS_COUNT],
             empty_head: ptr::null_mut(),
             empty_tail: ptr::null_mut(),
+            next_purge: 0,
             meta_cursor: 0,
             meta_end: 0,
             meta_zeroed: false,
@@ -223,6 +241,9 @@ impl Heap {
                 chunks_returned: 0,
                 provider_refusals: 0,
                 decayed_chunks: 0,
+                purges: 0,
+                purged_bytes: 0,
+                purged_chunks: 0,
                 region: crate::region::RegionCounters {
                     span_bytes: 0,
                     fit: crate::fit::FitCounters {
@@ -617,6 +638,85 @@ impl Heap {
             self.counters.decayed_chunks += 1;
         }
         release
+    }
+
+    /// Purges the free dirty pages of mostly free slab chunks unchanged for the decay period
+    /// (see the module documentation); at most every quarter period.
+    pub(crate) fn purge_idle<P: PageProvider>(&mut self, clock: Clock, provider: &P) {
+        let capabilities = provider.capabilities();
+        if !capabilities.contains(page_provider::Capabilities::PURGE) || clock.now < self.next_purge {
+            return;
+        }
+        self.next_purge = clock.now.saturating_add(clock.decay / 4);
+        let zeroes = capabilities.contains(page_provider::Capabilities::PURGE_ZEROES);
+        let granule = (provider.page_size() / PAGE).max(1);
+        let (mut visited, mut calls) = (0, 0);
+        for bucket in (1..BUCKETS).rev() {
+            let mut chunk = self.buckets[bucket];
+            while !chunk.is_null() && visited < PURGE_SCAN_CHUNKS && calls < PURGE_CALLS {
+                visited += 1;
+                // SAFETY: chunks in the buckets are formatted slab chunks of this heap, and
+                // the lock is held; free pages hold nothing anybody uses.
+                unsafe {
+                    let next = (*chunk).next;
+                    if (*chunk).changed {
+                        (*chunk).changed = false;
+                        (*chunk).unchanged_since = clock.now;
+                    } else if !(*chunk).purged
+                        && clock.now.saturating_sub((*chunk).unchanged_since) >= clock.decay
+                        && (*chunk).free_count as usize * 2 >= USABLE_PAGES
+                    {
+                        calls += self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS - calls);
+                        (*chunk).purged = true;
+                    }
+                    chunk = next;
+                }
+            }
+        }
+    }
+
+    /// Purges the free dirty pages of `chunk` in ranges of whole provider pages (`granule`
+    /// of ours), with at most `budget` calls; returns the calls made.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held and `chunk` is a formatted slab chunk of this heap.
+    unsafe fn purge_chunk<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        provider: &P,
+        granule: usize,
+        zeroes: bool,
+        budget: usize,
+    ) -> usize {
+        let mut calls = 0;
+        let mut page = HEADER_PAGES;
+        // SAFETY: the caller's promise: the header is ours to read and update, and free pages
+        // are in no run, so nobody uses their bytes.
+        unsafe {
+            while calls < budget {
+                let Some(start) = (*chunk).free_pages.next_set(page) else { break };
+                let end = (*chunk).free_pages.next_clear(start).unwrap_or(PAGES_PER_CHUNK);
+                page = end;
+                let (first, last) = (start.next_multiple_of(granule), end / granule * granule);
+                if last <= first || (*chunk).dirty_pages.count_in_range(first, last - first) == 0 {
+                    continue;
+                }
+                let base = NonNull::new_unchecked((chunk as usize + first * PAGE) as *mut u8);
+                calls += 1;
+                if provider.purge(base, (last - first) * PAGE) {
+                    if calls == 1 {
+                        self.counters.purged_chunks += 1;
+                    }
+                    self.counters.purges += 1;
+                    self.counters.purged_bytes += (last - first) * PAGE;
+                    if zeroes {
+                        (*chunk).dirty_pages.set_range(first, last - first, false);
+                    }
+                }
+            }
+        }
+        calls
     }
 
     /// Moves the oldest cached empty chunk (the cache is not empty) to `release`.

@@ -125,6 +125,15 @@ impl fmt::Display for Stats {
             self.large_cached,
             self.large_cached_bytes / 1024,
         )?;
+        if self.heap.purges > 0 {
+            writeln!(
+                f,
+                "purged: {:.2} MiB of free pages in partly used chunks ({} calls, {} chunks, each a huge page split where one backed it)",
+                self.heap.purged_bytes as f64 / MIB,
+                self.heap.purges,
+                self.heap.purged_chunks,
+            )?;
+        }
         let region = &self.heap.region;
         if region.span_bytes > 0 {
             writeln!(

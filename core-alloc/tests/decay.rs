@@ -165,3 +165,77 @@ fn an_arena_idle_for_the_decay_period_gives_back_what_it_holds_unused() {
     assert!(held(&heap) < before, "the arena's slab and run went back to the heap: {stats}");
     heap.check_invariants().unwrap();
 }
+
+/// Fills a chunk with blocks whose bytes are all `value`.
+fn fill_chunk_with(heap: &Heap, value: u8) -> Vec<NonNull<u8>> {
+    let blocks = fill_chunk(heap);
+    for block in &blocks {
+        // SAFETY: a live block of BLOCK bytes.
+        unsafe { block.as_ptr().write_bytes(value, BLOCK) };
+    }
+    blocks
+}
+
+#[test]
+fn free_pages_of_a_mostly_free_chunk_unchanged_for_the_period_are_purged_once() {
+    purge_once(true);
+}
+
+#[test]
+fn a_purge_that_keeps_bytes_is_not_repeated_and_zeroed_allocations_still_clear() {
+    purge_once(false);
+}
+
+/// The purge test over a provider whose purges zero (`MADV_DONTNEED`) or keep bytes
+/// (`MADV_FREE`).
+fn purge_once(zeroes: bool) {
+    let heap = heap();
+    heap.provider().set_purge_zeroes(zeroes);
+    // Two chunks with one block left live each (mostly free), one with four (not).
+    let (mut first, mut second, mut busy) =
+        (fill_chunk_with(&heap, 1), fill_chunk_with(&heap, 2), fill_chunk_with(&heap, 3));
+    let mostly_free = vec![first.pop().unwrap(), second.pop().unwrap()];
+    free_all(&heap, first);
+    free_all(&heap, second);
+    free_all(&heap, busy.split_off(4));
+    let purged = || heap.provider().purged_bytes();
+
+    heap.decay(); // the pass notes the chunks' last change at 0
+    heap.platform().advance(DECAY - 1);
+    heap.decay();
+    assert_eq!(purged(), 0, "purged before the period");
+    heap.platform().advance(DECAY / 2); // due, and past the pass's quarter-period pacing
+    heap.decay();
+    let stats = heap.stats();
+    assert_eq!(stats.heap.purged_chunks, 2, "{stats}");
+    // At least the five freed blocks' pages of each chunk, in whole pages.
+    assert!(purged() >= 2 * 5 * BLOCK, "purged {} bytes", purged());
+    assert_eq!(stats.heap.purged_bytes, purged());
+    // The live blocks kept their bytes.
+    for (block, value) in mostly_free.iter().zip([1u8, 2]) {
+        // SAFETY: live blocks of BLOCK bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), BLOCK) };
+        assert!(bytes.iter().all(|&byte| byte == value), "a live block lost its bytes");
+    }
+    for block in &busy {
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), BLOCK) };
+        assert!(bytes.iter().all(|&byte| byte == 3));
+    }
+
+    // Once per change: later passes leave the purged chunks alone.
+    let before = purged();
+    heap.platform().advance(3 * DECAY);
+    heap.decay();
+    assert_eq!(purged(), before, "purged again without a change");
+
+    // Purged pages read as zero, and a zeroed allocation from them is zero.
+    let zeroed = heap.allocate_zeroed(BLOCK, 8).unwrap();
+    // SAFETY: a live block of BLOCK bytes.
+    assert!(unsafe { std::slice::from_raw_parts(zeroed.as_ptr(), BLOCK) }.iter().all(|&byte| byte == 0));
+    heap.check_invariants().unwrap();
+    free_all(&heap, vec![zeroed]);
+    free_all(&heap, mostly_free);
+    free_all(&heap, busy);
+    heap.check_invariants().unwrap();
+}

@@ -36,6 +36,10 @@ struct SimState {
     /// Remaps move runs to the highest free range instead of the lowest.
     remap_far: bool,
     remaps: usize,
+    /// Bytes purged so far.
+    purged_bytes: usize,
+    /// Purges zero the range (`MADV_DONTNEED`), or leave its bytes (as `MADV_FREE` may).
+    purge_zeroes: bool,
 }
 
 impl SimProvider {
@@ -65,6 +69,8 @@ impl SimProvider {
                 refuse: false,
                 remap_far: false,
                 remaps: 0,
+                purged_bytes: 0,
+                purge_zeroes: true,
             }),
         }
     }
@@ -91,6 +97,17 @@ impl SimProvider {
     /// Runs moved (or grown) by `remap`.
     pub fn remaps(&self) -> usize {
         self.state.lock().remaps
+    }
+
+    /// Bytes purged so far (the allocator purges only with a platform clock).
+    pub fn purged_bytes(&self) -> usize {
+        self.state.lock().purged_bytes
+    }
+
+    /// Makes purges zero their range and say so (`true`, the default, as `MADV_DONTNEED`)
+    /// or leave the bytes and not promise zeroes (`false`, as `MADV_FREE`).
+    pub fn set_purge_zeroes(&self, zeroes: bool) {
+        self.state.lock().purge_zeroes = zeroes;
     }
 
     fn index_of(&self, address: usize) -> usize {
@@ -149,7 +166,9 @@ impl SimState {
 // one before giving the old run back.
 unsafe impl PageProvider for SimProvider {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::REMAP
+        let zeroes =
+            if self.state.lock().purge_zeroes { Capabilities::PURGE_ZEROES } else { Capabilities::empty() };
+        Capabilities::REMAP | Capabilities::PURGE | zeroes
     }
 
     fn page_size(&self) -> usize {
@@ -169,6 +188,23 @@ unsafe impl PageProvider for SimProvider {
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         let start = self.index_of(base.as_ptr() as usize);
         self.state.lock().give_back(start, count);
+    }
+
+    /// Zeroes the range (as `MADV_DONTNEED` does) unless told not to, and counts it.
+    unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
+        let mut state = self.state.lock();
+        let index = self.index_of(base.as_ptr() as usize);
+        assert!(state.used[index], "purge of a chunk not handed out");
+        assert!(
+            (base.as_ptr() as usize).is_multiple_of(4096) && len.is_multiple_of(4096),
+            "purge of part of a page"
+        );
+        if state.purge_zeroes {
+            // SAFETY: the caller's promise: the range lies in chunks handed out, unused.
+            unsafe { base.as_ptr().write_bytes(0, len) };
+        }
+        state.purged_bytes += len;
+        true
     }
 
     unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {

@@ -40,9 +40,13 @@ impl<P: PageProvider> Metered<P> {
         self.limit.store(chunks, Ordering::SeqCst);
     }
 
-    /// Chunks handed out and not taken back.
+    /// Chunks handed out and not taken back. `returned` is read first: a chunk is counted
+    /// obtained before it can be returned, so reading `obtained` later never finds fewer than
+    /// were returned (the other order underflowed when other threads returned chunks in
+    /// between).
     pub fn outstanding(&self) -> usize {
-        self.obtained.load(Ordering::SeqCst) - self.returned.load(Ordering::SeqCst)
+        let returned = self.returned.load(Ordering::SeqCst);
+        self.obtained.load(Ordering::SeqCst) - returned
     }
 
     pub fn obtained(&self) -> usize {

@@ -1,0 +1,86 @@
+//! Purging on Linux: after most blocks of a heap are freed but every chunk keeps a live one
+//! (nothing can go back whole), `decay()` on a quiet heap purges the free pages after the
+//! decay period and the process's resident memory falls by most of what was freed. Measured
+//! as the change of `Rss` in `/proc/self/smaps_rollup` (this binary's only test, so nothing
+//! else grows meanwhile; its own global allocator is the system one).
+
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use core_alloc::Allocator;
+use page_provider::linux::MmapProvider;
+use platform::host::HostPlatform;
+
+/// 50 ms: short, so that the test waits little.
+const DECAY_NS: u64 = 50_000_000;
+
+static HEAP: Allocator<MmapProvider, HostPlatform> =
+    Allocator::new(MmapProvider::new(), HostPlatform::new()).with_decay(DECAY_NS);
+
+/// Resident memory of the process in KiB.
+fn resident_kib() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
+    text.lines()
+        .find(|line| line.starts_with("Rss:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .expect("an Rss line")
+}
+
+#[test]
+fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period() {
+    const SIZE: usize = 96 * 1024;
+    const COUNT: usize = 640; // 60 MiB
+    let blocks: Vec<NonNull<u8>> = (0..COUNT)
+        .map(|index| {
+            let block = HEAP.allocate(SIZE, 8).expect("out of memory");
+            // SAFETY: a live block of SIZE bytes.
+            unsafe { block.as_ptr().write_bytes(index as u8 | 1, SIZE) };
+            block
+        })
+        .collect();
+    let peak = resident_kib();
+    // Keep every tenth block: each chunk keeps live blocks, so none can go back whole.
+    let mut kept = Vec::new();
+    for (index, block) in blocks.into_iter().enumerate() {
+        if index % 10 == 0 {
+            kept.push((index, block));
+        } else {
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { HEAP.deallocate(block, SIZE, 8) };
+        }
+    }
+    let stats = HEAP.stats();
+    assert_eq!(stats.heap.cached_chunks, 0, "every chunk should keep a live block: {stats}");
+    let freed_kib = ((COUNT - kept.len()) * SIZE / 1024) as u64;
+    // The first pass notes the chunks' last change (and the arena's activity), the second,
+    // a period later, purges (and flushes the idle arena's cached runs, purged a period
+    // after that).
+    for _ in 0..4 {
+        HEAP.decay();
+        std::thread::sleep(Duration::from_nanos(DECAY_NS + DECAY_NS / 2));
+    }
+    HEAP.decay();
+    let after = resident_kib();
+    let stats = HEAP.stats();
+    println!(
+        "resident at peak {peak} KiB, after purging {after} KiB; freed {freed_kib} KiB; purged {} KiB in {} calls over {} chunks",
+        stats.heap.purged_bytes / 1024,
+        stats.heap.purges,
+        stats.heap.purged_chunks
+    );
+    assert!(stats.heap.purged_bytes as u64 / 1024 >= freed_kib * 9 / 10, "{stats}");
+    assert!(
+        peak.saturating_sub(after) >= freed_kib * 8 / 10,
+        "resident memory fell by {} KiB of {freed_kib} KiB freed",
+        peak.saturating_sub(after)
+    );
+    for (index, block) in kept {
+        // SAFETY: a live block of SIZE bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), SIZE) };
+        assert!(bytes.iter().all(|&byte| byte == index as u8 | 1), "a live block lost its bytes");
+        // SAFETY: allocated above with this size, freed once.
+        unsafe { HEAP.deallocate(block, SIZE, 8) };
+    }
+    HEAP.check_invariants().unwrap();
+}
