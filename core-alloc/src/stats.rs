@@ -160,9 +160,18 @@ impl fmt::Display for Stats {
                 last.align,
             )?;
         }
-        write!(f, "classes (size: live/allocated):")?;
+        // One row per size class used so far: block size, blocks live now, blocks handed out
+        // since the start, and the bytes the live ones take.
+        write!(f, "{:>10} {:>12} {:>14} {:>12}", "size class", "live", "allocated", "live KiB")?;
         for class in self.classes.iter().filter(|class| class.allocations > 0) {
-            write!(f, " {}: {}/{}", class.block_size, class.live(), class.allocations)?;
+            write!(
+                f,
+                "\n{:>8} B {:>12} {:>14} {:>12}",
+                class.block_size,
+                class.live(),
+                class.allocations,
+                class.live() * class.block_size as u64 / 1024
+            )?;
         }
         Ok(())
     }

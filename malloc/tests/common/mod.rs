@@ -230,11 +230,16 @@ pub(crate) fn stat(lines: &[&str], label: &str) -> Option<u64> {
 /// The number of allocations the allocator's statistics report, summed over every process
 /// that printed them.
 pub(crate) fn allocations(lines: &[&str]) -> u64 {
-    lines
-        .iter()
-        .filter_map(|line| line.strip_prefix("corealloc: classes (size: live/allocated): "))
-        .flat_map(|classes| {
-            classes.split_whitespace().filter_map(|pair| pair.split('/').nth(1)?.parse::<u64>().ok())
-        })
-        .sum()
+    class_rows(lines).map(|(_, allocated)| allocated).sum()
+}
+
+/// The rows of the statistics' size-class table: (block size, blocks allocated).
+pub(crate) fn class_rows<'a>(lines: &'a [&'a str]) -> impl Iterator<Item = (u64, u64)> + 'a {
+    lines.iter().filter_map(|line| {
+        let row: Vec<&str> = line.strip_prefix("corealloc: ")?.split_whitespace().collect();
+        match row[..] {
+            [size, "B", _live, allocated, _kib] => Some((size.parse().ok()?, allocated.parse().ok()?)),
+            _ => None,
+        }
+    })
 }
