@@ -87,6 +87,13 @@ impl HostAlloc {
     pub fn collect() {
         HOST.collect()
     }
+
+    /// Gives back what has stayed unused for the decay period, one second (see
+    /// [`Allocator::decay`]): for a program that goes quiet, from a thread that calls it now
+    /// and then (the allocator starts no thread of its own).
+    pub fn decay() {
+        HOST.decay()
+    }
 }
 
 // SAFETY: forwards to the process-wide allocator, which upholds GlobalAlloc's contract.
