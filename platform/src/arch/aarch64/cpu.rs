@@ -87,26 +87,36 @@ pub fn cache_line_size() -> usize {
     if write_back_granule == 0 { dmin_line.max(128) } else { dmin_line.max(4 << write_back_granule) }
 }
 
-/// The architected generic timer's virtual count in nanoseconds (CNTVCT_EL0 over
+/// The architected generic timer's virtual count in nanoseconds (CNTVCT_EL0 scaled by
 /// CNTFRQ_EL0): the platforms' clock for decay (`Platform::now_ns`). EL1 may always read
 /// both; the count is monotonic and common to all CPUs. `None` if the frequency register
-/// was left 0 by the firmware.
+/// was left 0 by the firmware. A multiply and a shift: the scale (nanoseconds per tick,
+/// fixed point) is worked out on the first call.
 pub fn now_ns() -> Option<u64> {
-    let (count, frequency): (u64, u64);
-    // SAFETY: reading CNTVCT_EL0 and CNTFRQ_EL0 has no side effects. The `isb` keeps the
-    // count from being read early (out of order); no memory, no stack, flags untouched.
-    unsafe {
-        asm!(
-            "isb",
-            "mrs {count}, cntvct_el0",
-            "mrs {frequency}, cntfrq_el0",
-            count = out(reg) count,
-            frequency = out(reg) frequency,
-            options(nomem, nostack, preserves_flags),
-        );
+    let mut scale = NS_PER_TICK_FIXED.load(core::sync::atomic::Ordering::Relaxed);
+    if scale == 0 {
+        let frequency: u64;
+        // SAFETY: reading CNTFRQ_EL0 has no side effects; no memory, stack or flags.
+        unsafe {
+            asm!("mrs {f}, cntfrq_el0", f = out(reg) frequency, options(nomem, nostack, preserves_flags))
+        };
+        if frequency == 0 {
+            return None;
+        }
+        scale = ((1_000_000_000u128 << 32) / u128::from(frequency)) as u64;
+        NS_PER_TICK_FIXED.store(scale, core::sync::atomic::Ordering::Relaxed);
     }
-    (frequency != 0).then(|| (u128::from(count) * 1_000_000_000 / u128::from(frequency)) as u64)
+    let count: u64;
+    // SAFETY: reading CNTVCT_EL0 has no side effects. The `isb` keeps the count from being
+    // read early (out of order); no memory, no stack, flags untouched.
+    unsafe {
+        asm!("isb", "mrs {c}, cntvct_el0", c = out(reg) count, options(nomem, nostack, preserves_flags))
+    };
+    Some(((u128::from(count) * u128::from(scale)) >> 32) as u64)
 }
+
+/// Nanoseconds per generic-timer tick, in 32.32 fixed point (0 until `now_ns` first runs).
+static NS_PER_TICK_FIXED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Slot levels per CPU for [`KernelPlatform`]: code outside interrupt handlers, a handler,
 /// a handler interrupting a handler, and a last level taken with interrupts masked.
