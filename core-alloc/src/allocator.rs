@@ -412,6 +412,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 block
             }
             None => {
+                // Runs in this slot's large cache are free memory: give them back and try
+                // once more before failing (the second try finds the cache empty).
+                // SAFETY: the slot closure gives exclusive use of the slot's arena.
+                if self.platform.with_slot(|slot| unsafe { self.release_large_cache(slot) }) {
+                    return self.alloc_big(layout, zeroed, growing);
+                }
                 self.failed(size, align);
                 ptr::null_mut()
             }

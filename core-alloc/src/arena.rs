@@ -238,6 +238,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     continue;
                 }
                 let Some((run, _)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
+                    // Runs in the large cache are free memory: give them back and try again.
+                    if self.release_large_cache(slot) {
+                        continue;
+                    }
                     if P::MAY_CLAIM_SPAN && self.mode.compact() {
                         // No page for a slab: the block alone, from the span.
                         let block = self.alloc_compact_fallback(class);

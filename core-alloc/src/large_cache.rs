@@ -187,6 +187,24 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         true
     }
 
+    /// Gives `slot`'s cached large runs back to the central heap (an allocation is about to
+    /// fail for want of memory); returns whether there were any.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    pub(crate) unsafe fn release_large_cache(&self, slot: usize) -> bool {
+        let arena = self.arenas[slot].load(Ordering::Relaxed);
+        // SAFETY: the slot holder owns the arena and its cache.
+        unsafe {
+            if arena.is_null() || (*arena).large.count == 0 {
+                return false;
+            }
+            self.flush_large_cache(arena);
+        }
+        true
+    }
+
     /// Sends every run of `arena`'s cache to the central heap.
     ///
     /// # Safety

@@ -90,3 +90,37 @@ fn a_fixed_region_runs_out_and_recovers() {
     // SAFETY: allocated just above.
     unsafe { heap.free(huge) };
 }
+
+/// Runs in the arena's large cache are free memory: a request the heap cannot serve
+/// otherwise gets them back before the allocator says no, for a large request and for a
+/// slab of a class not used before.
+#[test]
+fn cached_large_runs_serve_a_request_before_it_fails() {
+    const BLOCK: usize = 200 * 1024; // 50 pages: cached when freed
+    for request in [300 * 1024, 3000] {
+        let heap = common::mmap_heap();
+        heap.provider().set_limit(3);
+        let mut blocks = exhaust(heap, BLOCK, 8);
+        assert!(blocks.len() >= 10, "only {} blocks fit", blocks.len());
+        // Two neighbours freed: 100 free pages in one place, but held by the arena's cache.
+        for block in blocks.drain(4..6) {
+            // SAFETY: a live block of BLOCK bytes, freed once.
+            unsafe { heap.deallocate(block, BLOCK, 8) };
+        }
+        assert_eq!(heap.stats().large_cached, 2);
+        let served = heap.allocate(request, 8).expect("the cached runs should have served the request");
+        assert_eq!(heap.stats().large_cached, 0, "the cache was not given back");
+        if request > BLOCK {
+            // Nothing else was free: what served it is what the cache held.
+            assert!(heap.allocate(request, 8).is_none());
+        }
+        // SAFETY: live blocks, freed once.
+        unsafe {
+            heap.deallocate(served, request, 8);
+            for block in blocks {
+                heap.deallocate(block, BLOCK, 8);
+            }
+        }
+        heap.check_invariants().unwrap();
+    }
+}
