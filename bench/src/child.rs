@@ -191,15 +191,24 @@ fn fragmentation<A: std::alloc::GlobalAlloc>(heap: &A, peer: Peer, size: Size, s
     // linked_list_allocator would take a quarter of an hour for the million replacements:
     // it does a tenth (one per object on average).
     let replacements = size.scaled(1_000_000, 200_000) / if peer.is_slow() { 10 } else { 1 };
-    let figures = workloads::fragmentation(heap, size.live(), replacements, seed, || {
-        peers::explicit_collect(peer).is_some()
-    });
+    let figures = workloads::fragmentation(
+        heap,
+        size.live(),
+        replacements,
+        seed,
+        || peers::explicit_decay(peer).is_some(),
+        || peers::explicit_collect(peer).is_some(),
+    );
     let ratio = |resident: u64, live: u64| resident as f64 / live.max(1) as f64;
     result("w6_peak", 1, "rss_per_live", ratio(figures.peak_resident, figures.peak_live));
     result("w6_peak", 1, "resident_bytes", figures.peak_resident as f64);
     result("w6_peak_huge_pages", 1, "resident_bytes", figures.peak_huge as f64);
     result("w6_after_free_9_of_10", 1, "rss_per_live", ratio(figures.after_resident, figures.after_live));
     result("w6_after_free_9_of_10", 1, "resident_bytes", figures.after_resident as f64);
+    result("w6_after_idle_1s", 1, "resident_bytes", figures.idle_resident as f64);
+    if let Some(decayed) = figures.decayed_resident {
+        result("w6_after_decay_call", 1, "resident_bytes", decayed as f64);
+    }
     result("w6_all_freed", 1, "resident_bytes", figures.freed_resident as f64);
     if let Some(collected) = figures.collected_resident {
         result("w6_collected", 1, "resident_bytes", collected as f64);

@@ -234,6 +234,22 @@ unsafe extern "C" {
     fn mi_collect(force: bool);
 }
 
+/// Calls `peer`'s own way of giving back memory that stayed unused for a while, where it has
+/// one that is not a full collection, and returns its name. core-alloc: `HostAlloc::decay()`,
+/// called, then again after its one-second decay period (the first call notes what changed,
+/// the second gives back what stayed unused: free pages of mostly free chunks, idle arenas).
+pub fn explicit_decay(peer: Peer) -> Option<&'static str> {
+    match peer {
+        Peer::CoreAlloc => {
+            HostAlloc::decay();
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            HostAlloc::decay();
+            Some("HostAlloc::decay(), twice a decay period apart")
+        }
+        _ => None,
+    }
+}
+
 /// Asks the allocator to give back what it can now, where it has a call for it; returns
 /// what was called, or `None`.
 pub fn explicit_collect(peer: Peer) -> Option<&'static str> {

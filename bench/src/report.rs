@@ -215,6 +215,8 @@ fn tables(peers: &[Peer], threads: &[usize]) -> Vec<Table> {
                 Show::PerLive,
             ),
             Column::new("peak MiB", "w6_peak", 1, "resident_bytes", Show::Mib),
+            Column::new("9/10 freed, 1 s idle MiB", "w6_after_idle_1s", 1, "resident_bytes", Show::Mib),
+            Column::new("then decay call MiB", "w6_after_decay_call", 1, "resident_bytes", Show::Mib),
             Column::new("all freed MiB", "w6_all_freed", 1, "resident_bytes", Show::Mib),
             Column::new("after collect call MiB", "w6_collected", 1, "resident_bytes", Show::Mib),
             Column::new("THP at peak MiB", "w6_peak_huge_pages", 1, "resident_bytes", Show::Mib),

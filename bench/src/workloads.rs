@@ -310,6 +310,12 @@ pub struct Fragmentation {
     pub after_live: u64,
     /// Resident bytes then.
     pub after_resident: u64,
+    /// Resident bytes after a second of idleness that follows (no call: allocators that
+    /// purge on a timer of their own get their chance).
+    pub idle_resident: u64,
+    /// Resident bytes after the allocator's own call for giving back memory unused for a
+    /// while, where it has one (made around a further idle second; see `peers`).
+    pub decayed_resident: Option<u64>,
     /// Resident bytes once everything is freed.
     pub freed_resident: u64,
     /// Resident bytes after the allocator's explicit collection call, if it has one.
@@ -319,13 +325,15 @@ pub struct Fragmentation {
 }
 
 /// Workload 6: workload 2 (fill and `replacements` random replacements, every byte of every
-/// block written), then free 9 of every 10 objects, then the rest, then the allocator's
+/// block written), then free 9 of every 10 objects, stay idle a second, call the allocator's
+/// time-based release where it has one (`decay`), then free the rest, then the allocator's
 /// explicit collection call where it has one. Resident memory is sampled all along.
 pub fn fragmentation<A: GlobalAlloc>(
     heap: &A,
     live: usize,
     replacements: usize,
     seed: u64,
+    decay: impl FnOnce() -> bool,
     collect: impl FnOnce() -> bool,
 ) -> Fragmentation {
     const STEPS: usize = 25;
@@ -390,6 +398,9 @@ pub fn fragmentation<A: GlobalAlloc>(
     let after_live: u64 =
         slots.iter().filter(|(block, _)| !block.is_null()).map(|(_, layout)| layout.size() as u64).sum();
     let after_resident = memory::resident_bytes().saturating_sub(baseline);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let idle_resident = memory::resident_bytes().saturating_sub(baseline);
+    let decayed_resident = decay().then(|| memory::resident_bytes().saturating_sub(baseline));
     let remaining = live - to_free;
     let mut freed = 0;
     for (block, layout) in slots.iter().filter(|(block, _)| !block.is_null()) {
@@ -411,6 +422,8 @@ pub fn fragmentation<A: GlobalAlloc>(
         after_resident,
         freed_resident,
         collected_resident,
+        idle_resident,
+        decayed_resident,
         samples,
     }
 }
