@@ -178,7 +178,10 @@ fn print_stats() {
     out.inner.flush();
 }
 
-/// Puts `corealloc: ` at the start of every line written through it.
+/// Puts `corealloc: ` at the start of every line written through it, and writes each line
+/// out whole (one `write(2)` per line, shorter than the buffer): processes sharing standard
+/// error (a program's helpers, all printing at exit) then interleave whole lines, never a
+/// prefix without its line (writes to a pipe up to `PIPE_BUF` bytes are atomic).
 struct Prefixed {
     inner: Stderr,
     line_start: bool,
@@ -192,6 +195,9 @@ impl Write for Prefixed {
             }
             self.inner.write_str(piece)?;
             self.line_start = piece.ends_with('\n');
+            if self.line_start {
+                self.inner.flush();
+            }
         }
         Ok(())
     }
