@@ -512,3 +512,70 @@ fn compact_full_slab_page_vs_owner_refills() {
 fn model_compact_full_slab_page_vs_owner_refills() {
     explore(compact_full_slab_page_vs_owner_refills);
 }
+
+/// Decay and purging on the clock (issue 10), with the real code: a slot fills chunks with
+/// large blocks and frees most of them (chunks empty and go to the cache, or stay mostly free
+/// and become purge candidates), checking every byte of the blocks it keeps; another slot
+/// moves the clock and calls `decay()` (chunks leave the cache, free pages are purged - the
+/// simulated provider zeroes them - and its own idle arena is flushed); a third takes cached
+/// chunks for single-chunk huge blocks and collects. Live bytes must survive every purge and
+/// the heap must stay consistent.
+fn decay_and_purge_under_churn() {
+    const LARGE: usize = 300 * 1024;
+    let heap: Arc<Heap> = Arc::new(
+        Allocator::new(SimProvider::new(12), TestPlatform::with_clock())
+            .with_decay(10)
+            .with_misuse_hook(panic_on_misuse),
+    );
+    TestPlatform::enter(0);
+    let kept = allocate(&heap, LARGE);
+    // SAFETY: a live block of LARGE bytes.
+    unsafe { (kept as *mut u8).write_bytes(0x5A, LARGE) };
+    let churner = spawn(&heap, 1, |heap| {
+        for round in 0..2u8 {
+            let blocks: Vec<usize> = (0..8).map(|_| allocate(heap, LARGE)).collect();
+            for &block in &blocks {
+                // SAFETY: live blocks of LARGE bytes.
+                unsafe { (block as *mut u8).write_bytes(round + 1, LARGE) };
+            }
+            let (keep, rest) = blocks.split_at(1);
+            for &block in rest {
+                free(heap, block);
+            }
+            // SAFETY: a live block of LARGE bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(keep[0] as *const u8, LARGE) };
+            assert!(bytes.iter().all(|&byte| byte == round + 1), "a purge reached a live block");
+            free(heap, keep[0]);
+        }
+    });
+    let decayer = spawn(&heap, 2, |heap| {
+        let block = allocate(heap, BLOCK); // an arena to go idle
+        free(heap, block);
+        for _ in 0..4 {
+            heap.platform().advance(10);
+            heap.decay();
+        }
+    });
+    let huge = spawn(&heap, 3, |heap| {
+        for _ in 0..2 {
+            let block = allocate(heap, 2 << 20);
+            free(heap, block);
+        }
+        heap.collect();
+    });
+    churner.join().unwrap();
+    decayer.join().unwrap();
+    huge.join().unwrap();
+    // SAFETY: a live block of LARGE bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(kept as *const u8, LARGE) };
+    assert!(bytes.iter().all(|&byte| byte == 0x5A), "a purge reached a live block");
+    heap.platform().advance(100);
+    TestPlatform::enter(0);
+    heap.decay();
+    free_all_and_check(&heap, vec![kept], &[]);
+}
+
+#[test]
+fn model_decay_and_purge_under_churn() {
+    explore(decay_and_purge_under_churn);
+}
