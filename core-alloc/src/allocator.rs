@@ -175,15 +175,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // SAFETY: the slot closure gives exclusive use of the slot's arena, and no other
             // operation of the slot is under way.
             unsafe { self.decay_arena(slot, clock) };
-            self.decay_in_slot();
+            self.decay_heap(clock);
         });
     }
 
-    /// [`decay`](Self::decay) from inside a slot closure.
-    pub(crate) fn decay_in_slot(&self) {
-        let Some(clock) = self.clock() else {
-            return;
-        };
+    /// The central part of [`decay`](Self::decay), from inside a slot closure: cached empty
+    /// chunks that are due go back, and the purge pass runs if it is due.
+    pub(crate) fn decay_heap(&self, clock: Clock) {
         let mut heap = self.lock_heap();
         let release = heap.trim_decayed(clock, &self.map);
         heap.purge_idle(clock, &self.provider);
@@ -515,7 +513,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 unsafe {
                     if cache {
                         ChunkHeader::init(chunk, false);
-                        if self.lock_heap().cache_chunk(chunk, &self.provider, &self.map, self.clock()) {
+                        let clock = self.clock();
+                        if self.lock_heap().cache_chunk(chunk, &self.provider, &self.map, clock) {
                             return Some(());
                         }
                     }

@@ -210,7 +210,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             (*arena).activity = (*arena).activity.wrapping_add(1);
             if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
                 self.release_idle_current(arena, class);
-                self.decay_in_slot();
+                if let Some(clock) = self.clock() {
+                    self.decay_heap(clock);
+                }
             }
             let bin = ptr::addr_of_mut!((*arena).bins[class]);
             loop {

@@ -666,8 +666,11 @@ impl Heap {
                         && clock.now.saturating_sub((*chunk).unchanged_since) >= clock.decay
                         && (*chunk).free_count as usize * 2 >= USABLE_PAGES
                     {
-                        calls += self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS - calls);
-                        (*chunk).purged = true;
+                        let (made, finished) =
+                            self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS - calls);
+                        calls += made;
+                        // Left unfinished by the call budget: the next pass goes on.
+                        (*chunk).purged = finished;
                     }
                     chunk = next;
                 }
@@ -676,7 +679,8 @@ impl Heap {
     }
 
     /// Purges the free dirty pages of `chunk` in ranges of whole provider pages (`granule`
-    /// of ours), with at most `budget` calls; returns the calls made.
+    /// of ours), with at most `budget` calls; returns the calls made and whether it got
+    /// through the whole chunk.
     ///
     /// # Safety
     ///
@@ -688,25 +692,29 @@ impl Heap {
         granule: usize,
         zeroes: bool,
         budget: usize,
-    ) -> usize {
-        let mut calls = 0;
+    ) -> (usize, bool) {
+        let (mut calls, mut purged) = (0, false);
         let mut page = HEADER_PAGES;
         // SAFETY: the caller's promise: the header is ours to read and update, and free pages
         // are in no run, so nobody uses their bytes.
         unsafe {
-            while calls < budget {
-                let Some(start) = (*chunk).free_pages.next_set(page) else { break };
+            loop {
+                let Some(start) = (*chunk).free_pages.next_set(page) else { return (calls, true) };
                 let end = (*chunk).free_pages.next_clear(start).unwrap_or(PAGES_PER_CHUNK);
                 page = end;
                 let (first, last) = (start.next_multiple_of(granule), end / granule * granule);
                 if last <= first || (*chunk).dirty_pages.count_in_range(first, last - first) == 0 {
                     continue;
                 }
+                if calls == budget {
+                    return (calls, false);
+                }
                 let base = NonNull::new_unchecked((chunk as usize + first * PAGE) as *mut u8);
                 calls += 1;
                 if provider.purge(base, (last - first) * PAGE) {
-                    if calls == 1 {
+                    if !purged {
                         self.counters.purged_chunks += 1;
+                        purged = true;
                     }
                     self.counters.purges += 1;
                     self.counters.purged_bytes += (last - first) * PAGE;
@@ -716,7 +724,6 @@ impl Heap {
                 }
             }
         }
-        calls
     }
 
     /// Moves the oldest cached empty chunk (the cache is not empty) to `release`.
