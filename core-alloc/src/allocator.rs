@@ -357,7 +357,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return self.alloc_big(layout, zeroed, false);
         };
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
-        let block = self.platform.with_slot(|slot| unsafe { self.alloc_small(slot, class) });
+        let block = self.platform.with_slot(move |slot| unsafe { self.alloc_small(slot, class) });
         #[cfg(feature = "checked")]
         if !block.is_null() {
             self.mark_live(block);
@@ -450,7 +450,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         unsafe {
             let run = run_of(address);
             if (*run).kind == RUN_SLAB {
-                self.platform.with_slot(|slot| self.free_small(slot, run, block));
+                self.platform.with_slot(move |slot| self.free_small(slot, run, block));
             } else {
                 self.free_large(run, address);
             }

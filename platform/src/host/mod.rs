@@ -150,9 +150,8 @@ impl HostPlatform {
     }
 
     /// The slot of a thread without an exclusive one yet: claims one if it can, else takes
-    /// the lock of a shared slot (released by `with_slot` after its closure).
-    #[cold]
-    #[inline(never)]
+    /// the lock of a shared slot (released by `with_slot_slow` after its closure).
+    #[inline(always)]
     fn acquire_slot_slow(&self) -> usize {
         if THREAD_SLOT.with(Cell::get) == UNCLAIMED {
             // Sharing until the claim is done: an allocation made while claiming (by
@@ -170,6 +169,19 @@ impl HostPlatform {
         let index = thread_hash() % SHARED_SLOTS;
         lock_shared(index);
         EXCLUSIVE_SLOTS + index
+    }
+
+    /// [`with_slot`](Platform::with_slot) for a thread without an exclusive slot yet (or
+    /// sharing): finds the slot, runs `f`, and releases a shared slot's lock.
+    #[cold]
+    #[inline(never)]
+    fn with_slot_slow<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let slot = self.acquire_slot_slow();
+        let result = f(slot);
+        if slot >= EXCLUSIVE_SLOTS {
+            SLOTS.unlock_shared(slot - EXCLUSIVE_SLOTS);
+        }
+        result
     }
 
     /// Runs `f` on a shared slot chosen from the thread's identity, under its lock.
@@ -518,18 +530,12 @@ unsafe impl Platform for HostPlatform {
 
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        // `f` has one call site, so that it inlines into the caller's fast path; the slow
-        // path only finds the slot (and takes a shared slot's lock, released here).
-        let mut slot = THREAD_SLOT.with(Cell::get);
-        let slow = slot >= EXCLUSIVE_SLOTS;
-        if slow {
-            slot = self.acquire_slot_slow();
-        }
-        let result = f(slot);
-        if slow && slot >= EXCLUSIVE_SLOTS {
-            SLOTS.unlock_shared(slot - EXCLUSIVE_SLOTS);
-        }
-        result
+        // The fast path is a thread-local load, a compare and `f` inlined. Everything else
+        // (finding a slot, a shared slot's lock) is in a cold function of its own, so that
+        // the fast path keeps no value across a call: no registers saved, no closure
+        // captures spilled to the stack.
+        let slot = THREAD_SLOT.with(Cell::get);
+        if slot < EXCLUSIVE_SLOTS { f(slot) } else { self.with_slot_slow(f) }
     }
 
     /// Lends a free exclusive slot, or one whose owner exited without releasing it, or an
