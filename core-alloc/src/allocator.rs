@@ -21,10 +21,11 @@ use crate::arena::Arena;
 use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, page_address, run_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT};
+use crate::front_cache::sized_class;
 use crate::heap::{Clock, Heap, Release};
 use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
-use crate::size_class::{CLASS_COUNT, class_for};
+use crate::size_class::{CLASS_COUNT, LOOKUP_LIMIT, class_for, table_class};
 use crate::stats::Stats;
 
 /// A misuse of the allocator that it noticed.
@@ -74,6 +75,8 @@ pub struct Allocator<P, Pl> {
     pub(crate) stray_frees: [AtomicU64; CLASS_COUNT],
     /// With a platform clock: how long an empty chunk stays cached (nanoseconds).
     decay_ns: u64,
+    /// The most blocks an arena's front cache keeps per size class (see `front_cache`).
+    pub(crate) front_cache_limit: usize,
 }
 
 /// The central lock, held inside the platform's critical section (see
@@ -132,6 +135,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             failure_hook: ignore_failure,
             stray_frees: [const { AtomicU64::new(0) }; CLASS_COUNT],
             decay_ns: crate::config::DECAY_NS,
+            front_cache_limit: crate::config::FRONT_CACHE_BLOCKS,
         }
     }
 
@@ -143,6 +147,18 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// each arena, and on [`decay`](Self::decay).
     pub const fn with_decay(mut self, nanoseconds: u64) -> Self {
         self.decay_ns = nanoseconds;
+        self
+    }
+
+    /// The same allocator, keeping at most `blocks` freed blocks per size class in each
+    /// arena's front cache (default [`FRONT_CACHE_BLOCKS`](crate::config::FRONT_CACHE_BLOCKS);
+    /// also at most [`FRONT_CACHE_BYTES`](crate::config::FRONT_CACHE_BYTES) of them); 0 turns
+    /// the cache off, so that every free goes to its slab at once. The cache serves the
+    /// common free-then-allocate pair without reading slab or chunk metadata; what it holds
+    /// goes back on `collect()`, an idle arena's `decay()`, the slot's release, and before an
+    /// allocation fails. Arenas made before the call keep the limit they were made with.
+    pub const fn with_front_cache(mut self, blocks: usize) -> Self {
+        self.front_cache_limit = blocks;
         self
     }
 
@@ -410,10 +426,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 block
             }
             None => {
-                // Runs in this slot's large cache are free memory: give them back and try
-                // once more before failing (the second try finds the cache empty).
+                // Runs in this slot's large cache are free memory, and blocks in its front
+                // cache may keep slabs from emptying: give them back and try once more before
+                // failing (the second try finds the caches empty).
                 // SAFETY: the slot closure gives exclusive use of the slot's arena.
-                if self.platform.with_slot(|slot| unsafe { self.release_large_cache(slot) }) {
+                if self.platform.with_slot(|slot| unsafe {
+                    self.release_large_cache(slot) | self.release_front_cache(slot)
+                }) {
                     return self.alloc_big(layout, zeroed, growing);
                 }
                 self.failed(size, align);
@@ -431,6 +450,29 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// is noticed, and is otherwise undefined behaviour).
     #[inline(always)]
     pub(crate) unsafe fn free_inner(&self, block: *mut u8, layout: Option<(usize, usize)>) {
+        // The common case inline: a small size gives the class from a table, and the block
+        // goes on the slot's front cache without a look at the chunk (see `front_cache`).
+        // Checked builds validate every free first, in `free_general`.
+        #[cfg(not(feature = "checked"))]
+        if !(P::MAY_CLAIM_SPAN && self.mode.compact())
+            && let Some(class) = layout.and_then(|(size, align)| table_class(size, align))
+        {
+            const { assert!(LOOKUP_LIMIT < LARGE_GROWTH_MIN) };
+            // SAFETY: a block allocated with a size below LARGE_GROWTH_MIN is a block of a
+            // slab of its size's class (see `front_cache::sized_class`).
+            return self.platform.with_slot(move |slot| unsafe { self.free_small(slot, class, block) });
+        }
+        // SAFETY: forwarded caller promise.
+        unsafe { self.free_general(block, layout) }
+    }
+
+    /// The rest of [`free_inner`](Self::free_inner).
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_inner`](Self::free_inner).
+    #[inline(never)]
+    unsafe fn free_general(&self, block: *mut u8, layout: Option<(usize, usize)>) {
         if P::MAY_CLAIM_SPAN && self.mode.compact() {
             // SAFETY: forwarded caller promise.
             return unsafe { self.free_compact(block, layout) };
@@ -444,13 +486,17 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         if !self.check_free(address, layout) {
             return;
         }
-        #[cfg(not(feature = "checked"))]
-        let _ = layout;
+        // A size that only a slab block can have gives the class without reading the chunk.
+        if let Some(class) = layout.and_then(|(size, align)| sized_class(size, align)) {
+            // SAFETY: a live block of a slab of that class (caller).
+            return self.platform.with_slot(move |slot| unsafe { self.free_small(slot, class, block) });
+        }
         // SAFETY: a live block: its chunk is a slab chunk and a run covers it.
         unsafe {
             let run = run_of(address);
             if (*run).kind == RUN_SLAB {
-                self.platform.with_slot(move |slot| self.free_small(slot, run, block));
+                let class = (*run).class as usize;
+                self.platform.with_slot(move |slot| self.free_small(slot, class, block));
             } else {
                 self.free_large(run, address);
             }
@@ -773,8 +819,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         for arena in &self.arenas {
             let arena = arena.load(Ordering::Acquire);
             if !arena.is_null() {
-                // SAFETY: arenas are never freed; their counters are atomics.
-                unsafe { (*arena).counters.add_to(&mut stats) };
+                // SAFETY: arenas are never freed; their counters and cache counts are atomics.
+                unsafe {
+                    (*arena).counters.add_to(&mut stats);
+                    for (class, bin) in stats.classes.iter_mut().zip(&(*arena).cache) {
+                        class.cached += bin.len() as u64;
+                    }
+                }
                 stats.arenas += 1;
             }
         }
@@ -808,6 +859,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let release = self.lock_heap().trim(0, &self.map);
             self.give_back(release);
         });
+    }
+
+    /// Gives the blocks in the calling CPU's (or thread's) front cache back to their slabs
+    /// (see [`with_front_cache`](Self::with_front_cache)); [`collect`](Self::collect) and an
+    /// idle arena's [`decay`](Self::decay) do it too, and the host allocator at thread exit.
+    /// Blocks of other slots' slabs go back to those slots as remote frees.
+    pub fn flush_cache(&self) {
+        // SAFETY: the slot closure gives exclusive use of the slot's arena.
+        self.platform.with_slot(|slot| unsafe { self.release_front_cache(slot) });
     }
 
     /// Takes the allocator's central lock and keeps it, so that no other thread is inside

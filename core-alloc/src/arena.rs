@@ -46,6 +46,7 @@ use platform::Platform;
 use crate::allocator::Allocator;
 use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, ListTag, RUN_SLAB, Run};
 use crate::config::ARENA_ALIGN;
+use crate::front_cache::CacheBin;
 use crate::heap::Clock;
 use crate::large_cache::LargeCache;
 use crate::size_class::{CLASS_COUNT, slab_pages};
@@ -99,9 +100,12 @@ fn delayed_closed() -> *mut u8 {
     ptr::without_provenance_mut(1)
 }
 
-/// One slot's arena; see the module documentation.
+/// One slot's arena; see the module documentation. Its front cache's storage follows it in
+/// its metadata block (see `front_cache`).
 #[repr(C, align(256))]
 pub(crate) struct Arena {
+    /// Freed blocks per class, served before the slabs (see `front_cache`).
+    pub(crate) cache: [CacheBin; CLASS_COUNT],
     bins: [Bin; CLASS_COUNT],
     /// Slow-path refills so far; paces the release of idle empty slabs.
     refills: u32,
@@ -172,9 +176,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         debug_assert!(class < CLASS_COUNT);
         let arena = self.arenas[slot].load(Ordering::Relaxed);
         if !arena.is_null() {
-            // SAFETY: the slot holder owns the arena and the slabs it lists; `class` comes
-            // from `class_for`, so it is below CLASS_COUNT.
+            // SAFETY: the slot holder owns the arena, its cache and the slabs it lists;
+            // `class` comes from `class_for`, so it is below CLASS_COUNT.
             unsafe {
+                let cache = (*arena).cache.get_unchecked(class);
+                let cached = cache.count();
+                if cached != 0 {
+                    count_one((*arena).counters.allocations.get_unchecked(class));
+                    return cache.take(cached);
+                }
                 let block = slab::pop((*arena).bins.get_unchecked(class).current);
                 if !block.is_null() {
                     count_one((*arena).counters.allocations.get_unchecked(class));
@@ -240,8 +250,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     continue;
                 }
                 let Some((run, _)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
-                    // Runs in the large cache are free memory: give them back and try again.
-                    if self.release_large_cache(slot) {
+                    // Runs in the large cache are free memory, and blocks in the front cache
+                    // may be what keeps slabs from emptying: give them back and try again.
+                    if self.release_large_cache(slot) || self.release_front_cache(slot) {
                         continue;
                     }
                     if P::MAY_CLAIM_SPAN && self.mode.compact() {
@@ -300,10 +311,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         if !existing.is_null() {
             return existing;
         }
-        let size = core::mem::size_of::<Arena>().next_multiple_of(ARENA_ALIGN);
         if P::MAY_CLAIM_SPAN && !self.mode.chunks() {
             self.decide_mode();
         }
+        // The front cache's storage follows the arena (its size depends on the mode).
+        let storage_offset = core::mem::size_of::<Arena>();
+        let size = (storage_offset + self.cache_entries() * core::mem::size_of::<*mut u8>())
+            .next_multiple_of(ARENA_ALIGN);
         let memory = if P::MAY_CLAIM_SPAN && self.mode.compact() {
             self.compact_meta_alloc(size, ARENA_ALIGN)
         } else {
@@ -313,41 +327,100 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return ptr::null_mut();
         };
         let arena = memory.as_ptr().cast::<Arena>();
-        // SAFETY: fresh zeroed metadata memory, aligned for an Arena; zero is a valid value
-        // for every field but `current`, set here before the arena is published.
+        // SAFETY: fresh zeroed metadata memory, aligned for an Arena and with room for the
+        // cache storage after it; zero is a valid value for every field but `current` and
+        // the cache bins, set here before the arena is published.
         unsafe {
             for class in 0..CLASS_COUNT {
                 (*arena).bins[class].current = empty_run();
             }
+            self.init_cache(arena, memory.as_ptr().add(storage_offset).cast());
         }
         // Release: other CPUs that push to `delayed` read the pointer with acquire.
         self.arenas[slot].store(arena, Ordering::Release);
         arena
     }
 
-    /// Frees a small block, from `slot`.
+    /// Frees a small block of `class`, from `slot`: a push on the slot's front cache (see
+    /// `front_cache`), which reads neither the slab nor the chunk.
     ///
     /// # Safety
     ///
-    /// The caller holds `slot`; `block` is a live block of the slab `run`.
+    /// The caller holds `slot`; `block` is a live block of a slab of `class`.
     #[inline(always)]
-    pub(crate) unsafe fn free_small(&self, slot: usize, run: *mut Run, block: *mut u8) {
+    pub(crate) unsafe fn free_small(&self, slot: usize, class: usize, block: *mut u8) {
+        debug_assert!(class < CLASS_COUNT);
         let arena = self.arenas[slot].load(Ordering::Relaxed);
-        // SAFETY: `run` is a live slab (caller); if the slot owns it, its lists are ours. A
-        // slab's class is below CLASS_COUNT (set by `slab::init` from a class number). The
-        // relaxed load of `owner` is exact for this comparison: only the holder of a slot
-        // sets a slab's owner to that slot (`slab::init`, `slab::adopt`) or away from it
-        // (`slab::abandon`), so another CPU's change can never make it equal `slot`, nor
-        // stop it being `slot`, while this slot is held.
+        if !arena.is_null() {
+            // SAFETY: the slot holder owns the arena and its cache; `class` is below
+            // CLASS_COUNT (caller); the block is of that class and no longer used.
+            unsafe {
+                if (*arena).cache.get_unchecked(class).push(block) {
+                    count_one((*arena).counters.frees.get_unchecked(class));
+                    return;
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_small_slow(slot, class, block) }
+    }
+
+    /// The rest of [`free_small`](Self::free_small): makes the arena, frees the older half
+    /// of a full stack into the slabs, or frees a block of a class that is not cached.
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_small`](Self::free_small).
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_small_slow(&self, slot: usize, class: usize, block: *mut u8) {
+        // SAFETY: the caller's promises; the arena is the slot holder's.
         unsafe {
-            let class = (*run).class as usize;
-            debug_assert!(class < CLASS_COUNT);
+            let arena = self.arena(slot);
+            if arena.is_null() {
+                // No arena (out of memory): this slot owns no slab, so the free is remote.
+                self.stray_frees[class].fetch_add(1, Ordering::Relaxed);
+                self.free_remote(self.slab_of(block), block, block, 1);
+                return;
+            }
+            count_one(&(*arena).counters.frees[class]);
+            let bin = &(*arena).cache[class];
+            if bin.capacity() == 0 {
+                self.free_into_slab(slot, arena, self.slab_of(block), block);
+                return;
+            }
+            if !bin.push(block) {
+                self.flush_cache_bin(slot, arena, class, bin.capacity().div_ceil(2));
+                let pushed = bin.push(block);
+                debug_assert!(pushed);
+            }
+        }
+    }
+
+    /// Frees a block into its slab, not counting it (it was counted when the program freed
+    /// it): a block leaving the front cache, or one of a class that is not cached.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`; `block` is a block of the slab
+    /// `run` that the slab counts as handed out and nobody uses any more.
+    pub(crate) unsafe fn free_into_slab(
+        &self,
+        slot: usize,
+        arena: *mut Arena,
+        run: *mut Run,
+        block: *mut u8,
+    ) {
+        // SAFETY: the caller's promises. The relaxed load of `owner` is exact for this
+        // comparison: only the holder of a slot sets a slab's owner to that slot
+        // (`slab::init`, `slab::adopt`) or away from it (`slab::abandon`), so another CPU's
+        // change can never make it equal `slot`, nor stop it being `slot`, while this slot
+        // is held.
+        unsafe {
             if (*run).owner.load(Ordering::Relaxed) as usize == slot {
-                // Owning a slab implies the arena exists.
-                count_one((*arena).counters.frees.get_unchecked(class));
                 self.free_owned(arena, run, block);
             } else {
-                self.free_not_owned(slot, run, block);
+                self.free_foreign(arena, run, block);
             }
         }
     }
@@ -370,25 +443,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
-    /// The part of [`free_small`](Self::free_small) for a slab the slot does not own, kept
-    /// out of line so that the owner's path stays small enough to inline.
+    /// Frees a block of a slab the slot does not own: into the arena's remote batch for
+    /// that slab, or straight to the slab's remote word.
     ///
     /// # Safety
     ///
-    /// As for [`free_small`](Self::free_small), and the slot does not own `run`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn free_not_owned(&self, slot: usize, run: *mut Run, block: *mut u8) {
-        // SAFETY: the caller's promises; the arena is the slot holder's.
+    /// As for [`free_into_slab`](Self::free_into_slab), and the slot does not own `run`.
+    unsafe fn free_foreign(&self, arena: *mut Arena, run: *mut Run, block: *mut u8) {
+        // SAFETY: the caller's promises; the batch is the slot holder's.
         unsafe {
-            let class = (*run).class as usize;
-            let arena = self.arena(slot);
-            if arena.is_null() {
-                self.stray_frees[class].fetch_add(1, Ordering::Relaxed);
-                self.free_remote(run, block, block, 1);
-                return;
-            }
-            count_one(&(*arena).counters.frees[class]);
             // An abandoned slab is released by the free of its last block: that must not wait
             // in a batch. Batches are for slabs whose owner will collect them. (The load is
             // a hint: a slab abandoned just after it keeps its batched blocks counted live
@@ -419,7 +482,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// # Safety
     ///
     /// The caller holds the slot owning `arena`.
-    unsafe fn hand_over_batch(&self, arena: *mut Arena) {
+    pub(crate) unsafe fn hand_over_batch(&self, arena: *mut Arena) {
         // SAFETY: the slot holder owns the batch; its blocks are live blocks of its slab,
         // chained, freed by this slot and not yet handed over.
         unsafe {
@@ -585,6 +648,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
         unsafe {
+            self.flush_front_cache(slot, arena);
             self.flush_large_cache(arena);
             self.hand_over_batch(arena);
             self.drain_delayed(slot, arena);
@@ -626,6 +690,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: exclusive use of the slot (caller): the arena and its slabs are ours.
         unsafe {
+            // Cached blocks of the arena's own slabs go back before the slabs are abandoned.
+            self.flush_front_cache(slot, arena);
             self.flush_large_cache(arena);
             self.hand_over_batch(arena);
             self.drain_delayed(slot, arena);
@@ -706,6 +772,22 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                         }
                         slab::check_invariants(run)?;
                         run = if tag == LIST_CURRENT { ptr::null_mut() } else { (*run).next };
+                    }
+                }
+            }
+            for class in 0..CLASS_COUNT {
+                let bin = &(*arena).cache[class];
+                if bin.len() > bin.capacity() {
+                    return Err("a front cache holds more blocks than it has room for");
+                }
+                for index in 0..bin.len() {
+                    let block = bin.get(index);
+                    let run = self.slab_of(block);
+                    if (*run).kind != RUN_SLAB || (*run).class as usize != class {
+                        return Err("a front cache holds a block that is not of its class");
+                    }
+                    if (0..index).any(|earlier| bin.get(earlier) == block) {
+                        return Err("a front cache holds a block twice");
                     }
                 }
             }

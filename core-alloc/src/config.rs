@@ -41,6 +41,17 @@ pub const LARGE_CACHE_MAX_RUN: usize = 64;
 /// serves reallocation growth up to this factor (plain allocations up to half of it).
 pub const LARGE_SLACK: usize = 4;
 
+/// The most freed blocks of one size class an arena's front cache keeps (see `front_cache`);
+/// a setting: `Allocator::with_front_cache`.
+pub const FRONT_CACHE_BLOCKS: usize = 64;
+/// And at most this many bytes of them per class; a class where that comes to fewer than
+/// two blocks (above 4 KiB) is not cached.
+pub const FRONT_CACHE_BYTES: usize = 8 * 1024;
+/// In compact mode (small heaps) at most this many blocks per class ...
+pub const COMPACT_FRONT_CACHE_BLOCKS: usize = 8;
+/// ... and this many bytes (classes above 256 bytes are not cached).
+pub const COMPACT_FRONT_CACHE_BYTES: usize = 512;
+
 /// Run descriptors in a chunk header; one is reserved, so a chunk holds at most
 /// `RUNS_PER_CHUNK - 1` slabs and large runs at once.
 pub const RUNS_PER_CHUNK: usize = 64;

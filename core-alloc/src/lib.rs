@@ -41,6 +41,7 @@ mod chunk;
 mod chunk_map;
 pub mod config;
 mod fit;
+mod front_cache;
 mod heap;
 mod large_cache;
 mod region;

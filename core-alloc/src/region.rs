@@ -306,6 +306,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 block
             }
             None => {
+                // Blocks in this slot's front cache keep slab pages from going back to the
+                // span: give them back and try once more (the second try finds none).
+                // SAFETY: the slot closure gives exclusive use of the slot's arena.
+                if self.platform.with_slot(|slot| unsafe { self.release_front_cache(slot) }) {
+                    return self.alloc_compact(layout, zeroed);
+                }
                 self.failed(size, align);
                 ptr::null_mut()
             }
@@ -412,7 +418,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 #[cfg(not(feature = "checked"))]
                 let _ = layout;
                 // SAFETY: a live block of the slab page `run` (caller).
-                self.platform.with_slot(|slot| unsafe { self.free_small(slot, run, block) });
+                // SAFETY: as above; a slab's class is below CLASS_COUNT.
+                self.platform
+                    .with_slot(move |slot| unsafe { self.free_small(slot, (*run).class as usize, block) });
             }
             // SAFETY: forwarded caller promise.
             Found::Fit => unsafe { self.free_fit(address, layout) },

@@ -84,8 +84,19 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     Some(index)
 }
 
+/// The class of a request of at most [`LOOKUP_LIMIT`] bytes aligned to at most 16 (the
+/// common case, one table load), or `None` for any other request.
+#[inline(always)]
+pub(crate) fn table_class(size: usize, align: usize) -> Option<usize> {
+    if size <= LOOKUP_LIMIT && align <= 16 {
+        Some(ALIGNED_CLASS[(align >> 3) & 3][size.div_ceil(4)] as usize)
+    } else {
+        None
+    }
+}
+
 /// Sizes up to this many bytes find their class in a table rather than by arithmetic.
-const LOOKUP_LIMIT: usize = 1024;
+pub(crate) const LOOKUP_LIMIT: usize = 1024;
 
 /// The class of each size up to `LOOKUP_LIMIT`, by the size in 4-byte steps (rounded up),
 /// for alignments of at most 4 (row 0), 8 (row 1) and 16 (rows 2 and 3): the smallest class

@@ -29,6 +29,9 @@ pub struct ClassStats {
     pub allocations: u64,
     /// Blocks freed since the start.
     pub frees: u64,
+    /// Freed blocks the arenas' front caches hold for their next allocations (counted in
+    /// `frees`; their slabs count them as handed out until the caches give them back).
+    pub cached: u64,
 }
 
 impl ClassStats {
@@ -161,16 +164,21 @@ impl fmt::Display for Stats {
             )?;
         }
         // One row per size class used so far: block size, blocks live now, blocks handed out
-        // since the start, and the bytes the live ones take.
-        write!(f, "{:>10} {:>12} {:>14} {:>12}", "size class", "live", "allocated", "live KiB")?;
+        // since the start, the bytes the live ones take, and freed blocks in front caches.
+        write!(
+            f,
+            "{:>10} {:>12} {:>14} {:>12} {:>8}",
+            "size class", "live", "allocated", "live KiB", "cached"
+        )?;
         for class in self.classes.iter().filter(|class| class.allocations > 0) {
             write!(
                 f,
-                "\n{:>8} B {:>12} {:>14} {:>12}",
+                "\n{:>8} B {:>12} {:>14} {:>12} {:>8}",
                 class.block_size,
                 class.live(),
                 class.allocations,
-                class.live() * class.block_size as u64 / 1024
+                class.live() * class.block_size as u64 / 1024,
+                class.cached,
             )?;
         }
         Ok(())

@@ -4,8 +4,10 @@
 //! Documented retention (see `heap` and `arena`): the central heap keeps at most
 //! `1 + chunks in use / 8` empty chunks; metadata chunks (arenas, chunk map) are never
 //! returned; a live slot keeps its current slab per size class until its next refill pass,
-//! `collect()`, or its release at thread exit, and up to `LARGE_CACHE_RUNS` freed large runs
-//! (`LARGE_CACHE_PAGES` pages; each may keep its chunk) until `collect()` or its release. The allocator here is a process-wide static
+//! `collect()`, or its release at thread exit, up to `LARGE_CACHE_RUNS` freed large runs
+//! (`LARGE_CACHE_PAGES` pages; each may keep its chunk) and up to `FRONT_CACHE_BLOCKS` freed
+//! small blocks per size class in its front cache (each may keep its slab, and so its chunk)
+//! until `collect()`, an idle `decay()` or its release. The allocator here is a process-wide static
 //! whose platform releases a thread's slot when the thread exits, as the host allocator's does.
 
 mod common;
@@ -65,12 +67,19 @@ fn freed_memory_goes_back_to_the_provider_on_its_own() {
     assert_eq!(stats.live_allocations(), 0, "{stats}");
     // Workers' slots were released at exit: their slabs and cached large runs are back
     // already. The main thread only freed: its arena holds no slab of its own, and the large
-    // runs it freed last are in its cache, each keeping at most its chunk. What is left is
-    // that, the empty-chunk cache (at most 1 + chunks in use / 8) and metadata.
+    // runs and small blocks it freed last are in its caches, each keeping at most its chunk.
+    // What is left is that, the empty-chunk cache (at most 1 + chunks in use / 8) and
+    // metadata.
     let held = provider.outstanding();
     assert!(stats.large_cached <= core_alloc::config::LARGE_CACHE_RUNS, "{stats}");
     assert!(stats.large_cached_bytes <= core_alloc::config::LARGE_CACHE_PAGES * 4096, "{stats}");
-    let allowed = 1 + stats.large_cached / 8 + stats.large_cached + stats.heap.meta_chunks;
+    let small_cached: u64 = stats.classes.iter().map(|class| class.cached).sum();
+    for class in &stats.classes {
+        assert!(class.cached as usize <= core_alloc::config::FRONT_CACHE_BLOCKS, "{stats}");
+        assert!(class.cached as usize * class.block_size <= core_alloc::config::FRONT_CACHE_BYTES, "{stats}");
+    }
+    let in_caches = stats.large_cached + small_cached as usize;
+    let allowed = 1 + in_caches / 8 + in_caches + stats.heap.meta_chunks;
     assert!(peak > 50, "the workload should have used many chunks, used {peak}");
     assert!(
         held <= allowed,

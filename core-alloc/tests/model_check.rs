@@ -26,6 +26,11 @@
 //!   owner's delayed list) racing the owner's refills, which drain it.
 //! - `large_cache_double_free_and_collect`: the arenas' large caches, the `owner` exchange
 //!   that decides between two frees of one large run, collect giving cached runs back.
+//! - `decay_and_purge_under_churn`: decay and purging on the clock.
+//!
+//! Every scenario runs twice: without front caches (frees go straight into the slab
+//! protocols) and with tiny ones (frees reach the slabs from the cache: on overflow, and as
+//! each thread empties its cache when it finishes).
 #![cfg(feature = "shuttle")]
 
 use std::ptr::NonNull;
@@ -45,7 +50,21 @@ fn panic_on_misuse(report: &MisuseReport) {
 }
 
 fn heap(chunks: usize) -> Arc<Heap> {
-    Arc::new(Allocator::new(SimProvider::new(chunks), TestPlatform::new()).with_misuse_hook(panic_on_misuse))
+    Arc::new(
+        Allocator::new(SimProvider::new(chunks), TestPlatform::new())
+            .with_misuse_hook(panic_on_misuse)
+            .with_front_cache(front_cache()),
+    )
+}
+
+/// The front-cache setting of the heaps the scenario being explored makes: every scenario
+/// runs with none (each free goes straight into the slab protocols) and with a tiny one (a
+/// free is cached; a third free of a class flushes, and every thread empties its cache as
+/// it finishes, so the frees reach the slabs inside the concurrent part, from the cache).
+static FRONT_CACHE: AtomicUsize = AtomicUsize::new(0);
+
+fn front_cache() -> usize {
+    FRONT_CACHE.load(Ordering::Relaxed)
 }
 
 /// Schedules per scenario and scheduler: quick in CI, more with MODEL_CHECK_ITERATIONS.
@@ -64,13 +83,19 @@ fn explore(scenario: fn()) {
         scenario();
     };
     let start = SCHEDULES.load(Ordering::Relaxed);
-    let explored = std::panic::catch_unwind(|| {
-        shuttle::check_random(counted, iterations());
-        shuttle::check_pct(counted, iterations(), 3);
-    });
-    if let Err(failure) = explored {
-        eprintln!("model check: failed at schedule {}", SCHEDULES.load(Ordering::Relaxed) - start);
-        std::panic::resume_unwind(failure);
+    for cache in [0, 2] {
+        FRONT_CACHE.store(cache, Ordering::Relaxed);
+        let explored = std::panic::catch_unwind(|| {
+            shuttle::check_random(counted, iterations());
+            shuttle::check_pct(counted, iterations(), 3);
+        });
+        if let Err(failure) = explored {
+            eprintln!(
+                "model check: failed at schedule {} (front cache {cache})",
+                SCHEDULES.load(Ordering::Relaxed) - start
+            );
+            std::panic::resume_unwind(failure);
+        }
     }
 }
 
@@ -100,7 +125,9 @@ fn spawn<T: Send + 'static>(
     let heap = Arc::clone(heap);
     thread::spawn(move || {
         TestPlatform::enter(slot);
-        work(&heap)
+        let result = work(&heap);
+        heap.flush_cache();
+        result
     })
 }
 
@@ -330,7 +357,9 @@ fn count_double_free(report: &MisuseReport) {
 fn large_cache_double_free_and_collect() {
     DOUBLE_FREES.store(0, Ordering::Relaxed);
     let heap = Arc::new(
-        Allocator::new(SimProvider::new(8), TestPlatform::new()).with_misuse_hook(count_double_free),
+        Allocator::new(SimProvider::new(8), TestPlatform::new())
+            .with_misuse_hook(count_double_free)
+            .with_front_cache(front_cache()),
     );
     TestPlatform::enter(0);
     let shared = allocate(&heap, 64_000);
@@ -385,7 +414,11 @@ fn compact_heap(bytes: usize) -> Arc<CompactHeap> {
     let span = vec![0u128; bytes / 16].leak();
     // SAFETY: the leaked, zeroed vector is used by nothing else.
     let region = unsafe { page_provider::fixed::FixedRegion::new(span.as_mut_ptr().cast(), bytes, true) };
-    Arc::new(Allocator::new(region, TestPlatform::new()).with_misuse_hook(panic_on_misuse))
+    Arc::new(
+        Allocator::new(region, TestPlatform::new())
+            .with_misuse_hook(panic_on_misuse)
+            .with_front_cache(front_cache()),
+    )
 }
 
 /// Compact mode (issue 9): two slots' first allocations race the decision of the mode;
@@ -525,7 +558,8 @@ fn decay_and_purge_under_churn() {
     let heap: Arc<Heap> = Arc::new(
         Allocator::new(SimProvider::new(12), TestPlatform::with_clock())
             .with_decay(10)
-            .with_misuse_hook(panic_on_misuse),
+            .with_misuse_hook(panic_on_misuse)
+            .with_front_cache(front_cache()),
     );
     TestPlatform::enter(0);
     let kept = allocate(&heap, LARGE);

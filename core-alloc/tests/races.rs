@@ -28,11 +28,24 @@ fn record_misuse(report: &MisuseReport) {
 
 /// A fresh heap of `chunks` chunks, leaked so that threads can share it; misuses recorded.
 fn heap(chunks: usize) -> &'static Heap {
+    heap_with_cache(chunks, core_alloc::config::FRONT_CACHE_BLOCKS)
+}
+
+/// The same with front caches of `blocks` per class (0: none, every free goes straight to
+/// its slab).
+fn heap_with_cache(chunks: usize, blocks: usize) -> &'static Heap {
     set_pause_hook(Some(pause_hook));
     Box::leak(Box::new(
-        Allocator::new(SimProvider::new(chunks), TestPlatform::new()).with_misuse_hook(record_misuse),
+        Allocator::new(SimProvider::new(chunks), TestPlatform::new())
+            .with_misuse_hook(record_misuse)
+            .with_front_cache(blocks),
     ))
 }
+
+/// The races of a free into a slab, replayed twice: once with the free going straight to the
+/// slab, once with it going there from the front cache, which the slot's exit (or
+/// `collect()`) empties.
+const FRONT_CACHES: [usize; 2] = [0, core_alloc::config::FRONT_CACHE_BLOCKS];
 
 /// Misuses reported for pointers in `heap`'s memory (other tests' heaps report too).
 fn misuses_in(heap: &Heap) -> Vec<MisuseReport> {
@@ -117,13 +130,15 @@ fn free(heap: &Heap, block: usize) {
     unsafe { heap.deallocate(NonNull::new(block as *mut u8).unwrap(), BLOCK, 8) }
 }
 
-/// Frees everything and checks that the heap has nothing live and nothing stranded.
+/// Frees everything from a thread that then exits, and checks that the heap has nothing
+/// live and nothing stranded.
 fn free_all_and_check(heap: &'static Heap, blocks: Vec<usize>) {
     run_in(0, move || {
         for block in blocks {
             free(heap, block);
         }
         heap.check_invariants().unwrap();
+        exit_slot(heap);
     });
     let stats = heap.stats();
     assert_eq!(stats.live_allocations(), 0, "{stats}");
@@ -141,7 +156,13 @@ fn slab_blocks() -> usize {
 /// a panic inside `free`).
 #[test]
 fn stale_owner_in_a_remote_free() {
-    let heap = heap(16);
+    for cache in FRONT_CACHES {
+        stale_owner_in_a_remote_free_with(cache);
+    }
+}
+
+fn stale_owner_in_a_remote_free_with(cache: usize) {
+    let heap = heap_with_cache(16, cache);
     // Slot 1 takes all but one block of a slab, then exits with them live.
     let mut blocks = run_in(1, move || {
         let blocks: Vec<usize> = (1..slab_blocks()).map(|_| allocate(heap)).collect();
@@ -149,9 +170,12 @@ fn stale_owner_in_a_remote_free() {
         blocks
     });
     let victim = blocks[0];
-    // Slot 2 frees one of them: a remote free into an abandoned slab; it stops before it
-    // reads the slab's remote word.
-    let consumer = run_until(2, PausePoint::RemoteFreeOwnerRead, move || free(heap, victim));
+    // Slot 2 frees one of them: a remote free into an abandoned slab (from its front cache
+    // when its thread exits, if it has one); it stops before it reads the slab's remote word.
+    let consumer = run_until(2, PausePoint::RemoteFreeOwnerRead, move || {
+        free(heap, victim);
+        exit_slot(heap);
+    });
     // Slot 3 adopts the slab, takes its last block, and marks it FULL on the next allocation.
     let (last, fresh) = run_in(3, move || (allocate(heap), allocate(heap)));
     let slab = victim & !(CHUNK_SIZE - 1);
@@ -177,7 +201,13 @@ fn stale_owner_in_a_remote_free() {
 /// be released.
 #[test]
 fn full_slab_free_racing_owner_exit() {
-    let heap = heap(16);
+    for cache in FRONT_CACHES {
+        full_slab_free_racing_owner_exit_with(cache);
+    }
+}
+
+fn full_slab_free_racing_owner_exit_with(cache: usize) {
+    let heap = heap_with_cache(16, cache);
     let capacity = slab_blocks();
     // Slot 1 fills a slab; the next allocation marks it FULL and takes another slab.
     let (tx, rx) = channel::<()>();
@@ -192,8 +222,8 @@ fn full_slab_free_racing_owner_exit() {
     let mut blocks = done_rx.recv().unwrap();
     assert_ne!(blocks[0] & !(CHUNK_SIZE - 1), 0);
     let victim = blocks[0];
-    // Slot 2 frees a block of the FULL slab (batched, then handed over by `collect`) and
-    // stops right after winning its exchange.
+    // Slot 2 frees a block of the FULL slab (cached if it has a front cache, batched, then
+    // handed over by `collect`) and stops right after winning its exchange.
     let consumer = run_until(2, PausePoint::RemoteFreeWonFull, move || {
         free(heap, victim);
         heap.collect();

@@ -74,8 +74,13 @@ fn exited_threads_slabs_are_adopted_not_stranded() {
     }
     let stats = HEAP.stats();
     assert_eq!(stats.live_allocations(), 0, "{stats}");
-    assert_eq!(stats.heap.orphan_slabs, 0, "orphans left after everything was freed: {stats}");
+    // Every orphan slab left is kept by a block in this thread's front cache (freed, not yet
+    // back in its slab); the cache gives them back on `collect()` (or at this thread's exit).
+    let cached: u64 = stats.classes.iter().map(|class| class.cached).sum();
+    assert!(stats.heap.orphan_slabs as u64 <= cached, "orphans left after everything was freed: {stats}");
     HEAP.check_invariants().unwrap();
     HEAP.collect();
-    assert_eq!(HEAP.provider().outstanding(), HEAP.stats().heap.meta_chunks);
+    let stats = HEAP.stats();
+    assert_eq!(stats.heap.orphan_slabs, 0, "orphans left after collect(): {stats}");
+    assert_eq!(HEAP.provider().outstanding(), stats.heap.meta_chunks);
 }

@@ -238,7 +238,9 @@ pub(crate) fn class_rows<'a>(lines: &'a [&'a str]) -> impl Iterator<Item = (u64,
     lines.iter().filter_map(|line| {
         let row: Vec<&str> = line.strip_prefix("corealloc: ")?.split_whitespace().collect();
         match row[..] {
-            [size, "B", _live, allocated, _kib] => Some((size.parse().ok()?, allocated.parse().ok()?)),
+            [size, "B", _live, allocated, _kib, _cached] => {
+                Some((size.parse().ok()?, allocated.parse().ok()?))
+            }
             _ => None,
         }
     })

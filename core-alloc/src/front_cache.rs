@@ -1,0 +1,232 @@
+//! The front cache: in each arena, a stack of freed blocks per size class, in front of the
+//! slabs.
+//!
+//! A small free pushes the block on its class's stack in the freeing slot's arena, and a
+//! small allocation pops from it: neither reads the slab. A free given the block's size
+//! (`GlobalAlloc::dealloc`, [`Allocator::deallocate`]) finds the class from the size alone
+//! and reads no chunk or run header at all; an unsized free (`free`, the C library's) reads
+//! the page map for the class. The stack holds blocks of any slab: its own slot's, another
+//! slot's (the free of a block allocated elsewhere), an abandoned one's. For its slab a
+//! cached block is still handed out, so the slab's bookkeeping and the remote-free protocol
+//! (`slab`, `arena`) see a cached block exactly as a live one; it is freed into its slab
+//! only when it leaves the cache:
+//!
+//! - a push that finds the stack full first frees the older half of it into the slabs;
+//! - `collect()`, an idle arena's `decay()`, and the release of the slot (a thread's exit)
+//!   free the whole cache;
+//! - an allocation about to fail for want of memory frees the whole cache and tries again.
+//!
+//! How many blocks a class keeps: at most [`FRONT_CACHE_BLOCKS`] (a setting,
+//! `Allocator::with_front_cache`), and at most [`FRONT_CACHE_BYTES`] of blocks; in compact
+//! mode, whose heaps are small, at most 8 blocks and 512 bytes; a class where that comes to
+//! fewer than two blocks is not cached. The stacks' storage follows the arena in its
+//! metadata block (about 10 KiB on a heap of chunks, 800 bytes in compact mode).
+//!
+//! The statistics count a cached block as freed (it was, by the program), and report the
+//! cached blocks per class (`ClassStats::cached`).
+//!
+//! Concurrency: a stack is used only by the holder of its arena's slot. Its count is an
+//! atomic written with relaxed loads and stores (no read-modify-write) only so that a
+//! statistics snapshot on another CPU may read it.
+//!
+//! [`Allocator::deallocate`]: crate::Allocator::deallocate
+//! [`FRONT_CACHE_BLOCKS`]: crate::config::FRONT_CACHE_BLOCKS
+//! [`FRONT_CACHE_BYTES`]: crate::config::FRONT_CACHE_BYTES
+
+use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use page_provider::PageProvider;
+use platform::Platform;
+
+use crate::allocator::Allocator;
+use crate::arena::Arena;
+use crate::config::{
+    COMPACT_FRONT_CACHE_BLOCKS, COMPACT_FRONT_CACHE_BYTES, FRONT_CACHE_BYTES, LARGE_GROWTH_MIN,
+};
+use crate::size_class::{CLASS_COUNT, MAX_SMALL, class_for, class_size};
+
+/// One class's cached blocks: a stack of block addresses.
+#[repr(C)]
+pub(crate) struct CacheBin {
+    /// Blocks on the stack (see the module documentation for why it is atomic).
+    count: AtomicU32,
+    /// The most the stack holds; 0 when the class is not cached.
+    capacity: u32,
+    /// `capacity` entries, in the storage after the arena.
+    blocks: *mut *mut u8,
+}
+
+impl CacheBin {
+    /// Blocks cached now, for [`take`](Self::take).
+    #[inline(always)]
+    pub(crate) fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Pops the most recently cached block, `count` being what [`count`](Self::count) just
+    /// said (one atomic load for the check and the pop).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot of the bin's arena, and `count` is the bin's count, not 0.
+    #[inline(always)]
+    pub(crate) unsafe fn take(&self, count: u32) -> *mut u8 {
+        debug_assert!(count > 0 && count == self.count());
+        self.count.store(count - 1, Ordering::Relaxed);
+        // SAFETY: entries below `count` hold cached blocks; `count - 1 < capacity`.
+        unsafe { *self.blocks.add(count as usize - 1) }
+    }
+
+    /// Pushes `block`; false, pushing nothing, when the stack is full.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot of the bin's arena; `block` is a block of this bin's class
+    /// that nobody uses any more.
+    #[inline(always)]
+    pub(crate) unsafe fn push(&self, block: *mut u8) -> bool {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == self.capacity {
+            return false;
+        }
+        // SAFETY: `count < capacity`: an entry of the bin's storage.
+        unsafe { *self.blocks.add(count as usize) = block };
+        self.count.store(count + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Blocks cached now (any CPU may ask; exact for the slot holder).
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed) as usize
+    }
+
+    /// The cached block at `index` (0 is the oldest).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot of the bin's arena; `index < len()`.
+    pub(crate) unsafe fn get(&self, index: usize) -> *mut u8 {
+        debug_assert!(index < self.len());
+        // SAFETY: entries below the count hold cached blocks (caller).
+        unsafe { *self.blocks.add(index) }
+    }
+
+    /// The most blocks this bin holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+}
+
+/// How many blocks of `class` an arena caches with the per-class limit `limit`, on a heap
+/// of chunks or (`compact`) in compact mode.
+pub(crate) const fn capacity(class: usize, limit: usize, compact: bool) -> usize {
+    let (bytes, limit) = if compact {
+        (
+            COMPACT_FRONT_CACHE_BYTES,
+            if limit < COMPACT_FRONT_CACHE_BLOCKS { limit } else { COMPACT_FRONT_CACHE_BLOCKS },
+        )
+    } else {
+        (FRONT_CACHE_BYTES, limit)
+    };
+    let by_bytes = bytes / class_size(class);
+    let blocks = if by_bytes < limit { by_bytes } else { limit };
+    if blocks < 2 { 0 } else { blocks }
+}
+
+/// The class of a block freed with `size` and `align`, when the size alone says that it is a
+/// slab block: every block allocated (or reallocated in place) with a size below
+/// `LARGE_GROWTH_MIN` and an alignment of at most a page is a block of a slab of this class
+/// (larger sizes may sit in a page run grown by reallocation, see `LARGE_GROWTH_MIN`).
+#[inline(always)]
+pub(crate) fn sized_class(size: usize, align: usize) -> Option<usize> {
+    if size < LARGE_GROWTH_MIN { class_for(size, align) } else { None }
+}
+
+static_assertions::const_assert!(LARGE_GROWTH_MIN <= MAX_SMALL);
+
+impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
+    /// Entries of cache storage an arena made now needs (see [`init_cache`](Self::init_cache)).
+    pub(crate) fn cache_entries(&self) -> usize {
+        let compact = P::MAY_CLAIM_SPAN && self.mode.compact();
+        (0..CLASS_COUNT).map(|class| capacity(class, self.front_cache_limit, compact)).sum()
+    }
+
+    /// Points `arena`'s bins at `storage`, which holds [`cache_entries`](Self::cache_entries)
+    /// entries.
+    ///
+    /// # Safety
+    ///
+    /// `arena` is a fresh arena not yet published; `storage` is valid for that many entries
+    /// for as long as the arena lives, and used by nothing else.
+    pub(crate) unsafe fn init_cache(&self, arena: *mut Arena, storage: *mut *mut u8) {
+        let compact = P::MAY_CLAIM_SPAN && self.mode.compact();
+        let mut next = storage;
+        for class in 0..CLASS_COUNT {
+            let capacity = capacity(class, self.front_cache_limit, compact);
+            // SAFETY: the arena is ours alone (caller); the entries handed to this bin are
+            // within the storage (their sum is `cache_entries`).
+            unsafe {
+                let bin = ptr::addr_of_mut!((*arena).cache[class]);
+                bin.write(CacheBin { count: AtomicU32::new(0), capacity: capacity as u32, blocks: next });
+                next = next.add(capacity);
+            }
+        }
+    }
+
+    /// Frees the `count` oldest blocks of `class`'s stack into their slabs, keeping the rest.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`.
+    pub(crate) unsafe fn flush_cache_bin(&self, slot: usize, arena: *mut Arena, class: usize, count: usize) {
+        // SAFETY: the slot holder owns the arena and the blocks in its cache, each a block
+        // that a slab still counts as handed out.
+        unsafe {
+            let bin = &*ptr::addr_of!((*arena).cache[class]);
+            let cached = bin.len();
+            let count = count.min(cached);
+            for index in 0..count {
+                let block = *bin.blocks.add(index);
+                self.free_into_slab(slot, arena, self.slab_of(block), block);
+            }
+            ptr::copy(bin.blocks.add(count), bin.blocks, cached - count);
+            bin.count.store((cached - count) as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees every cached block of `arena` into its slab; returns whether there was any.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`.
+    pub(crate) unsafe fn flush_front_cache(&self, slot: usize, arena: *mut Arena) -> bool {
+        let mut any = false;
+        for class in 0..CLASS_COUNT {
+            // SAFETY: the slot holder owns the arena (caller).
+            let cached = unsafe { (*arena).cache[class].len() };
+            if cached > 0 {
+                any = true;
+                // SAFETY: forwarded.
+                unsafe { self.flush_cache_bin(slot, arena, class, cached) };
+            }
+        }
+        // Blocks freed into other slots' slabs may wait in the remote batch: hand it over,
+        // so that a flush leaves nothing behind in this arena.
+        // SAFETY: forwarded.
+        unsafe { self.hand_over_batch(arena) };
+        any
+    }
+
+    /// Gives back `slot`'s front cache for an allocation about to fail: returns whether any
+    /// block went back (so that trying again may succeed).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`.
+    pub(crate) unsafe fn release_front_cache(&self, slot: usize) -> bool {
+        let arena = self.arenas[slot].load(crate::sync::Ordering::Relaxed);
+        // SAFETY: the slot holder owns the arena.
+        !arena.is_null() && unsafe { self.flush_front_cache(slot, arena) }
+    }
+}

@@ -1,0 +1,200 @@
+//! The front cache (see `core-alloc/src/front_cache.rs`): freed blocks served again first,
+//! counted as freed and reported as cached, the older half given back when a class's stack
+//! overflows, every cached block given back by `flush_cache()`, `collect()`, an idle
+//! `decay()`, the slot's release and an allocation about to fail, and blocks of other slots'
+//! slabs going back to those slots.
+
+use std::collections::HashSet;
+use std::ptr::NonNull;
+
+use core_alloc::Allocator;
+use core_alloc::config::{FRONT_CACHE_BLOCKS, FRONT_CACHE_BYTES};
+use core_alloc::size_class::{class_for, class_size, slab_capacity};
+use core_alloc::testkit::{SimProvider, TestPlatform};
+use platform::Platform;
+
+type Heap = Allocator<SimProvider, TestPlatform>;
+
+fn heap(chunks: usize) -> Heap {
+    Allocator::new(SimProvider::new(chunks), TestPlatform::new())
+}
+
+fn allocate(heap: &Heap, size: usize) -> usize {
+    heap.allocate(size, 8).expect("out of memory").as_ptr() as usize
+}
+
+fn free(heap: &Heap, block: usize, size: usize) {
+    // SAFETY: each test frees each of its blocks once, with its size.
+    unsafe { heap.deallocate(NonNull::new(block as *mut u8).unwrap(), size, 8) }
+}
+
+fn free_unsized(heap: &Heap, block: usize) {
+    // SAFETY: as above.
+    unsafe { heap.free(NonNull::new(block as *mut u8).unwrap()) }
+}
+
+fn cached(heap: &Heap, size: usize) -> u64 {
+    heap.stats().classes[class_for(size, 8).unwrap()].cached
+}
+
+/// The capacity of the 64-byte class: the limit, or the byte bound.
+fn capacity(size: usize) -> usize {
+    FRONT_CACHE_BLOCKS.min(FRONT_CACHE_BYTES / class_size(class_for(size, 8).unwrap()))
+}
+
+#[test]
+fn freed_blocks_come_back_newest_first_and_count_as_freed() {
+    let heap = heap(8);
+    TestPlatform::enter(0);
+    let blocks: Vec<usize> = (0..10).map(|_| allocate(&heap, 64)).collect();
+    for (index, &block) in blocks.iter().enumerate() {
+        // Sized and unsized frees both go to the cache.
+        if index % 2 == 0 { free(&heap, block, 64) } else { free_unsized(&heap, block) }
+    }
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    assert_eq!(cached(&heap, 64), 10, "{stats}");
+    assert!(stats.to_string().contains("cached"), "{stats}");
+    heap.check_invariants().unwrap();
+    for &expected in blocks.iter().rev() {
+        assert_eq!(allocate(&heap, 64), expected, "the cache does not serve the newest block first");
+    }
+    assert_eq!(cached(&heap, 64), 0);
+    assert_eq!(heap.stats().live_allocations(), 10);
+}
+
+#[test]
+fn an_overflowing_stack_gives_its_older_half_back_and_never_hands_a_block_out_twice() {
+    let heap = heap(8);
+    TestPlatform::enter(0);
+    let capacity = capacity(64);
+    assert!(capacity >= 4);
+    let blocks: Vec<usize> = (0..3 * capacity).map(|_| allocate(&heap, 64)).collect();
+    for (count, &block) in blocks.iter().enumerate() {
+        free(&heap, block, 64);
+        let held = cached(&heap, 64) as usize;
+        assert!(held <= capacity, "{held} cached, more than {capacity}");
+        assert!(held > 0 && (count < capacity) == (held == count + 1));
+        heap.check_invariants().unwrap();
+    }
+    // Everything comes back exactly once, from the cache or from the slab.
+    let again: Vec<usize> = (0..blocks.len()).map(|_| allocate(&heap, 64)).collect();
+    let distinct: HashSet<usize> = again.iter().copied().collect();
+    assert_eq!(distinct.len(), again.len(), "a block was handed out twice");
+    assert_eq!(distinct, blocks.iter().copied().collect::<HashSet<_>>());
+    for block in again {
+        free(&heap, block, 64);
+    }
+    heap.collect();
+    assert_eq!(heap.stats().live_allocations(), 0);
+    assert_eq!(heap.provider().outstanding(), heap.stats().heap.meta_chunks, "{}", heap.stats());
+}
+
+#[test]
+fn flush_collect_and_release_give_every_cached_block_back() {
+    let heap = heap(8);
+    TestPlatform::enter(0);
+    let blocks: Vec<usize> =
+        (0..slab_capacity(class_for(64, 8).unwrap())).map(|_| allocate(&heap, 64)).collect();
+    for &block in &blocks {
+        free(&heap, block, 64);
+    }
+    assert!(cached(&heap, 64) > 0);
+    // The cached blocks keep their slab: it cannot go back yet.
+    assert!(heap.stats().heap.slab_chunks > 0);
+    heap.flush_cache();
+    assert_eq!(cached(&heap, 64), 0);
+    heap.collect();
+    assert_eq!(heap.stats().heap.slab_chunks, 0, "{}", heap.stats());
+
+    // The slot's release (a thread's exit) flushes too, before it abandons its slabs.
+    let blocks: Vec<usize> = (0..100).map(|_| allocate(&heap, 200)).collect();
+    for &block in &blocks {
+        free(&heap, block, 200);
+    }
+    assert!(cached(&heap, 200) > 0);
+    // SAFETY: the slot is this thread's, outside any other allocator call.
+    heap.platform().with_slot(|slot| unsafe { heap.release_slot(slot) });
+    let stats = heap.stats();
+    assert_eq!(cached(&heap, 200), 0, "{stats}");
+    assert_eq!(stats.heap.orphan_slabs, 0, "{stats}");
+    heap.collect();
+    assert_eq!(heap.provider().outstanding(), heap.stats().heap.meta_chunks);
+}
+
+#[test]
+fn blocks_of_another_slots_slab_go_back_to_that_slot() {
+    let heap = heap(8);
+    TestPlatform::enter(1);
+    let blocks: Vec<usize> = (0..20).map(|_| allocate(&heap, 64)).collect();
+    // Slot 2 frees them: they wait in its cache, then go back as remote frees.
+    TestPlatform::enter(2);
+    for &block in &blocks {
+        free(&heap, block, 64);
+    }
+    assert_eq!(cached(&heap, 64), 20);
+    heap.flush_cache();
+    assert_eq!(cached(&heap, 64), 0);
+    heap.check_invariants().unwrap();
+    // Slot 1 finds them in its slab (it collects remote frees on its refills).
+    TestPlatform::enter(1);
+    heap.collect();
+    assert_eq!(heap.stats().live_allocations(), 0);
+    assert_eq!(heap.stats().heap.slab_chunks, 0, "{}", heap.stats());
+}
+
+#[test]
+fn an_allocation_about_to_fail_gets_the_cached_blocks_back_first() {
+    // A heap of one slab chunk: fill it with 64-byte blocks, free them all, the last one freed
+    // of each slab staying in the cache (fresh slabs hand their blocks out in order, so
+    // consecutive allocations share a slab), and ask for a class that needs a slab of its own.
+    let heap = heap(2);
+    TestPlatform::enter(0);
+    let mut blocks = Vec::new();
+    while let Some(block) = heap.allocate(64, 8) {
+        blocks.push(block.as_ptr() as usize);
+    }
+    assert!(heap.allocate(24, 8).is_none(), "the heap is not full");
+    let per_slab = slab_capacity(class_for(64, 8).unwrap());
+    let pinning: Vec<usize> = blocks.iter().copied().step_by(per_slab).collect();
+    let rest = blocks.iter().enumerate().filter(|(index, _)| index % per_slab != 0).map(|(_, &block)| block);
+    assert!(pinning.len() > 1 && pinning.len() < capacity(64) / 2, "{} slabs", pinning.len());
+    for block in rest.chain(pinning.iter().copied()) {
+        free(&heap, block, 64);
+    }
+    assert!(cached(&heap, 64) as usize >= blocks.len() / per_slab);
+    let other = heap.allocate(24, 8).expect("the cached blocks were not given back before failing");
+    free(&heap, other.as_ptr() as usize, 24);
+    heap.collect();
+    assert_eq!(heap.stats().live_allocations(), 0);
+}
+
+#[test]
+fn without_a_front_cache_every_free_goes_to_its_slab() {
+    let heap = Allocator::new(SimProvider::new(8), TestPlatform::new()).with_front_cache(0);
+    TestPlatform::enter(0);
+    let blocks: Vec<usize> = (0..100).map(|_| allocate(&heap, 64)).collect();
+    for &block in &blocks {
+        free(&heap, block, 64);
+    }
+    assert_eq!(cached(&heap, 64), 0);
+    heap.collect();
+    assert_eq!(heap.stats().heap.slab_chunks, 0);
+}
+
+#[test]
+fn big_classes_are_not_cached_and_each_class_holds_at_most_its_bytes() {
+    let heap = heap(16);
+    TestPlatform::enter(0);
+    for size in [8, 64, 1000, 4000, 8192, 16384, 32768] {
+        let blocks: Vec<usize> = (0..80).map(|_| allocate(&heap, size)).collect();
+        for &block in &blocks {
+            free(&heap, block, size);
+        }
+        let held = cached(&heap, size) as usize;
+        let block_size = class_size(class_for(size, 8).unwrap());
+        assert!(held <= FRONT_CACHE_BLOCKS && held * block_size <= FRONT_CACHE_BYTES, "{size}: {held}");
+        assert_eq!(held == 0, FRONT_CACHE_BYTES / block_size < 2, "{size}: {held}");
+    }
+    heap.check_invariants().unwrap();
+}
