@@ -462,17 +462,22 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // slab of its size's class (see `front_cache::sized_class`).
             return self.platform.with_slot(move |slot| unsafe { self.free_small(slot, class, block) });
         }
+        // The layout goes as two words in registers (an alignment of 0 saying there is none):
+        // an `Option` of a pair would go through memory, stored on the fast path too.
+        let (size, align) = layout.unwrap_or((0, 0));
         // SAFETY: forwarded caller promise.
-        unsafe { self.free_general(block, layout) }
+        unsafe { self.free_general(block, size, align) }
     }
 
-    /// The rest of [`free_inner`](Self::free_inner).
+    /// The rest of [`free_inner`](Self::free_inner), with its layout as `size` and `align`
+    /// (`align` 0: none given).
     ///
     /// # Safety
     ///
     /// As for [`free_inner`](Self::free_inner).
     #[inline(never)]
-    unsafe fn free_general(&self, block: *mut u8, layout: Option<(usize, usize)>) {
+    unsafe fn free_general(&self, block: *mut u8, size: usize, align: usize) {
+        let layout = (align != 0).then_some((size, align));
         if P::MAY_CLAIM_SPAN && self.mode.compact() {
             // SAFETY: forwarded caller promise.
             return unsafe { self.free_compact(block, layout) };
