@@ -112,6 +112,9 @@ pub(crate) struct Arena {
     /// Slow-path operations so far (refills, large allocations and frees): `decay` tells an
     /// idle arena by this not moving.
     pub(crate) activity: u32,
+    /// Slabs this arena's frees emptied and gave back (wrapping): a flush of the front cache
+    /// that moves it is a bulk free (see `front_cache`).
+    pub(crate) emptied_slabs: u32,
     /// `activity` when `decay` last looked, and the clock's time then.
     idle_mark: u32,
     idle_since: u64,
@@ -218,6 +221,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             (*arena).refills = (*arena).refills.wrapping_add(1);
             (*arena).activity = (*arena).activity.wrapping_add(1);
+            (*arena).cache[class].restore();
             if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
                 self.release_idle_current(arena, class);
                 if let Some(clock) = self.clock() {
@@ -384,14 +388,22 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 return;
             }
             count_one(&(*arena).counters.frees[class]);
-            let bin = &(*arena).cache[class];
-            if bin.capacity() == 0 {
+            let bin = ptr::addr_of_mut!((*arena).cache[class]);
+            if (*bin).capacity() == 0 {
                 self.free_into_slab(slot, arena, self.slab_of(block), block);
                 return;
             }
-            if !bin.push(block) {
-                self.flush_cache_bin(slot, arena, class, bin.capacity().div_ceil(2));
-                let pushed = bin.push(block);
+            if !(*bin).push(block) {
+                let emptied = (*arena).emptied_slabs;
+                self.flush_cache_bin(slot, arena, class, (*bin).capacity().div_ceil(2));
+                if (*arena).emptied_slabs != emptied {
+                    // A bulk free: stop caching until the program allocates again (each class
+                    // until its next refill), so that what it frees can go back.
+                    self.drain_front_cache(slot, arena);
+                    self.free_into_slab(slot, arena, self.slab_of(block), block);
+                    return;
+                }
+                let pushed = (*bin).push(block);
                 debug_assert!(pushed);
             }
         }
@@ -458,7 +470,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // until this slot hands the batch over, at its next refill, `collect()` or slot
             // release; the hand-over then counts them out of the abandoned slab.)
             if (*run).owner.load(Ordering::Relaxed) == crate::chunk::NO_OWNER {
-                self.free_remote(run, block, block, 1);
+                if self.free_remote(run, block, block, 1) {
+                    (*arena).emptied_slabs = (*arena).emptied_slabs.wrapping_add(1);
+                }
                 return;
             }
             let batch = ptr::addr_of_mut!((*arena).batch);
@@ -525,6 +539,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let bin = ptr::addr_of_mut!((*arena).bins[(*run).class as usize]);
             let list = (*run).list;
             if emptied {
+                (*arena).emptied_slabs = (*arena).emptied_slabs.wrapping_add(1);
                 let holder = if list == LIST_FULL {
                     ptr::addr_of_mut!((*bin).full)
                 } else {
@@ -547,13 +562,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     ///
     /// The blocks are live blocks of the slab `run`, chained as described, not owned by the
     /// caller's slot.
-    unsafe fn free_remote(&self, run: *mut Run, first: *mut u8, last: *mut u8, count: u32) {
+    /// Returns whether the free released the slab (the last block of an abandoned one).
+    unsafe fn free_remote(&self, run: *mut Run, first: *mut u8, last: *mut u8, count: u32) -> bool {
         let (mut last, mut count) = (last, count);
         loop {
             // SAFETY: the blocks are the caller's to give back; see `slab::push_remote`.
             let outcome = unsafe { slab::push_remote(run, first, last, count) };
             match outcome {
-                RemoteFree::Queued | RemoteFree::CountedOut => return,
+                RemoteFree::Queued | RemoteFree::CountedOut => return false,
                 RemoteFree::WasFull(owner) => {
                     crate::sync::pause(crate::sync::PausePoint::RemoteFreeWonFull);
                     // The FULL word named `owner`, a slot below MAX_SLOTS that owned the slab
@@ -563,7 +579,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     // SAFETY: a live arena; `first` is the caller's block (the rest, if any,
                     // went to the remote list).
                     if unsafe { push_delayed(owner_arena, first) } {
-                        return;
+                        return false;
                     }
                     // The owner gave its slot up after marking the slab FULL: free the block
                     // again through the slab, now abandoned or owned by another arena.
@@ -573,7 +589,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     // SAFETY: the slab has no live block and no owner (and can no longer be
                     // adopted): it is ours to release (the heap takes it off its orphan list).
                     unsafe { self.release_run(run) };
-                    return;
+                    return true;
                 }
             }
         }

@@ -11,7 +11,10 @@
 //! (`slab`, `arena`) see a cached block exactly as a live one; it is freed into its slab
 //! only when it leaves the cache:
 //!
-//! - a push that finds the stack full first frees the older half of it into the slabs;
+//! - a push that finds the stack full first frees the older half of it into the slabs; if
+//!   that emptied a slab, the program is freeing in bulk: the whole cache goes, and no class
+//!   is cached (frees go straight to the slabs, which can then empty and go back) until the
+//!   arena next refills it for an allocation;
 //! - `collect()`, an idle arena's `decay()`, and the release of the slot (a thread's exit)
 //!   free the whole cache;
 //! - an allocation about to fail for want of memory frees the whole cache and tries again.
@@ -51,9 +54,12 @@ use crate::size_class::{CLASS_COUNT, MAX_SMALL, class_for, class_size};
 pub(crate) struct CacheBin {
     /// Blocks on the stack (see the module documentation for why it is atomic).
     count: AtomicU32,
-    /// The most the stack holds; 0 when the class is not cached.
+    /// The most the stack holds now: `nominal`, or 0 when the class is not cached or while
+    /// it drains (see [`drain`](Self::drain)).
     capacity: u32,
-    /// `capacity` entries, in the storage after the arena.
+    /// The stack's size: entries in the storage after the arena.
+    nominal: u32,
+    /// `nominal` entries.
     blocks: *mut *mut u8,
 }
 
@@ -112,9 +118,23 @@ impl CacheBin {
         unsafe { *self.blocks.add(index) }
     }
 
-    /// The most blocks this bin holds.
+    /// The most blocks this bin holds now.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity as usize
+    }
+
+    /// Stops caching the class until [`restore`](Self::restore): the program is freeing its
+    /// blocks in bulk (a flush emptied a slab), and cached blocks would only keep slabs from
+    /// going back. The caller has emptied the stack.
+    pub(crate) fn drain(&mut self) {
+        debug_assert_eq!(self.len(), 0);
+        self.capacity = 0;
+    }
+
+    /// Caches the class again: the program allocates it (a refill).
+    #[inline(always)]
+    pub(crate) fn restore(&mut self) {
+        self.capacity = self.nominal;
     }
 }
 
@@ -168,8 +188,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // within the storage (their sum is `cache_entries`).
             unsafe {
                 let bin = ptr::addr_of_mut!((*arena).cache[class]);
-                bin.write(CacheBin { count: AtomicU32::new(0), capacity: capacity as u32, blocks: next });
-                next = next.add(capacity);
+                let capacity = capacity as u32;
+                bin.write(CacheBin { count: AtomicU32::new(0), capacity, nominal: capacity, blocks: next });
+                next = next.add(capacity as usize);
             }
         }
     }
@@ -216,6 +237,22 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // SAFETY: forwarded.
         unsafe { self.hand_over_batch(arena) };
         any
+    }
+
+    /// Frees every cached block of `arena` into its slab and stops caching every class until
+    /// its next refill (see [`CacheBin::drain`]).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`.
+    pub(crate) unsafe fn drain_front_cache(&self, slot: usize, arena: *mut Arena) {
+        // SAFETY: forwarded; the slot holder owns the arena.
+        unsafe {
+            self.flush_front_cache(slot, arena);
+            for class in 0..CLASS_COUNT {
+                (*arena).cache[class].drain();
+            }
+        }
     }
 
     /// Gives back `slot`'s front cache for an allocation about to fail: returns whether any

@@ -187,7 +187,10 @@ fn big_classes_are_not_cached_and_each_class_holds_at_most_its_bytes() {
     let heap = heap(16);
     TestPlatform::enter(0);
     for size in [8, 64, 1000, 4000, 8192, 16384, 32768] {
-        let blocks: Vec<usize> = (0..80).map(|_| allocate(&heap, size)).collect();
+        // Fewer than a slab holds: no slab empties, so the class is not drained (see the
+        // bulk-free test) and the bounds alone decide.
+        let count = 80.min(slab_capacity(class_for(size, 8).unwrap()) - 1);
+        let blocks: Vec<usize> = (0..count).map(|_| allocate(&heap, size)).collect();
         for &block in &blocks {
             free(&heap, block, size);
         }
@@ -197,4 +200,36 @@ fn big_classes_are_not_cached_and_each_class_holds_at_most_its_bytes() {
         assert_eq!(held == 0, FRONT_CACHE_BYTES / block_size < 2, "{size}: {held}");
     }
     heap.check_invariants().unwrap();
+}
+
+#[test]
+fn a_bulk_free_drains_the_cache_so_that_emptied_slabs_go_back() {
+    let heap = heap(8);
+    TestPlatform::enter(0);
+    let per_slab = slab_capacity(class_for(64, 8).unwrap());
+    // Four slabs' worth, freed in allocation order: the first slabs empty while the cache
+    // overflows, which says the program is freeing in bulk.
+    let blocks: Vec<usize> = (0..4 * per_slab).map(|_| allocate(&heap, 64)).collect();
+    // A block of another class waits in the cache meanwhile.
+    let bystander = allocate(&heap, 200);
+    free(&heap, bystander, 200);
+    assert_eq!(cached(&heap, 200), 1);
+    for &block in &blocks {
+        free(&heap, block, 64);
+    }
+    let stats = heap.stats();
+    assert_eq!(cached(&heap, 64), 0, "the cache kept blocks of a class freed in bulk: {stats}");
+    assert_eq!(cached(&heap, 200), 0, "a bulk free left other classes' blocks cached: {stats}");
+    // Every slab but the current one went back; the chunk empties once that one does.
+    heap.check_invariants().unwrap();
+    heap.collect();
+    assert_eq!(heap.stats().heap.slab_chunks, 0, "{}", heap.stats());
+    // Allocating the class again (a refill) caches it again.
+    let block = allocate(&heap, 64);
+    let other = allocate(&heap, 64);
+    free(&heap, block, 64);
+    assert_eq!(cached(&heap, 64), 1, "the class was not cached again after a refill");
+    free(&heap, other, 64);
+    heap.collect();
+    assert_eq!(heap.stats().live_allocations(), 0);
 }
