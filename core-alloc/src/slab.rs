@@ -34,7 +34,9 @@
 //!
 //! Orderings: a push publishes the block's link with release; the owner takes the list with
 //! acquire. A state change by the owner (to FULL or ABANDONED) is a compare-exchange that
-//! fails if a push got in first, so no push is lost.
+//! fails if a push got in first, so no push is lost. The FULL mark is a release and the
+//! push that takes it an acquire, so that the freer then finds the arena of the slot the word
+//! names (published before that slot owned anything).
 
 use crate::sync::Ordering;
 use core::ptr;
@@ -298,7 +300,12 @@ pub(crate) unsafe fn mark_full(run: *mut Run, slot: usize) -> bool {
     // SAFETY: the remote word is atomic.
     let remote = unsafe { &(*run).remote };
     debug_assert!(slot < crate::chunk::NO_OWNER as usize);
-    remote.compare_exchange(pack(0, 0, ACTIVE), full_word(slot), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    // Release: a freer whose exchange takes the FULL word (acquire) then reads the arena
+    // pointer of the slot it names, which this slot published (release) before it owned any
+    // slab; without this edge nothing orders that load after the publication, and the freer
+    // may read the slot's arena as not made yet (Miri found it: `tests/miri_threads.rs`,
+    // `abandoned_slabs_are_freed_remotely_and_adopted`, seed 2).
+    remote.compare_exchange(pack(0, 0, ACTIVE), full_word(slot), Ordering::Release, Ordering::Relaxed).is_ok()
 }
 
 /// The remote word of a slab `slot` marked FULL.
