@@ -183,16 +183,6 @@ impl HostPlatform {
         }
         result
     }
-
-    /// Runs `f` on a shared slot chosen from the thread's identity, under its lock.
-    #[cfg(test)]
-    fn with_shared_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let index = thread_hash() % SHARED_SLOTS;
-        lock_shared(index);
-        let result = f(EXCLUSIVE_SLOTS + index);
-        SLOTS.unlock_shared(index);
-        result
-    }
 }
 
 /// Spins on `done` (which must not have side effects when it fails), yielding the CPU once

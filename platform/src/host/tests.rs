@@ -82,30 +82,43 @@ fn the_exit_hook_runs_with_the_exiting_threads_slot() {
 
 #[test]
 fn shared_slots_serialise_their_users() {
+    // More sharing threads than shared slots: at least two of them use one slot (checked),
+    // and its lock must keep them from being inside at once.
+    const THREADS: usize = SHARED_SLOTS + 8;
+    // Few rounds under Miri, which runs every thread's steps one at a time.
+    let rounds = if cfg!(miri) { 5 } else { 500 };
     let platform = HostPlatform::new();
     let inside: [AtomicUsize; SHARED_SLOTS] = [const { AtomicUsize::new(0) }; SHARED_SLOTS];
+    let users: [AtomicUsize; SHARED_SLOTS] = [const { AtomicUsize::new(0) }; SHARED_SLOTS];
     let overlaps = AtomicUsize::new(0);
     let total = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        for _ in 0..8 {
+        for _ in 0..THREADS {
             scope.spawn(|| {
-                for _ in 0..2000 {
-                    platform.with_shared_slot(|slot| {
+                // A thread that found every exclusive slot taken shares from then on: the
+                // real `with_slot`, through its slow path (lock, closure, unlock).
+                THREAD_SLOT.with(|state| state.set(SHARING));
+                let mut used = None;
+                for _ in 0..rounds {
+                    platform.with_slot(|slot| {
                         assert!((EXCLUSIVE_SLOTS..MAX_SLOTS).contains(&slot));
+                        used = Some(slot - EXCLUSIVE_SLOTS);
                         let occupancy = &inside[slot - EXCLUSIVE_SLOTS];
                         if occupancy.fetch_add(1, Ordering::AcqRel) != 0 {
                             overlaps.fetch_add(1, Ordering::Relaxed);
                         }
-                        std::hint::spin_loop();
+                        std::thread::yield_now();
                         total.fetch_add(1, Ordering::Relaxed);
                         occupancy.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
+                users[used.unwrap()].fetch_add(1, Ordering::Relaxed);
             });
         }
     });
+    assert!(users.iter().any(|count| count.load(Ordering::Relaxed) > 1), "no two threads shared a slot");
     assert_eq!(overlaps.load(Ordering::Relaxed), 0, "two threads used one shared slot at once");
-    assert_eq!(total.load(Ordering::Relaxed), 16000);
+    assert_eq!(total.load(Ordering::Relaxed), THREADS * rounds);
 }
 
 /// The destructor of the test keys below: nothing to release.
