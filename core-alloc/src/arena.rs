@@ -183,7 +183,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // `class` comes from `class_for`, so it is below CLASS_COUNT.
             unsafe {
                 let cache = (*arena).cache.get_unchecked(class);
-                let cached = cache.count();
+                let cached = cache.len();
                 if cached != 0 {
                     count_one((*arena).counters.allocations.get_unchecked(class));
                     return cache.take(cached);
@@ -556,13 +556,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Frees `count` blocks of a slab the caller's slot does not own, chained `first` to
-    /// `last` through their links.
+    /// `last` through their links; returns whether that released the slab (the last blocks of
+    /// an abandoned one).
     ///
     /// # Safety
     ///
     /// The blocks are live blocks of the slab `run`, chained as described, not owned by the
     /// caller's slot.
-    /// Returns whether the free released the slab (the last block of an abandoned one).
     unsafe fn free_remote(&self, run: *mut Run, first: *mut u8, last: *mut u8, count: u32) -> bool {
         let (mut last, mut count) = (last, count);
         loop {

@@ -28,9 +28,10 @@
 //! The statistics count a cached block as freed (it was, by the program), and report the
 //! cached blocks per class (`ClassStats::cached`).
 //!
-//! Concurrency: a stack is used only by the holder of its arena's slot. Its count is an
-//! atomic written with relaxed loads and stores (no read-modify-write) only so that a
-//! statistics snapshot on another CPU may read it.
+//! Concurrency: a stack is used only by the holder of its arena's slot. Its count and
+//! capacity are atomics written with relaxed loads and stores (no read-modify-write) only so
+//! that a statistics snapshot on another CPU may read the count meanwhile (tested under
+//! ThreadSanitizer and Miri: `tests/miri_threads.rs`, `statistics_read_while_caches_change`).
 //!
 //! [`Allocator::deallocate`]: crate::Allocator::deallocate
 //! [`FRONT_CACHE_BLOCKS`]: crate::config::FRONT_CACHE_BLOCKS
@@ -55,8 +56,10 @@ pub(crate) struct CacheBin {
     /// Blocks on the stack (see the module documentation for why it is atomic).
     count: AtomicU32,
     /// The most the stack holds now: `nominal`, or 0 when the class is not cached or while
-    /// it drains (see [`drain`](Self::drain)).
-    capacity: u32,
+    /// it drains (see [`drain`](Self::drain)). Atomic (relaxed loads and stores, the slot
+    /// holder's only) so that the bins are only ever used through shared references, which
+    /// a statistics snapshot on another CPU may hold at the same time.
+    capacity: AtomicU32,
     /// The stack's size: entries in the storage after the arena.
     nominal: u32,
     /// `nominal` entries.
@@ -64,24 +67,18 @@ pub(crate) struct CacheBin {
 }
 
 impl CacheBin {
-    /// Blocks cached now, for [`take`](Self::take).
-    #[inline(always)]
-    pub(crate) fn count(&self) -> u32 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Pops the most recently cached block, `count` being what [`count`](Self::count) just
-    /// said (one atomic load for the check and the pop).
+    /// Pops the most recently cached block, `len` being what [`len`](Self::len) just said
+    /// (one atomic load for the check and the pop).
     ///
     /// # Safety
     ///
-    /// The caller holds the slot of the bin's arena, and `count` is the bin's count, not 0.
+    /// The caller holds the slot of the bin's arena, and `len` is the bin's length, not 0.
     #[inline(always)]
-    pub(crate) unsafe fn take(&self, count: u32) -> *mut u8 {
-        debug_assert!(count > 0 && count == self.count());
-        self.count.store(count - 1, Ordering::Relaxed);
-        // SAFETY: entries below `count` hold cached blocks; `count - 1 < capacity`.
-        unsafe { *self.blocks.add(count as usize - 1) }
+    pub(crate) unsafe fn take(&self, len: usize) -> *mut u8 {
+        debug_assert!(len > 0 && len == self.len());
+        self.count.store(len as u32 - 1, Ordering::Relaxed);
+        // SAFETY: entries below the length hold cached blocks; `len - 1 < capacity`.
+        unsafe { *self.blocks.add(len - 1) }
     }
 
     /// Pushes `block`; false, pushing nothing, when the stack is full.
@@ -93,7 +90,7 @@ impl CacheBin {
     #[inline(always)]
     pub(crate) unsafe fn push(&self, block: *mut u8) -> bool {
         let count = self.count.load(Ordering::Relaxed);
-        if count == self.capacity {
+        if count == self.capacity.load(Ordering::Relaxed) {
             return false;
         }
         // SAFETY: `count < capacity`: an entry of the bin's storage.
@@ -103,6 +100,7 @@ impl CacheBin {
     }
 
     /// Blocks cached now (any CPU may ask; exact for the slot holder).
+    #[inline(always)]
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed) as usize
     }
@@ -120,21 +118,21 @@ impl CacheBin {
 
     /// The most blocks this bin holds now.
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity as usize
+        self.capacity.load(Ordering::Relaxed) as usize
     }
 
     /// Stops caching the class until [`restore`](Self::restore): the program is freeing its
     /// blocks in bulk (a flush emptied a slab), and cached blocks would only keep slabs from
     /// going back. The caller has emptied the stack.
-    pub(crate) fn drain(&mut self) {
+    pub(crate) fn drain(&self) {
         debug_assert_eq!(self.len(), 0);
-        self.capacity = 0;
+        self.capacity.store(0, Ordering::Relaxed);
     }
 
     /// Caches the class again: the program allocates it (a refill).
     #[inline(always)]
-    pub(crate) fn restore(&mut self) {
-        self.capacity = self.nominal;
+    pub(crate) fn restore(&self) {
+        self.capacity.store(self.nominal, Ordering::Relaxed);
     }
 }
 
@@ -189,7 +187,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             unsafe {
                 let bin = ptr::addr_of_mut!((*arena).cache[class]);
                 let capacity = capacity as u32;
-                bin.write(CacheBin { count: AtomicU32::new(0), capacity, nominal: capacity, blocks: next });
+                bin.write(CacheBin {
+                    count: AtomicU32::new(0),
+                    capacity: AtomicU32::new(capacity),
+                    nominal: capacity,
+                    blocks: next,
+                });
                 next = next.add(capacity as usize);
             }
         }

@@ -417,8 +417,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
                 #[cfg(not(feature = "checked"))]
                 let _ = layout;
-                // SAFETY: a live block of the slab page `run` (caller).
-                // SAFETY: as above; a slab's class is below CLASS_COUNT.
+                // SAFETY: a live block of the slab page `run` (caller), whose class is below
+                // CLASS_COUNT.
                 self.platform
                     .with_slot(move |slot| unsafe { self.free_small(slot, (*run).class as usize, block) });
             }

@@ -319,3 +319,52 @@ fn huge_blocks_grown_by_reallocate_and_freed_by_another_thread() {
     finish(heap, Vec::new(), &[1, 2]);
     assert_eq!(heap.stats().heap.huge_live, 0);
 }
+
+/// A statistics snapshot reads every arena's front-cache counts while their slots push,
+/// pop, flush and drain them (`front_cache`): the counts and capacities are atomics and the
+/// rest of a bin never changes after the arena is made, so neither Miri nor ThreadSanitizer
+/// may see a race, and no snapshot may see a count above its bounds. One slot churns blocks
+/// of 4 KiB (16 a slab, 2 cached: each round's frees overflow the stack and empty slabs, which
+/// drains the cache; the next round's refills restore it); another frees blocks of the first
+/// slot's slabs (cached, then flushed as remote frees).
+#[test]
+fn statistics_read_while_caches_change() {
+    const SIZE: usize = 4096;
+    let rounds = if cfg!(miri) { 3 } else { 200 };
+    let heap = heap(8);
+    let (to_other, from_first) = channel::<Vec<Block>>();
+    let churner = spawn_in(1, move || {
+        for round in 0..rounds {
+            let mut blocks: Vec<Block> =
+                (0..40).map(|index| Block::new(heap, SIZE, 8, (round * 40 + index) as u8)).collect();
+            let theirs = blocks.split_off(30);
+            for block in blocks {
+                block.free(heap);
+            }
+            to_other.send(theirs).unwrap();
+        }
+        heap.flush_cache();
+    });
+    let other = spawn_in(2, move || {
+        for blocks in from_first {
+            for block in blocks {
+                block.free(heap);
+            }
+        }
+        heap.flush_cache();
+    });
+    let reader = spawn_in(3, move || {
+        let limit = core_alloc::config::FRONT_CACHE_BLOCKS as u64;
+        for _ in 0..rounds {
+            let stats = heap.stats();
+            let cached: u64 = stats.classes.iter().map(|class| class.cached).sum();
+            assert!(stats.classes.iter().all(|class| class.cached <= limit), "{stats}");
+            assert!(cached <= 2 * limit * stats.classes.len() as u64);
+        }
+    });
+    churner.join().expect("the churning thread panicked");
+    other.join().expect("the freeing thread panicked");
+    reader.join().expect("the reading thread panicked");
+    assert_eq!(heap.stats().classes.iter().map(|class| class.cached).sum::<u64>(), 0);
+    finish(heap, Vec::new(), &[1, 2, 3]);
+}
