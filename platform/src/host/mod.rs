@@ -49,7 +49,6 @@
 //! kernel; under the model checker (feature `shuttle`, `model`) a test's small table and
 //! the test's answers, with every atomic operation a scheduling point (see `sync`).
 
-use core::cell::Cell;
 use core::ffi::c_void;
 use core::sync::atomic::{self, AtomicPtr, AtomicUsize};
 
@@ -95,10 +94,10 @@ static EXIT_HOOKS: [AtomicPtr<()>; MAX_EXIT_HOOKS] =
 /// The pthread key whose destructor frees the slot.
 static EXIT_KEY: LazyKey = LazyKey::new(on_thread_exit);
 
-std::thread_local! {
-    /// This thread's exclusive slot, or `UNCLAIMED` / `EXITED` / `SHARING`.
-    static THREAD_SLOT: Cell<usize> = const { Cell::new(UNCLAIMED) };
-}
+/// This thread's exclusive slot, or `UNCLAIMED` / `EXITED` / `SHARING` (the word `tls`
+/// keeps, which starts as `usize::MAX`).
+mod tls;
+const _: () = assert!(UNCLAIMED == usize::MAX);
 
 /// Per-thread slots for a user-space process; see the module documentation.
 #[derive(Debug)]
@@ -153,15 +152,15 @@ impl HostPlatform {
     /// the lock of a shared slot (released by `with_slot_slow` after its closure).
     #[inline(always)]
     fn acquire_slot_slow(&self) -> usize {
-        if THREAD_SLOT.with(Cell::get) == UNCLAIMED {
+        if tls::get() == UNCLAIMED {
             // Sharing until the claim is done: an allocation made while claiming (by
             // pthread_setspecific) uses a shared slot rather than claiming another one.
-            THREAD_SLOT.with(|state| state.set(SHARING));
+            tls::set(SHARING);
             self.register_exit_hook();
             // A thread that finds every exclusive slot taken shares from then on, rather
             // than scanning the table at every call.
             let claimed = claim_slot().unwrap_or(SHARING);
-            THREAD_SLOT.with(|state| state.set(claimed));
+            tls::set(claimed);
             if claimed < EXCLUSIVE_SLOTS {
                 return claimed;
             }
@@ -238,7 +237,7 @@ impl Default for HostPlatform {
 
 /// A per-thread number to spread threads over slots: the address of this thread's TLS.
 fn thread_hash() -> usize {
-    let address = THREAD_SLOT.with(|slot| slot as *const Cell<usize> as usize);
+    let address = tls::address();
     let mixed = (address >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize);
     mixed >> (usize::BITS / 2)
 }
@@ -501,7 +500,7 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
             hook(slot);
         }
     }
-    THREAD_SLOT.with(|state| state.set(EXITED));
+    tls::set(EXITED);
     SLOTS.release_own_slot(slot);
 }
 
@@ -524,7 +523,7 @@ unsafe impl Platform for HostPlatform {
         // (finding a slot, a shared slot's lock) is in a cold function of its own, so that
         // the fast path keeps no value across a call: no registers saved, no closure
         // captures spilled to the stack.
-        let slot = THREAD_SLOT.with(Cell::get);
+        let slot = tls::get();
         if slot < EXCLUSIVE_SLOTS { f(slot) } else { self.with_slot_slow(f) }
     }
 

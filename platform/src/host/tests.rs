@@ -97,7 +97,7 @@ fn shared_slots_serialise_their_users() {
             scope.spawn(|| {
                 // A thread that found every exclusive slot taken shares from then on: the
                 // real `with_slot`, through its slow path (lock, closure, unlock).
-                THREAD_SLOT.with(|state| state.set(SHARING));
+                tls::set(SHARING);
                 let mut used = None;
                 for _ in 0..rounds {
                     platform.with_slot(|slot| {
