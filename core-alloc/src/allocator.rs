@@ -266,12 +266,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// A zero-size request gets a unique pointer to a block of the smallest size (8 bytes,
     /// or `align` if larger) that must be freed like any other, as C's `malloc(0)` does in
     /// glibc.
+    #[inline(always)]
     pub fn allocate(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let layout = Layout::from_size_align(size.max(1), align).ok()?;
         NonNull::new(self.alloc_inner(layout, false))
     }
 
     /// As [`allocate`](Self::allocate), with the memory zeroed.
+    #[inline]
     pub fn allocate_zeroed(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let layout = Layout::from_size_align(size.max(1), align).ok()?;
         NonNull::new(self.alloc_inner(layout, true))
@@ -282,7 +284,24 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// # Safety
     ///
     /// `ptr` came from this allocator and is not freed yet; nothing uses the block any more.
+    #[inline]
     pub unsafe fn free(&self, ptr: NonNull<u8>) {
+        // The common case inline (C's `free`): a block of a slab, whose class its run names,
+        // goes on the slot's front cache. Checked builds validate every free first, in
+        // `free_general`.
+        #[cfg(not(feature = "checked"))]
+        if !(P::MAY_CLAIM_SPAN && self.mode.compact()) && ptr.as_ptr() as usize & CHUNK_MASK != 0 {
+            // SAFETY: a live block that does not start a chunk is a slab or large block
+            // (huge blocks start their chunk), so a formatted chunk header and a run
+            // descriptor cover it (the caller's promise).
+            unsafe {
+                let run = run_of(ptr.as_ptr() as usize);
+                if (*run).kind == RUN_SLAB {
+                    let class = (*run).class as usize;
+                    return self.platform.with_slot(move |slot| self.free_small(slot, class, ptr.as_ptr()));
+                }
+            }
+        }
         // SAFETY: the caller's promise.
         unsafe { self.free_inner(ptr.as_ptr(), None) }
     }
