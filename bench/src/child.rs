@@ -13,7 +13,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::fixed::{self, EFFICIENCY_ARENA, Locked};
+use crate::orchestrate;
 use crate::peers::{self, Peer};
+use crate::preload;
 use crate::talc_workloads;
 use crate::with_peer;
 use crate::workloads;
@@ -41,6 +43,8 @@ pub enum Unit {
     HeapEfficiency,
     /// Workload 1 with this many pairs, for callgrind's instruction counts.
     Instructions(usize),
+    /// The preload family: program `preload::PROGRAMS[i]` run with the allocator preloaded.
+    Preload(usize),
 }
 
 impl Unit {
@@ -61,6 +65,7 @@ impl Unit {
             "random-actions" => Unit::RandomActions(count),
             "heap-efficiency" => Unit::HeapEfficiency,
             "instructions" => Unit::Instructions(count),
+            "preload" if count < preload::PROGRAMS.len() => Unit::Preload(count),
             _ => return None,
         })
     }
@@ -69,6 +74,7 @@ impl Unit {
     pub fn applies_to(self, peer: Peer) -> bool {
         match self {
             Unit::HeapEfficiency => peer == Peer::CoreAlloc || peer.is_fixed_arena(),
+            Unit::Preload(_) => preload::applies(peer),
             _ => true,
         }
     }
@@ -86,6 +92,7 @@ impl Unit {
             Unit::RandomActions(_) => "random-actions",
             Unit::HeapEfficiency => "heap-efficiency",
             Unit::Instructions(_) => "instructions",
+            Unit::Preload(_) => "preload",
         }
     }
 }
@@ -93,7 +100,10 @@ impl Unit {
 impl fmt::Display for Unit {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Unit::LiveSetThreads(count) | Unit::RandomActions(count) | Unit::Instructions(count) => {
+            Unit::LiveSetThreads(count)
+            | Unit::RandomActions(count)
+            | Unit::Instructions(count)
+            | Unit::Preload(count) => {
                 write!(formatter, "{}:{count}", self.family())
             }
             _ => formatter.write_str(self.family()),
@@ -142,6 +152,11 @@ pub fn run(peer: Peer, unit: Unit, size: Size, seed: u64) {
         );
         std::process::exit(2);
     }
+    if let Unit::Preload(index) = unit {
+        // A little under the parent's limit, so that the child ends the program itself.
+        let limit = orchestrate::time_limit(size.quick).saturating_sub(Duration::from_secs(2));
+        return preload::run(peer, index, size.quick, limit);
+    }
     with_peer!(peer, |heap| run_on(heap, peer, unit, size, seed))
 }
 
@@ -184,6 +199,7 @@ fn run_on<A: std::alloc::GlobalAlloc + Sync>(heap: &A, peer: Peer, unit: Unit, s
             }
         }
         Unit::HeapEfficiency => heap_efficiency(peer, size, seed),
+        Unit::Preload(_) => unreachable!("run() runs the preload units"),
     }
 }
 

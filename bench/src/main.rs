@@ -1,9 +1,10 @@
 //! The benchmark harness: the workloads of DESIGN.md and talc's own benchmarks on core-alloc
 //! and its peers, one child process per (allocator, workload), medians of several runs with
-//! ratios to core-alloc; a table, a CSV, plots and callgrind instruction counts.
+//! ratios to core-alloc; a table, a CSV, plots and callgrind instruction counts; and programs
+//! (two C programs of its own, real ones from Debian) timed with each allocator preloaded.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml             # full run (~15 min)
+//! cargo run --release --manifest-path bench/Cargo.toml             # full run (~20 min)
 //! cargo run --release --manifest-path bench/Cargo.toml -- --quick  # CI (< 2 min)
 //! ```
 //!
@@ -18,6 +19,7 @@ mod memory;
 mod orchestrate;
 mod peers;
 mod plot;
+mod preload;
 mod report;
 mod talc_workloads;
 mod workloads;
@@ -33,7 +35,7 @@ static GLOBAL: peers::Dispatch = peers::Dispatch;
 
 const USAGE: &str = "usage: bench [--quick] [--runs N] [--allocators a,b,...] [--workloads w1,w2,...] \
 [--out DIR] [--no-callgrind] [--publish] [--from DIR]
-workloads: w1 w2 w3 w4 w5 w6 w7 random-actions heap-efficiency instructions
+workloads: w1 w2 w3 w4 w5 w6 w7 random-actions heap-efficiency instructions preload
 allocators: core-alloc glibc jemalloc mimalloc snmalloc talc rlsf buddy_system_allocator linked_list_allocator";
 
 fn main() -> ExitCode {

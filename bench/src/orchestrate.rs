@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::child::Unit;
 use crate::peers::{ALLOCATOR_VARIABLE, Peer};
+use crate::preload;
 use crate::report;
 
 /// What the command line asked for.
@@ -59,6 +60,9 @@ pub struct Results {
     pub series: BTreeMap<Peer, Vec<(usize, f64, u64)>>,
     /// Units that timed out or failed: (allocator, unit, what happened).
     pub problems: Vec<(Peer, String, String)>,
+    /// Units that could not run here and are left blank (a preloadable library or a program
+    /// not installed): (allocator, unit, why), once each.
+    pub skipped: Vec<(Peer, String, String)>,
     /// Runs done.
     pub runs: usize,
     /// Seconds the whole run took.
@@ -97,6 +101,16 @@ impl Results {
             self.series.insert(peer, series);
         }
     }
+
+    /// Notes, once per allocator and unit, a child's `skipped: <why>` line.
+    fn note_skipped(&mut self, peer: Peer, unit: Unit, stderr: &str) {
+        let unit = unit.to_string();
+        let Some(why) = stderr.lines().find_map(|line| line.strip_prefix("skipped: ")) else { return };
+        if !self.skipped.iter().any(|(p, u, _)| *p == peer && *u == unit) {
+            eprintln!("  {unit} on {}: skipped: {why}", peer.name());
+            self.skipped.push((peer, unit, why.to_string()));
+        }
+    }
 }
 
 /// How a child process ended.
@@ -130,7 +144,8 @@ fn run_limited(mut command: Command, limit: Duration) -> std::io::Result<Outcome
     });
     let success = loop {
         if let Some(status) = child.try_wait()? {
-            break Some(status.success());
+            // A preload child that ended its program at the time limit says so.
+            break (status.code() != Some(preload::TIMED_OUT)).then(|| status.success());
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -188,10 +203,48 @@ fn plan(options: &Options) -> Vec<Unit> {
     units.extend([Unit::ProducerConsumer, Unit::Large, Unit::Fragmentation, Unit::ReallocGrowth]);
     units.extend(thread_counts().into_iter().map(Unit::RandomActions));
     units.push(Unit::HeapEfficiency);
+    units.extend(preload::planned(options.quick).map(Unit::Preload));
     units.retain(|unit| {
         options.families.as_ref().is_none_or(|families| families.iter().any(|f| f == unit.family()))
     });
     units
+}
+
+/// A child's time limit.
+pub fn time_limit(quick: bool) -> Duration {
+    Duration::from_secs(if quick { 10 } else { 300 })
+}
+
+/// Builds libcorealloc.so and prepares the preload programs, if the plan has any. A failed
+/// build is a problem of core-alloc's on every preload unit (and those units skip it).
+fn prepare_preload(options: &Options, units: &[Unit], results: &mut Results) -> bool {
+    let programs: Vec<usize> = units
+        .iter()
+        .filter_map(|unit| if let Unit::Preload(index) = unit { Some(*index) } else { None })
+        .collect();
+    if programs.is_empty() || !options.peers.iter().any(|&peer| preload::applies(peer)) {
+        return true;
+    }
+    if let Some(versions) = preload::versions() {
+        results.machine.push(versions);
+    }
+    for error in preload::prepare_all(&programs, options.quick) {
+        eprintln!("bench: preparing the preload programs: {error}");
+    }
+    if !options.peers.contains(&Peer::CoreAlloc) {
+        return true;
+    }
+    match preload::build_library() {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("bench: {error}");
+            for index in programs {
+                let unit = Unit::Preload(index).to_string();
+                results.problems.push((Peer::CoreAlloc, unit, format!("failed: {error}")));
+            }
+            false
+        }
+    }
 }
 
 /// Runs everything `options` asks for and writes the report.
@@ -208,12 +261,13 @@ pub fn run(options: &Options) -> ExitCode {
     }
     let start = Instant::now();
     let runs = options.runs.unwrap_or(if options.quick { 1 } else { 9 });
-    let limit = Duration::from_secs(if options.quick { 10 } else { 300 });
+    let limit = time_limit(options.quick);
     let units = plan(options);
     let compute_scaling = Some(compute_scaling(if options.quick { 20_000_000 } else { 100_000_000 }));
     let machine = report::machine(compute_scaling);
     let command = report::command_line();
     let mut results = Results { runs, quick: options.quick, machine, command, ..Results::default() };
+    let library_built = prepare_preload(options, &units, &mut results);
     eprintln!(
         "bench: {} allocators x {} workload units x {runs} run(s){}",
         options.peers.len(),
@@ -231,6 +285,9 @@ pub fn run(options: &Options) -> ExitCode {
                 if unit == Unit::Fragmentation && peer.has_slow_bulk_frees() && (options.quick || run > 0) {
                     continue;
                 }
+                if matches!(unit, Unit::Preload(_)) && peer == Peer::CoreAlloc && !library_built {
+                    continue;
+                }
                 let command = child_command(peer, unit, options.quick, run as u64 + 1, &[]);
                 match run_limited(command, limit) {
                     Ok(outcome) => {
@@ -238,6 +295,7 @@ pub fn run(options: &Options) -> ExitCode {
                             slowest = (outcome.seconds, peer);
                         }
                         results.parse(peer, &outcome.stdout, run == 0);
+                        results.note_skipped(peer, unit, &outcome.stderr);
                         let problem = match outcome.success {
                             Some(true) => None,
                             Some(false) => Some(format!("failed: {}", last_line(&outcome.stderr))),

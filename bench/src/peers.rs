@@ -76,10 +76,16 @@ impl Peer {
     /// What exactly is measured, for the results' notes.
     pub fn description(self) -> &'static str {
         match self {
-            Peer::CoreAlloc => "core_alloc::host::HostAlloc (this repository)",
-            Peer::Glibc => "the C library's malloc (std::alloc::System)",
-            Peer::Jemalloc => "jemalloc 5.3 via tikv-jemallocator 0.7",
-            Peer::Mimalloc => "mimalloc 3.3 via the mimalloc crate 0.1.52 (its default, v3)",
+            Peer::CoreAlloc => {
+                "core_alloc::host::HostAlloc (this repository); preloaded: target/release/libcorealloc.so (malloc/)"
+            }
+            Peer::Glibc => "the C library's malloc (std::alloc::System); preloaded: nothing",
+            Peer::Jemalloc => {
+                "jemalloc 5.3 via tikv-jemallocator 0.7; preloaded: Debian's libjemalloc2 build (jemalloc 5.3.0)"
+            }
+            Peer::Mimalloc => {
+                "mimalloc 3.3 via the mimalloc crate 0.1.52 (its default, v3); preloaded: Debian's libmimalloc2.0 build (mimalloc 2.0.9)"
+            }
             Peer::Snmalloc => "snmalloc via snmalloc-rs 0.7",
             Peer::Talc => "talc 5.1: TalcLock<spinning_top::RawSpinlock, Claim>, 1 GiB arena",
             Peer::Rlsf => "rlsf 0.2 Tlsf behind a spinning_top spin lock, 1 GiB arena",

@@ -14,6 +14,7 @@ use std::process::Command;
 use crate::orchestrate::{Key, Options, Results};
 use crate::peers::Peer;
 use crate::plot::{self, Chart, Line};
+use crate::preload::PROGRAMS;
 use crate::talc_workloads::MAX_SIZES;
 
 /// The median and quartiles of one figure's runs.
@@ -54,6 +55,11 @@ enum Show {
     Count,
     /// Throughput at `threads` over throughput at one thread (workload 3).
     Scaling,
+    /// Seconds as measured.
+    Seconds,
+    /// The geometric mean over the real programs of the preload family of the allocator's
+    /// time over glibc's.
+    RealVsGlibc,
 }
 
 struct Column {
@@ -86,6 +92,10 @@ impl Column {
             format!("random-actions:{}", self.threads)
         } else if workload.starts_with("talc_heap") {
             "heap-efficiency".into()
+        } else if let Some(index) = PROGRAMS.iter().position(|program| program.workload() == workload) {
+            format!("preload:{index}")
+        } else if workload.starts_with("preload") {
+            "preload".into()
         } else {
             workload[..2].to_string()
         }
@@ -137,11 +147,44 @@ impl Figures<'_> {
         self.get(workload, peer, threads, metric).map(|summary| summary.median)
     }
 
+    /// The threads of `workload`'s figures (the preload programs report how many they ran).
+    fn threads_of(&self, workload: &str) -> Option<usize> {
+        self.summaries.keys().find(|key| key.workload == workload).map(|key| key.threads)
+    }
+
+    /// A preload program's median seconds with `peer`.
+    fn seconds(&self, workload: &str, peer: Peer) -> Option<f64> {
+        self.median(workload, peer, self.threads_of(workload)?, "seconds")
+    }
+
+    /// The real programs of the preload family measured in this run, each with `peer`'s
+    /// median time over glibc's, and their geometric mean; `None` if none was measured, or
+    /// if one of them lacks `peer`'s or glibc's figure.
+    fn real_vs_glibc(&self, peer: Peer) -> Option<(f64, Vec<(&'static str, f64)>)> {
+        let mut ratios = Vec::new();
+        for program in PROGRAMS.iter().filter(|program| program.is_real()) {
+            let workload = program.workload();
+            if self.threads_of(&workload).is_none() {
+                continue;
+            }
+            let ratio = self.seconds(&workload, peer)? / self.seconds(&workload, Peer::Glibc)?;
+            ratios.push((program.name, ratio));
+        }
+        if ratios.is_empty() {
+            return None;
+        }
+        let mean = (ratios.iter().map(|ratio| ratio.1.ln()).sum::<f64>() / ratios.len() as f64).exp();
+        Some((mean, ratios))
+    }
+
     /// The shown value and its spread (half the interquartile range over the median) of
     /// `column` for `peer`.
     fn shown(&self, column: &Column, peer: Peer) -> Option<(f64, Option<f64>)> {
         let summary = if column.show == Show::Scaling {
             self.scaling(peer, column.threads)?
+        } else if column.show == Show::RealVsGlibc {
+            let (mean, _) = self.real_vs_glibc(peer)?;
+            Summary { median: mean, low: mean, high: mean }
         } else {
             self.get(&column.workload, peer, column.threads, column.metric)?
         };
@@ -179,7 +222,7 @@ fn significant(value: f64) -> String {
     }
 }
 
-fn tables(peers: &[Peer], threads: &[usize]) -> Vec<Table> {
+fn tables(peers: &[Peer], threads: &[usize], figures: &Figures<'_>) -> Vec<Table> {
     let mut tables = vec![Table {
         title: "Time per operation, ns (lower is better)".into(),
         columns: vec![
@@ -243,6 +286,25 @@ fn tables(peers: &[Peer], threads: &[usize]) -> Vec<Table> {
             Column::new("heap efficiency %", "talc_heap_efficiency", 1, "rss_per_live", Show::Efficiency),
             Column::new("callgrind instr/W1 pair", "w1_small_pairs", 1, "instructions_per_op", Show::Count),
         ],
+    });
+    let mut preloaded: Vec<Column> = PROGRAMS
+        .iter()
+        .map(|program| {
+            let workload = program.workload();
+            let threads = figures.threads_of(&workload).unwrap_or(1);
+            Column::new(program.name, workload, threads, "seconds", Show::Seconds)
+        })
+        .collect();
+    preloaded.push(Column::new(
+        "real programs geomean vs glibc",
+        "preload_real_programs",
+        1,
+        "seconds",
+        Show::RealVsGlibc,
+    ));
+    tables.push(Table {
+        title: "Preloaded into programs (LD_PRELOAD): seconds (lower is better)".into(),
+        columns: preloaded,
     });
     let _ = peers;
     tables
@@ -440,6 +502,34 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
                 verdict(ours <= best, format!("{:.1}% more", (ours / best - 1.0) * 100.0))
             ));
         }
+    }
+    let mut server = Vec::new();
+    let mut slower = Vec::new();
+    for name in ["larson", "xmalloc"] {
+        let workload = format!("preload_{name}");
+        if let (Some(ours), Some(theirs)) =
+            (figures.seconds(&workload, core), figures.seconds(&workload, Peer::Mimalloc))
+        {
+            server.push(format!("{name} {ours:.2} s vs {theirs:.2} s"));
+            if ours > theirs {
+                slower.push(format!("{name} {:.0}% slower", (ours / theirs - 1.0) * 100.0));
+            }
+        }
+    }
+    if !server.is_empty() {
+        lines.push(format!(
+            "server-like C programs (larson, xmalloc) at least as fast as with mimalloc: {}: {}",
+            server.join(", "),
+            verdict(slower.is_empty(), slower.join(", "))
+        ));
+    }
+    if let Some((mean, ratios)) = figures.real_vs_glibc(core) {
+        let listed: Vec<String> = ratios.iter().map(|(name, ratio)| format!("{name} {ratio:.2}x")).collect();
+        lines.push(format!(
+            "real programs at most 0.8x glibc's time (geometric mean): {mean:.2}x ({}): {}",
+            listed.join(", "),
+            verdict(mean <= 0.8, format!("{mean:.2}x > 0.8x"))
+        ));
     }
     lines
 }
@@ -655,6 +745,9 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
     for (peer, unit, what) in &results.problems {
         let _ = writeln!(meta, "problem {} {unit} {what}", peer.name());
     }
+    for (peer, unit, why) in &results.skipped {
+        let _ = writeln!(meta, "skipped {} {unit} {why}", peer.name());
+    }
     fs::write(options.out.join("meta.txt"), &meta)?;
 
     let mut threads: Vec<usize> = results
@@ -687,7 +780,7 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
         results.runs,
         if results.runs == 1 { "" } else { "s" }
     );
-    for table in tables(peers, &threads) {
+    for table in tables(peers, &threads, &figures) {
         let rows = cells(&table, &figures, results, peers);
         if rows.is_empty() {
             continue;
@@ -710,6 +803,14 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
         for (peer, unit, what) in &results.problems {
             let _ = writeln!(terminal, "  {unit} on {}: {what}", peer.name());
             let _ = writeln!(markdown, "- {unit} on {}: {what}", peer.name());
+        }
+    }
+    if !results.skipped.is_empty() {
+        terminal.push_str("\nSkipped (not installed here; blank cells)\n");
+        markdown.push_str("\n**Skipped** (not installed here; blank cells)\n\n");
+        for (peer, unit, why) in &results.skipped {
+            let _ = writeln!(terminal, "  {unit} on {}: {why}", peer.name());
+            let _ = writeln!(markdown, "- {unit} on {}: {why}", peer.name());
         }
     }
     let plots = plots(&figures, results, peers, &threads, &options.out)?;
@@ -779,12 +880,13 @@ pub fn load(directory: &Path) -> io::Result<Results> {
             "quick" => results.quick = rest == "true",
             "command" => results.command = rest.to_string(),
             "machine" => results.machine.push(rest.to_string()),
-            "problem" => {
+            "problem" | "skipped" => {
                 let mut parts = rest.splitn(3, ' ');
                 if let (Some(peer), Some(unit), Some(what)) = (parts.next(), parts.next(), parts.next())
                     && let Some(peer) = Peer::from_name(peer)
                 {
-                    results.problems.push((peer, unit.to_string(), what.to_string()));
+                    let list = if field == "problem" { &mut results.problems } else { &mut results.skipped };
+                    list.push((peer, unit.to_string(), what.to_string()));
                 }
             }
             _ => {}
