@@ -7,23 +7,30 @@
 //! ```
 //!
 //! Every `HostAlloc` value refers to the one process-wide allocator, so it can be used as
-//! the global allocator and also queried ([`HostAlloc::stats`]) from anywhere. When a thread
+//! the global allocator and also queried ([`HostAlloc::stats`]) from anywhere; the C
+//! library (`libcorealloc.so`) is this same allocator behind the C API. When a thread
 //! exits, its slot's slabs are given up (empty ones back to the heap, the others when their
-//! last block is freed). A misuse the allocator notices (freeing a pointer it never handed
-//! out, for one) prints a line to standard error and aborts, as C allocators do.
+//! last block is freed). A `fork` while other threads allocate leaves the child a usable
+//! allocator: the platform's `pthread_atfork` handlers take the allocator's locks around it
+//! (registered by the process's first allocation). A misuse the allocator notices (freeing
+//! a pointer it never handed out, for one) prints a line to standard error and aborts, as
+//! C allocators do.
 
 use core::alloc::{GlobalAlloc, Layout};
 
 use page_provider::linux::MmapProvider;
-use platform::host::HostPlatform;
+use platform::host::{ForkHooks, HostPlatform};
 
 use crate::{Allocator, Misuse, MisuseReport, Stats};
 
 /// The type of the process-wide host allocator.
 pub type Host = Allocator<MmapProvider, HostPlatform>;
 
-static HOST: Host = Allocator::new(MmapProvider::new(), HostPlatform::with_exit_hook(release_exiting_slot))
-    .with_misuse_hook(abort_on_misuse);
+static HOST: Host = Allocator::new(
+    MmapProvider::new(),
+    HostPlatform::with_exit_hook(release_exiting_slot).with_fork_hooks(&FORK_HOOKS),
+)
+.with_misuse_hook(abort_on_misuse);
 
 fn release_exiting_slot(slot: usize) {
     // SAFETY: the host platform calls its exit hook with the exiting thread's slot, which
@@ -31,18 +38,40 @@ fn release_exiting_slot(slot: usize) {
     unsafe { HOST.release_slot(slot) }
 }
 
+/// No thread is inside the central heap while the process forks.
+static FORK_HOOKS: ForkHooks = ForkHooks { prepare: || HOST.lock_for_fork(), after: unlock_after_fork };
+
+/// # Safety
+///
+/// As for [`ForkHooks::after`]: once after `prepare`, in the thread that ran it.
+unsafe fn unlock_after_fork() {
+    // SAFETY: the platform runs this once after `prepare` took the lock, in that thread or
+    // its copy in the child.
+    unsafe { HOST.unlock_after_fork() }
+}
+
 fn abort_on_misuse(report: &MisuseReport) {
-    let what = match report.kind {
-        Misuse::ForeignPointer => "free of a pointer this allocator did not hand out",
-        Misuse::DoubleFree => "double free",
-        Misuse::WrongLayout => "free with a size or alignment that does not match the allocation",
-    };
-    let mut line = [0u8; 128];
+    let address = report.address;
+    let mut line = [0u8; 160];
     let mut writer = LineWriter { buffer: &mut line, length: 0 };
-    let _ = core::fmt::write(
-        &mut writer,
-        format_args!("core-alloc: {what} at {:#x}; aborting\n", report.address),
-    );
+    let _ = match report.kind {
+        Misuse::ForeignPointer => core::fmt::write(
+            &mut writer,
+            format_args!(
+                "corealloc: free(): invalid pointer {address:#x}: it starts no block of this allocator; aborting\n"
+            ),
+        ),
+        Misuse::DoubleFree => core::fmt::write(
+            &mut writer,
+            format_args!("corealloc: free(): double free of {address:#x}; aborting\n"),
+        ),
+        Misuse::WrongLayout => core::fmt::write(
+            &mut writer,
+            format_args!(
+                "corealloc: free(): the size or alignment given does not fit the block at {address:#x}; aborting\n"
+            ),
+        ),
+    };
     let length = writer.length;
     // SAFETY: writes initialised bytes of a local buffer to stderr; abort has no
     // preconditions. Neither allocates.
@@ -73,8 +102,9 @@ impl core::fmt::Write for LineWriter<'_> {
 pub struct HostAlloc;
 
 impl HostAlloc {
-    /// The allocator behind every `HostAlloc`.
-    pub fn allocator() -> &'static Host {
+    /// The allocator behind every `HostAlloc` (and behind the C library's API).
+    #[inline(always)]
+    pub const fn allocator() -> &'static Host {
         &HOST
     }
 

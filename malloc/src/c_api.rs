@@ -19,7 +19,7 @@
 use core::ffi::{c_int, c_void};
 use core::ptr::{self, NonNull};
 
-use crate::process::{HEAP, ensure_setup};
+use crate::process::HEAP;
 use crate::report::{abort_with, errno, set_errno};
 
 /// What `malloc` aligns blocks of at least this many bytes to: `alignof(max_align_t)`.
@@ -96,7 +96,6 @@ fn invalid_pointer(function: &str, ptr: NonNull<c_void>) -> ! {
 /// Allocates `size` bytes; see the module documentation.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    ensure_setup();
     or_enomem(allocate_natural(size, false))
 }
 
@@ -121,7 +120,6 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 #[unsafe(no_mangle)]
 pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
     let Some(total) = count.checked_mul(size) else { return fail(libc::ENOMEM) };
-    ensure_setup();
     or_enomem(allocate_natural(total, true))
 }
 
@@ -142,7 +140,6 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         unsafe { HEAP.free(block) };
         return ptr::null_mut();
     }
-    ensure_setup();
     let (size, align) = natural_request(size);
     // The core uses the alignment only for the block it returns, which needs C's natural
     // alignment for the new size; a block kept in place keeps its own, larger or equal one.
@@ -176,7 +173,6 @@ pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, alignment: usi
     if !alignment.is_power_of_two() || !alignment.is_multiple_of(size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
-    ensure_setup();
     // A refused mmap underneath sets errno; posix_memalign reports through its result.
     let saved_errno = errno();
     match HEAP.allocate(size, alignment.max(natural_align(size))) {
@@ -199,7 +195,6 @@ pub extern "C" fn aligned_alloc(alignment: usize, size: usize) -> *mut c_void {
     if !alignment.is_power_of_two() {
         return fail(libc::EINVAL);
     }
-    ensure_setup();
     or_enomem(HEAP.allocate(size, alignment.max(natural_align(size))))
 }
 
@@ -215,7 +210,6 @@ pub extern "C" fn memalign(alignment: usize, size: usize) -> *mut c_void {
     if alignment > usize::MAX / 2 + 1 {
         return fail(libc::EINVAL);
     }
-    ensure_setup();
     or_enomem(HEAP.allocate(size, alignment.next_power_of_two()))
 }
 

@@ -1,19 +1,20 @@
 //! The process-wide allocator behind the C API, and what runs around it over the process's
-//! life: loading, the first allocation, `fork`, thread exit, misuse and exit.
+//! life: loading, `fork`, thread exit, misuse and exit.
+//!
+//! The allocator is `core_alloc::host`'s process-wide one (the one `HostAlloc` serves Rust
+//! programs with): its thread-exit hook, its fork handlers and its misuse reports are wired
+//! there, once, for both.
 //!
 //! - **Loading** (a constructor in `.init_array`): installs a panic hook that aborts without
-//!   allocating, reads `CORE_ALLOC_STATS`, and registers the `pthread_atfork` handlers,
-//!   unless an allocation came first and did it (another library's constructor may
-//!   allocate before ours runs: the program's own libraries are initialised before a
-//!   preloaded one). glibc runs prepare handlers in reverse order of registration and the
-//!   parent and child handlers in order, so registering this early means ours take the
-//!   allocator's locks after the prepare handlers of everything registered later (which
-//!   may allocate) and give them back before their parent and child handlers run. The
-//!   registration happens outside any lock of ours; an allocation made while it is in
-//!   progress (glibc may allocate to grow its handler list) goes on without it, so there
-//!   is no recursion.
-//! - **fork**: prepare takes the shared-slot locks, then the central heap lock (the core's
-//!   lock order); parent and child release them in reverse order. A child of a
+//!   allocating, reads `CORE_ALLOC_STATS`, and registers the host platform's
+//!   `pthread_atfork` handlers, unless the process's first allocation came first and did it
+//!   (another library's constructor may allocate before ours runs: the program's own
+//!   libraries are initialised before a preloaded one). Registered this early, the handlers
+//!   take the allocator's locks after the prepare handlers of everything registered later
+//!   (which may allocate) and give them back before those libraries' parent and child
+//!   handlers run (see `platform::host::register_fork_handlers`).
+//! - **fork**: the prepare handler takes the shared-slot locks, then the central heap lock
+//!   (the core's lock order); parent and child release them in reverse order. A child of a
 //!   multi-threaded parent finds no lock held; the slots of threads that did not survive
 //!   the fork stay owned and unused, so their half-finished arena operations are never seen.
 //! - **Thread exit**: the host platform's key destructor calls the exit hook with the
@@ -29,90 +30,14 @@
 //! `static` built by `const fn`s, and messages are formatted on the stack.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use core_alloc::{Allocator, Misuse, MisuseReport};
-use page_provider::linux::MmapProvider;
-use platform::host::HostPlatform;
+use core_alloc::host::{Host, HostAlloc};
 
 use crate::report::{Stderr, abort_with};
 
-/// The allocator type behind the C API: anonymous mmap with transparent huge pages, and
-/// per-thread slots.
-pub(crate) type Heap = Allocator<MmapProvider, HostPlatform>;
-
 /// The process-wide allocator.
-pub(crate) static HEAP: Heap =
-    Allocator::new(MmapProvider::new(), HostPlatform::with_exit_hook(release_exiting_slot))
-        .with_misuse_hook(abort_on_misuse);
-
-/// The host platform's thread-exit hook.
-fn release_exiting_slot(slot: usize) {
-    // SAFETY: the host platform calls its exit hook with the exiting thread's slot, which
-    // the thread still holds exclusively, outside any allocator call.
-    unsafe { HEAP.release_slot(slot) }
-}
-
-/// The core's misuse hook: it runs inside the allocator, so it only formats on the stack.
-fn abort_on_misuse(report: &MisuseReport) {
-    let address = report.address;
-    match report.kind {
-        Misuse::ForeignPointer => abort_with(format_args!(
-            "free(): invalid pointer {address:#x}: it starts no block of this allocator"
-        )),
-        Misuse::DoubleFree => abort_with(format_args!("free(): double free of {address:#x}")),
-        Misuse::WrongLayout => abort_with(format_args!(
-            "free(): the size or alignment given does not fit the block at {address:#x}"
-        )),
-    }
-}
-
-/// [`ensure_setup`]'s states.
-const NOT_SET_UP: u8 = 0;
-const SETTING_UP: u8 = 1;
-const SET_UP: u8 = 2;
-static SETUP: AtomicU8 = AtomicU8::new(NOT_SET_UP);
-
-/// Registers the fork handlers if that is not done yet; called by the library constructor
-/// and by every allocating entry point (one relaxed load once it is done).
-#[inline(always)]
-pub(crate) fn ensure_setup() {
-    if SETUP.load(Ordering::Relaxed) != SET_UP {
-        set_up();
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn set_up() {
-    // Whoever wins does the registration; everyone else (including this thread, if glibc
-    // allocates inside pthread_atfork) allocates without waiting.
-    if SETUP.compare_exchange(NOT_SET_UP, SETTING_UP, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        return;
-    }
-    // SAFETY: the handlers are `extern "C"` functions with no arguments that live as long
-    // as the library (it is linked with -z nodelete).
-    let status = unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
-    // On failure (glibc out of memory) a later allocation tries again.
-    SETUP.store(if status == 0 { SET_UP } else { NOT_SET_UP }, Ordering::Release);
-}
-
-/// The prepare handler: no thread is inside a shared slot or the central heap from here
-/// until the fork is over.
-unsafe extern "C" fn before_fork() {
-    platform::host::lock_shared_slots_for_fork();
-    HEAP.lock_for_fork();
-}
-
-/// The parent and child handler.
-unsafe extern "C" fn after_fork() {
-    // SAFETY: `before_fork` took these locks in this thread (or, in the child, in the
-    // thread this one is the copy of), and each is released once, in reverse order.
-    unsafe {
-        HEAP.unlock_after_fork();
-        platform::host::unlock_shared_slots_after_fork();
-    }
-}
+pub(crate) const HEAP: &Host = HostAlloc::allocator();
 
 /// Whether the statistics are printed at exit (`CORE_ALLOC_STATS` set to anything but
 /// empty or `0`).
@@ -140,7 +65,7 @@ extern "C" fn on_load() {
         }
         None => abort_with(format_args!("internal error (panic)")),
     }));
-    ensure_setup();
+    platform::host::register_fork_handlers();
     // SAFETY: getenv reads the environment, which nothing modifies during library
     // constructors; the result is a NUL-terminated string or null.
     let value = unsafe { libc::getenv(STATS_VARIABLE.as_ptr()) };

@@ -99,10 +99,39 @@ static EXIT_KEY: LazyKey = LazyKey::new(on_thread_exit);
 mod tls;
 const _: () = assert!(UNCLAIMED == usize::MAX);
 
+/// What an allocator over a [`HostPlatform`] does around `fork` (see
+/// [`HostPlatform::with_fork_hooks`]).
+#[derive(Debug)]
+pub struct ForkHooks {
+    /// Runs in the forking thread before the fork, after the platform has taken its
+    /// shared-slot locks: takes the allocator's own locks (`Allocator::lock_for_fork`).
+    pub prepare: fn(),
+    /// Runs in the parent and in the child after the fork, before the platform releases
+    /// its shared-slot locks: releases what `prepare` took.
+    ///
+    /// # Safety
+    ///
+    /// Called once after `prepare`, by the thread that called it (or its copy in the child).
+    pub after: unsafe fn(),
+}
+
+/// Fork hooks of the allocators over this platform that asked for them: null or a
+/// `&'static ForkHooks`.
+const MAX_FORK_HOOKS: usize = 8;
+static FORK_HOOKS: [AtomicPtr<ForkHooks>; MAX_FORK_HOOKS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_FORK_HOOKS];
+
+/// Whether the process's `pthread_atfork` handlers are registered: [`register_fork_handlers`].
+const ATFORK_NONE: u8 = 0;
+const ATFORK_REGISTERING: u8 = 1;
+const ATFORK_DONE: u8 = 2;
+static ATFORK: atomic::AtomicU8 = atomic::AtomicU8::new(ATFORK_NONE);
+
 /// Per-thread slots for a user-space process; see the module documentation.
 #[derive(Debug)]
 pub struct HostPlatform {
     exit_hook: Option<fn(usize)>,
+    fork_hooks: Option<&'static ForkHooks>,
     hook_registered: atomic::AtomicBool,
 }
 
@@ -110,7 +139,22 @@ impl HostPlatform {
     /// A platform whose slots hold what they cache when their thread exits, until another
     /// thread takes the slot over or the allocator collects idle slots.
     pub const fn new() -> Self {
-        Self { exit_hook: None, hook_registered: atomic::AtomicBool::new(false) }
+        Self { exit_hook: None, fork_hooks: None, hook_registered: atomic::AtomicBool::new(false) }
+    }
+
+    /// This platform, with `hooks` run around every `fork` of the process once a thread has
+    /// claimed a slot through it (the first allocation of the process, for a global
+    /// allocator): the forking thread takes the platform's shared-slot locks, then runs every
+    /// registered `prepare`; after the fork, parent and child run every `after` in reverse
+    /// order, then release the shared-slot locks. A child then finds no lock of the
+    /// allocator held by a thread it does not have. Use it for allocators that live for the
+    /// whole process (at most eight such allocators are served; a ninth is not protected).
+    ///
+    /// The hooks are registered with `pthread_atfork` the first time a thread claims a slot
+    /// through this platform: that claim happens before the thread takes any lock of the
+    /// allocator, and every thread that could hold one claimed a slot first.
+    pub const fn with_fork_hooks(self, hooks: &'static ForkHooks) -> Self {
+        Self { fork_hooks: Some(hooks), ..self }
     }
 
     /// A platform that calls `hook(slot)` when a thread that owned `slot` exits, while the
@@ -123,28 +167,28 @@ impl HostPlatform {
     /// over after it exited without running its destructor (see the module documentation)
     /// does not run it; its slot's caches pass to the next holder.
     pub const fn with_exit_hook(hook: fn(usize)) -> Self {
-        Self { exit_hook: Some(hook), hook_registered: atomic::AtomicBool::new(false) }
+        Self { exit_hook: Some(hook), fork_hooks: None, hook_registered: atomic::AtomicBool::new(false) }
     }
 
     #[cold]
-    fn register_exit_hook(&self) {
-        let Some(hook) = self.exit_hook else { return };
-        if self.hook_registered.load(Ordering::Acquire) {
+    fn register_hooks(&self) {
+        if self.exit_hook.is_none() && self.fork_hooks.is_none()
+            || self.hook_registered.load(Ordering::Acquire)
+        {
             return;
         }
-        // The flag is set only once the hook is in the table, so that no thread claims a
-        // slot through this platform before the hook would run at its exit. Threads racing
-        // here all scan from the first entry, so the hook lands in the table once.
-        let value = hook as *mut ();
-        for entry in &EXIT_HOOKS {
-            match entry.compare_exchange(core::ptr::null_mut(), value, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(existing) if existing == value => break,
-                Err(_) => {}
-            }
+        // The flag is set only once the hooks are in their tables, so that no thread claims
+        // a slot through this platform before they would run. Threads racing here all scan
+        // from the first entry, so each hook lands in its table once.
+        if let Some(hook) = self.exit_hook {
+            // With more than MAX_EXIT_HOOKS long-lived allocators, one keeps exited threads'
+            // caches until the slot is reused or collected: correct, only less thrifty.
+            insert_once(&EXIT_HOOKS, hook as *mut ());
         }
-        // With more than MAX_EXIT_HOOKS long-lived allocators, one keeps exited threads'
-        // caches until the slot is reused or collected, which is correct, only less thrifty.
+        if let Some(hooks) = self.fork_hooks {
+            insert_once(&FORK_HOOKS, core::ptr::from_ref(hooks).cast_mut());
+            register_fork_handlers();
+        }
         self.hook_registered.store(true, Ordering::Release);
     }
 
@@ -156,7 +200,7 @@ impl HostPlatform {
             // Sharing until the claim is done: an allocation made while claiming (by
             // pthread_setspecific) uses a shared slot rather than claiming another one.
             tls::set(SHARING);
-            self.register_exit_hook();
+            self.register_hooks();
             // A thread that finds every exclusive slot taken shares from then on, rather
             // than scanning the table at every call.
             let claimed = claim_slot().unwrap_or(SHARING);
@@ -198,6 +242,84 @@ fn spin_until(mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Puts `value` in the first free entry of `table` unless an entry holds it already.
+fn insert_once<T>(table: &[AtomicPtr<T>], value: *mut T) {
+    for entry in table {
+        match entry.compare_exchange(core::ptr::null_mut(), value, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(existing) if existing == value => return,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Registers the process's `pthread_atfork` handlers, which run the fork hooks of the
+/// allocators over this platform (see [`HostPlatform::with_fork_hooks`]), unless they are
+/// registered already. A platform with fork hooks calls it when a thread first claims a slot
+/// through it; a library that replaces `malloc` may call it from its constructor as well, so
+/// that its handlers come early in the process's list (glibc runs prepare handlers in reverse
+/// order of registration, and parent and child handlers in order: registered early, ours
+/// take the allocator's locks after the prepare handlers of everything registered later,
+/// which may allocate, and give them back before their parent and child handlers run).
+///
+/// The registration may allocate (glibc grows its handler list with `malloc`); the thread
+/// registering is marked as sharing by then, so such an allocation through this platform
+/// uses a shared slot and does not come back here. If `pthread_atfork` fails (out of
+/// memory), the next call tries again.
+pub fn register_fork_handlers() {
+    if ATFORK.load(Ordering::Acquire) == ATFORK_DONE
+        || ATFORK
+            .compare_exchange(ATFORK_NONE, ATFORK_REGISTERING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    // SAFETY: the handlers are `extern "C"` functions without arguments that live as long
+    // as the program (or the library holding this crate, which must not be unloaded while
+    // the process may fork).
+    let status = unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    ATFORK.store(if status == 0 { ATFORK_DONE } else { ATFORK_NONE }, Ordering::Release);
+}
+
+/// How many entries of `FORK_HOOKS` the last prepare handler ran: entries are filled in
+/// order and never cleared, so those filled form a prefix of the table, and an entry filled
+/// during a fork (another thread of the parent claiming a slot through a new allocator) is
+/// neither prepared nor released by it. Written and read with the shared-slot locks held,
+/// which serialise concurrent forks.
+static PREPARED: AtomicUsize = AtomicUsize::new(0);
+
+/// The prepare handler: the shared-slot locks, then every allocator's own (the lock order of
+/// the allocator: a thread in a shared slot takes the allocator's locks inside it).
+extern "C" fn before_fork() {
+    lock_shared_slots_for_fork();
+    let mut prepared = 0;
+    for entry in &FORK_HOOKS {
+        let hooks = entry.load(Ordering::Acquire);
+        if hooks.is_null() {
+            break;
+        }
+        // SAFETY: entries are null or `&'static ForkHooks` (`with_fork_hooks`).
+        unsafe { ((*hooks).prepare)() };
+        prepared += 1;
+    }
+    PREPARED.store(prepared, Ordering::Relaxed);
+}
+
+/// The parent and child handler: what `before_fork` took, released in reverse order.
+extern "C" fn after_fork() {
+    let prepared = PREPARED.load(Ordering::Relaxed);
+    for entry in FORK_HOOKS[..prepared].iter().rev() {
+        let hooks = entry.load(Ordering::Acquire);
+        // SAFETY: one of the `prepared` entries whose `prepare` `before_fork` ran in this
+        // thread (or in the thread this one is the copy of): a `&'static ForkHooks`, never
+        // cleared; its `after` runs once for that `prepare`.
+        unsafe { ((*hooks).after)() };
+    }
+    // SAFETY: `before_fork` took these locks in this thread (or in the thread this one is
+    // the copy of), and they are released once.
+    unsafe { unlock_shared_slots_after_fork() };
+}
+
 /// Takes the process's shared slot `index`'s spin lock.
 fn lock_shared(index: usize) {
     SLOTS.lock_shared(index);
@@ -209,7 +331,7 @@ fn lock_shared(index: usize) {
 /// the parent process, so they are never taken over) and are never used again, so arenas
 /// they left mid-operation are never touched. The thread-exit key needs nothing either: it
 /// is never half-created (see `LazyKey`).
-pub fn lock_shared_slots_for_fork() {
+fn lock_shared_slots_for_fork() {
     for lock in &SHARED {
         while lock.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             sync::spin_loop();
@@ -223,7 +345,7 @@ pub fn lock_shared_slots_for_fork() {
 ///
 /// Called once after [`lock_shared_slots_for_fork`], by the thread that called it (or, in
 /// the child, its copy).
-pub unsafe fn unlock_shared_slots_after_fork() {
+unsafe fn unlock_shared_slots_after_fork() {
     for lock in &SHARED {
         lock.0.store(false, Ordering::Release);
     }
