@@ -322,18 +322,20 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let storage_offset = core::mem::size_of::<Arena>();
         let size = (storage_offset + self.cache_entries() * core::mem::size_of::<*mut u8>())
             .next_multiple_of(ARENA_ALIGN);
+        // Only the arena is zeroed: the cache's stacks are read only below their counts,
+        // after pushes wrote them (on chunks they are most of the arena's 10 KiB).
         let memory = if P::MAY_CLAIM_SPAN && self.mode.compact() {
-            self.compact_meta_alloc(size, ARENA_ALIGN)
+            self.compact_meta_alloc(size, storage_offset, ARENA_ALIGN)
         } else {
-            self.lock_heap().meta_alloc(size, ARENA_ALIGN, &self.provider)
+            self.lock_heap().meta_alloc_zeroing(size, storage_offset, ARENA_ALIGN, &self.provider)
         };
         let Some(memory) = memory else {
             return ptr::null_mut();
         };
         let arena = memory.as_ptr().cast::<Arena>();
-        // SAFETY: fresh zeroed metadata memory, aligned for an Arena and with room for the
-        // cache storage after it; zero is a valid value for every field but `current` and
-        // the cache bins, set here before the arena is published.
+        // SAFETY: fresh metadata memory, aligned for an Arena, zeroed over the Arena, with
+        // room for the cache storage after it; zero is a valid value for every field but
+        // `current` and the cache bins, set here before the arena is published.
         unsafe {
             for class in 0..CLASS_COUNT {
                 (*arena).bins[class].current = empty_run();

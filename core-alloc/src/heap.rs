@@ -1022,13 +1022,27 @@ impl Heap {
         self.meta_cursor = self.meta_end - left;
     }
 
-    /// Bump-allocates zeroed metadata memory (arenas, chunk-map nodes), never freed.
+    /// Bump-allocates zeroed metadata memory (chunk-map nodes, live bits), never freed.
     pub(crate) fn meta_alloc<P: PageProvider>(
         &mut self,
         size: usize,
         align: usize,
         provider: &P,
     ) -> Option<NonNull<u8>> {
+        self.meta_alloc_zeroing(size, size, align, provider)
+    }
+
+    /// Bump-allocates metadata memory, never freed, of which the first `zeroed` bytes are
+    /// zero (the rest may hold anything: storage nothing reads before writing it, such as an
+    /// arena's front-cache stacks, is not written twice).
+    pub(crate) fn meta_alloc_zeroing<P: PageProvider>(
+        &mut self,
+        size: usize,
+        zeroed: usize,
+        align: usize,
+        provider: &P,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(zeroed <= size);
         debug_assert!(size <= CHUNK_SIZE && align.is_power_of_two() && align <= PAGE);
         let mut start = self.meta_cursor.next_multiple_of(align);
         if self.meta_cursor == 0 || start + size > self.meta_end {
@@ -1046,7 +1060,7 @@ impl Heap {
         self.meta_cursor = start + size;
         if !self.meta_zeroed {
             // SAFETY: the bytes are fresh metadata memory inside the current meta chunk.
-            unsafe { ptr::write_bytes(start as *mut u8, 0, size) };
+            unsafe { ptr::write_bytes(start as *mut u8, 0, zeroed) };
         }
         NonNull::new(start as *mut u8)
     }

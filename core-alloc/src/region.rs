@@ -366,12 +366,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
     }
 
-    /// Metadata memory (arenas) in compact mode: zeroed fit blocks, never freed.
-    pub(crate) fn compact_meta_alloc(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+    /// Metadata memory (arenas) in compact mode: fit blocks, never freed, whose first
+    /// `zeroed` bytes are zero (see `Heap::meta_alloc_zeroing`).
+    pub(crate) fn compact_meta_alloc(&self, size: usize, zeroed: usize, align: usize) -> Option<NonNull<u8>> {
         let mut heap = self.lock_heap();
         let block = heap.region.as_mut()?.fit().alloc(size, align)?;
-        // SAFETY: a fresh fit block of `size` bytes.
-        unsafe { ptr::write_bytes(block as *mut u8, 0, size) };
+        // SAFETY: a fresh fit block of `size` bytes, at least `zeroed`.
+        unsafe { ptr::write_bytes(block as *mut u8, 0, zeroed.min(size)) };
         NonNull::new(block as *mut u8)
     }
 
