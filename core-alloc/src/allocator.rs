@@ -647,30 +647,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             unsafe {
                 let run = run_of(address);
                 if (*run).kind == RUN_SLAB {
-                    let (old_class, new_class) = ((*run).class as usize, class_for(new_size, layout.align()));
-                    if new_class == Some(old_class) && address.is_multiple_of(layout.align()) {
-                        return block;
-                    }
-                    // From one slab class to another (growth to LARGE_GROWTH_MIN goes to a
-                    // page run below): one slot entry takes the new block, copies and frees
-                    // the old one by the class its run names, with no second look at the
-                    // chunk. Checked builds take the general path, which validates the free.
-                    #[cfg(not(feature = "checked"))]
-                    if let Some(new_class) = new_class
-                        && (new_size < old_size || new_size < LARGE_GROWTH_MIN)
+                    if class_for(new_size, layout.align()) == Some((*run).class as usize)
+                        && address.is_multiple_of(layout.align())
                     {
-                        let copied = old_size.min(new_size);
-                        // SAFETY: the slot closure gives exclusive use of the slot's arena;
-                        // both blocks are live and distinct, each at least `copied` bytes,
-                        // and the old one, of `old_class`, is ours to free once copied.
-                        return self.platform.with_slot(move |slot| {
-                            let moved = self.alloc_small(slot, new_class);
-                            if !moved.is_null() {
-                                ptr::copy_nonoverlapping(block, moved, copied);
-                                self.free_small(slot, old_class, block);
-                            }
-                            moved
-                        });
+                        return block;
                     }
                 } else if (LARGE_GROWTH_MIN..=MAX_LARGE).contains(&new_size)
                     && layout.align() <= MAX_LARGE

@@ -13,6 +13,13 @@
 //! gets from glibc's reserve for this. Elsewhere (other targets, Miri, the model checker) the
 //! word is a `std::thread_local!`.
 //!
+//! The word is memory no Rust code touches (only these three assembly blocks do), so the
+//! blocks are `nomem`: the compiler may move Rust loads and stores across them (a closure's
+//! captures need not be stored before the slot is read, as they must be across an access
+//! that may read memory). `get` and `set` are not `pure`: as operations with side effects
+//! they stay in program order with each other and with calls, so a `get` always sees the
+//! thread's last `set` and is never hoisted out of a loop that calls into the slow path.
+//!
 //! The symbol is global and hidden (every crate that inlines an access resolves it at link
 //! time, and nothing outside the linked object sees it) and names the crate version, so that
 //! two semver-incompatible copies of this crate in one program keep words of their own.
@@ -55,7 +62,7 @@ mod imp {
                 concat!("mov {value}, qword ptr [rip + ", word!(), "@GOTTPOFF]"),
                 "mov {value}, qword ptr fs:[{value}]",
                 value = out(reg) value,
-                options(nostack, readonly, preserves_flags, pure),
+                options(nostack, nomem, preserves_flags),
             );
             #[cfg(target_arch = "aarch64")]
             core::arch::asm!(
@@ -65,7 +72,7 @@ mod imp {
                 "ldr {value}, [{thread}, {value}]",
                 thread = out(reg) _,
                 value = out(reg) value,
-                options(nostack, readonly, preserves_flags, pure),
+                options(nostack, nomem, preserves_flags),
             );
         }
         value
@@ -82,7 +89,7 @@ mod imp {
                 "mov qword ptr fs:[{offset}], {value}",
                 offset = out(reg) _,
                 value = in(reg) value,
-                options(nostack, preserves_flags),
+                options(nostack, nomem, preserves_flags),
             );
             #[cfg(target_arch = "aarch64")]
             core::arch::asm!(
@@ -93,7 +100,7 @@ mod imp {
                 thread = out(reg) _,
                 offset = out(reg) _,
                 value = in(reg) value,
-                options(nostack, preserves_flags),
+                options(nostack, nomem, preserves_flags),
             );
         }
     }
@@ -109,7 +116,7 @@ mod imp {
                 "mov {address}, qword ptr fs:0",
                 concat!("add {address}, qword ptr [rip + ", word!(), "@GOTTPOFF]"),
                 address = out(reg) address,
-                options(nostack, readonly, pure),
+                options(nostack, nomem, pure),
             );
             #[cfg(target_arch = "aarch64")]
             core::arch::asm!(
@@ -119,7 +126,7 @@ mod imp {
                 "add {address}, {address}, {offset}",
                 address = out(reg) address,
                 offset = out(reg) _,
-                options(nostack, readonly, preserves_flags, pure),
+                options(nostack, nomem, preserves_flags),
             );
         }
         address
