@@ -228,3 +228,47 @@ fn reports_a_plausible_cache_line() {
     let line = HostPlatform::new().cache_line_size();
     assert!(line.is_power_of_two() && (32..=256).contains(&line), "{line}");
 }
+
+static PREPARED_A: AtomicUsize = AtomicUsize::new(0);
+static RELEASED_A: AtomicUsize = AtomicUsize::new(0);
+static RELEASED_B: AtomicUsize = AtomicUsize::new(0);
+static HOOKS_A: ForkHooks = ForkHooks {
+    prepare: || {
+        PREPARED_A.fetch_add(1, Ordering::Relaxed);
+    },
+    after: release_a,
+};
+static HOOKS_B: ForkHooks = ForkHooks { prepare: || {}, after: release_b };
+/// # Safety
+///
+/// None: a test counter.
+unsafe fn release_a() {
+    RELEASED_A.fetch_add(1, Ordering::Relaxed);
+}
+/// # Safety
+///
+/// None: a test counter.
+unsafe fn release_b() {
+    RELEASED_B.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The fork handlers release only what their prepare handler took: an allocator whose hooks
+/// are registered between the two (another thread's first claim during a fork) is not
+/// unlocked without having been locked. The handlers run here without a fork.
+#[test]
+fn fork_handlers_release_only_the_hooks_they_prepared() {
+    insert_once(&FORK_HOOKS, core::ptr::from_ref(&HOOKS_A).cast_mut());
+    before_fork();
+    assert_eq!(PREPARED_A.load(Ordering::Relaxed), 1);
+    // Registered during the fork: a later entry of the table.
+    insert_once(&FORK_HOOKS, core::ptr::from_ref(&HOOKS_B).cast_mut());
+    after_fork();
+    assert_eq!(RELEASED_A.load(Ordering::Relaxed), 1, "the prepared hook was not released");
+    assert_eq!(RELEASED_B.load(Ordering::Relaxed), 0, "a hook that was not prepared was released");
+    // The next fork prepares and releases both.
+    before_fork();
+    after_fork();
+    assert_eq!((RELEASED_A.load(Ordering::Relaxed), RELEASED_B.load(Ordering::Relaxed)), (2, 1));
+    // The shared-slot locks were given back each time.
+    assert!(SHARED.iter().all(|lock| !lock.0.load(Ordering::Relaxed)));
+}
