@@ -371,8 +371,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub(crate) fn compact_meta_alloc(&self, size: usize, zeroed: usize, align: usize) -> Option<NonNull<u8>> {
         let mut heap = self.lock_heap();
         let block = heap.region.as_mut()?.fit().alloc(size, align)?;
+        debug_assert!(zeroed <= size);
         // SAFETY: a fresh fit block of `size` bytes, at least `zeroed`.
-        unsafe { ptr::write_bytes(block as *mut u8, 0, zeroed.min(size)) };
+        unsafe { ptr::write_bytes(block as *mut u8, 0, zeroed) };
         NonNull::new(block as *mut u8)
     }
 
