@@ -18,6 +18,9 @@
 //! (a thread waiting forever on a LENT entry or a lock) fails the schedule too: shuttle
 //! reports it.
 //!
+//! The fork-hook table (`ForkTable`) runs over a table of its own too: registrations racing
+//! forks, two forks at once, and threads inside a shared slot taking an allocator's lock.
+//!
 //! A failure prints the schedule; `shuttle::replay` with it reproduces the failure.
 #![cfg(feature = "shuttle")]
 
@@ -26,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 // The package is published as core-alloc-platform; its code calls itself `platform`.
 use core_alloc_platform as platform;
+use platform::host::ForkHooks;
 use platform::host::model::{FREE, Table, owner_word};
 use shuttle::sync::atomic::AtomicBool;
 use shuttle::thread;
@@ -71,7 +75,7 @@ struct World {
 
 impl World {
     fn new(exclusive: usize, shared: usize, threads: usize) -> Arc<Self> {
-        let table = Table::new(exclusive, shared, PROCESS);
+        let table = Table::new(exclusive, shared, PROCESS, 0);
         let in_use = (0..table.slot_count()).map(|_| AtomicBool::new(false)).collect();
         // Thread ids start at 1 (an owner word needs a positive id).
         let gone = (0..=threads).map(|_| AtomicBool::new(false)).collect();
@@ -242,5 +246,111 @@ fn shared_slots_when_exclusive_ones_run_out() {
             handle.join().unwrap();
         }
         world.check_nothing_lost();
+    });
+}
+
+/// The two allocators of the fork scenario: each "lock" is a spin lock its `prepare` takes
+/// and its `after` releases, and which other threads take too, as allocation does. Used by
+/// that scenario only (the tests of the binary run in parallel).
+static LOCK_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LOCK_B: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn take(lock: &std::sync::atomic::AtomicBool) {
+    while lock.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        shuttle::hint::spin_loop();
+    }
+}
+
+/// Releases `lock`, failing if nobody held it: an `after` releasing an allocator it did
+/// not prepare finds it free, or frees another thread's hold, whose own release then finds
+/// it free.
+fn give_back(lock: &std::sync::atomic::AtomicBool, who: &str) {
+    assert!(lock.swap(false, Ordering::Release), "{who} released a lock nobody held");
+}
+
+static HOOKS_A: ForkHooks = ForkHooks { prepare: || take(&LOCK_A), after: after_a };
+static HOOKS_B: ForkHooks = ForkHooks { prepare: || take(&LOCK_B), after: after_b };
+
+/// # Safety
+///
+/// None: the test's hook.
+unsafe fn after_a() {
+    give_back(&LOCK_A, "the after handler (allocator A)");
+}
+
+/// # Safety
+///
+/// None: the test's hook.
+unsafe fn after_b() {
+    give_back(&LOCK_B, "the after handler (allocator B)");
+}
+
+/// Two allocators register their fork hooks (one of them twice, as two threads' first
+/// claims would) while two threads fork, a thread in a shared slot takes allocator A's lock
+/// and another thread takes B's. At each fork every shared-slot lock and every prepared
+/// allocator's lock is held by the forking thread; each after handler releases exactly what
+/// its prepare took (an allocator registered during a fork is not released by it); nothing
+/// deadlocks (the lock order is shared slot, then allocator); at the end every lock is free
+/// and each allocator is in the table once.
+#[test]
+fn fork_hooks_registered_during_forks() {
+    explore("fork_hooks_registered_during_forks", || {
+        LOCK_A.store(false, Ordering::Relaxed);
+        LOCK_B.store(false, Ordering::Relaxed);
+        let table = Arc::new(Table::new(1, 2, PROCESS, 3));
+        let fork = |table: Arc<Table>| {
+            thread::spawn(move || {
+                table.fork(|prepared| {
+                    for index in 0..2 {
+                        assert!(table.shared_locked(index), "shared slot {index} open during a fork");
+                    }
+                    let hooks = table.fork_hooks();
+                    assert!(prepared <= hooks.len());
+                    for &hooks in &hooks[..prepared] {
+                        let lock = if hooks == &raw const HOOKS_A { &LOCK_A } else { &LOCK_B };
+                        assert!(
+                            lock.load(Ordering::Relaxed),
+                            "a prepared allocator's lock is open during a fork"
+                        );
+                    }
+                });
+            })
+        };
+        let threads = [
+            fork(table.clone()),
+            fork(table.clone()),
+            {
+                let table = table.clone();
+                thread::spawn(move || {
+                    table.register_fork_hooks(&HOOKS_A);
+                    table.register_fork_hooks(&HOOKS_B);
+                })
+            },
+            {
+                let table = table.clone();
+                thread::spawn(move || table.register_fork_hooks(&HOOKS_B))
+            },
+            {
+                let table = table.clone();
+                thread::spawn(move || {
+                    table.with_shared_slot(1, |_| {
+                        take(&LOCK_A);
+                        give_back(&LOCK_A, "a thread in a shared slot");
+                    });
+                })
+            },
+            thread::spawn(|| {
+                take(&LOCK_B);
+                give_back(&LOCK_B, "a thread in its own slot");
+            }),
+        ];
+        for handle in threads {
+            handle.join().unwrap();
+        }
+        let hooks = table.fork_hooks();
+        assert_eq!(hooks.len(), 2, "each allocator registered once");
+        assert!(hooks.contains(&(&raw const HOOKS_A)) && hooks.contains(&(&raw const HOOKS_B)));
+        assert!(!LOCK_A.load(Ordering::Relaxed) && !LOCK_B.load(Ordering::Relaxed));
+        assert!(!table.shared_locked(0) && !table.shared_locked(1));
     });
 }

@@ -50,9 +50,9 @@
 //! the test's answers, with every atomic operation a scheduling point (see `sync`).
 
 use core::ffi::c_void;
-use core::sync::atomic::{self, AtomicPtr, AtomicUsize};
+use core::sync::atomic;
 
-use self::sync::{AtomicBool, AtomicU64, Ordering};
+use self::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::{MAX_SLOTS, Platform};
 
 mod sync;
@@ -116,10 +116,16 @@ pub struct ForkHooks {
 }
 
 /// Fork hooks of the allocators over this platform that asked for them: null or a
-/// `&'static ForkHooks`.
+/// `&'static ForkHooks`, filled in order and never cleared.
 const MAX_FORK_HOOKS: usize = 8;
 static FORK_HOOKS: [AtomicPtr<ForkHooks>; MAX_FORK_HOOKS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_FORK_HOOKS];
+
+/// How many entries of `FORK_HOOKS` the last prepare handler ran (see [`ForkTable`]).
+static PREPARED: AtomicUsize = AtomicUsize::new(0);
+
+/// The process's fork-hook table.
+static FORK: ForkTable<'static> = ForkTable { hooks: &FORK_HOOKS, prepared: &PREPARED };
 
 /// Whether the process's `pthread_atfork` handlers are registered: [`register_fork_handlers`].
 const ATFORK_NONE: u8 = 0;
@@ -186,7 +192,7 @@ impl HostPlatform {
             insert_once(&EXIT_HOOKS, hook as *mut ());
         }
         if let Some(hooks) = self.fork_hooks {
-            insert_once(&FORK_HOOKS, core::ptr::from_ref(hooks).cast_mut());
+            FORK.register(hooks);
             register_fork_handlers();
         }
         self.hook_registered.store(true, Ordering::Release);
@@ -281,74 +287,92 @@ pub fn register_fork_handlers() {
     ATFORK.store(if status == 0 { ATFORK_DONE } else { ATFORK_NONE }, Ordering::Release);
 }
 
-/// How many entries of `FORK_HOOKS` the last prepare handler ran: entries are filled in
-/// order and never cleared, so those filled form a prefix of the table, and an entry filled
-/// during a fork (another thread of the parent claiming a slot through a new allocator) is
-/// neither prepared nor released by it. Written and read with the shared-slot locks held,
-/// which serialise concurrent forks.
-static PREPARED: AtomicUsize = AtomicUsize::new(0);
-
-/// The prepare handler: the shared-slot locks, then every allocator's own (the lock order of
-/// the allocator: a thread in a shared slot takes the allocator's locks inside it).
+/// The prepare handler: see [`ForkTable::prepare`].
 extern "C" fn before_fork() {
-    lock_shared_slots_for_fork();
-    let mut prepared = 0;
-    for entry in &FORK_HOOKS {
-        let hooks = entry.load(Ordering::Acquire);
-        if hooks.is_null() {
-            break;
-        }
-        // SAFETY: entries are null or `&'static ForkHooks` (`with_fork_hooks`).
-        unsafe { ((*hooks).prepare)() };
-        prepared += 1;
-    }
-    PREPARED.store(prepared, Ordering::Relaxed);
+    FORK.prepare(&SLOTS);
 }
 
-/// The parent and child handler: what `before_fork` took, released in reverse order.
+/// The parent and child handler: see [`ForkTable::after`].
 extern "C" fn after_fork() {
-    let prepared = PREPARED.load(Ordering::Relaxed);
-    for entry in FORK_HOOKS[..prepared].iter().rev() {
-        let hooks = entry.load(Ordering::Acquire);
-        // SAFETY: one of the `prepared` entries whose `prepare` `before_fork` ran in this
-        // thread (or in the thread this one is the copy of): a `&'static ForkHooks`, never
-        // cleared; its `after` runs once for that `prepare`.
-        unsafe { ((*hooks).after)() };
+    // SAFETY: `pthread_atfork` runs this once after `before_fork`, in the thread that ran
+    // it (or, in the child, its copy).
+    unsafe { FORK.after(&SLOTS) };
+}
+
+/// The fork-hook protocol over a table: the hooks registered, and how many of them the last
+/// prepare ran. Production uses the process's table ([`FORK`]); the model checker a small
+/// one of its own ([`model::Table`]).
+///
+/// Entries are filled in order by compare-exchange and never cleared, so the filled ones
+/// form a prefix of the table. `prepared` is written by [`prepare`](Self::prepare) and read
+/// by [`after`](Self::after) with every shared-slot lock held, which serialises concurrent
+/// forks: each `after` releases exactly the hooks its `prepare` took, and an entry filled
+/// between the two (another thread of the parent claiming a slot through a new allocator
+/// during the fork) is neither prepared nor released by that fork.
+struct ForkTable<'a> {
+    hooks: &'a [AtomicPtr<ForkHooks>],
+    prepared: &'a AtomicUsize,
+}
+
+impl ForkTable<'_> {
+    /// Puts `hooks` in the first free entry unless an entry holds them already (with more
+    /// than the table's entries, the extra allocator is not protected; documented on
+    /// [`HostPlatform::with_fork_hooks`]).
+    fn register(&self, hooks: &'static ForkHooks) {
+        insert_once(self.hooks, core::ptr::from_ref(hooks).cast_mut());
     }
-    // SAFETY: `before_fork` took these locks in this thread (or in the thread this one is
-    // the copy of), and they are released once.
-    unsafe { unlock_shared_slots_after_fork() };
+
+    /// Before a fork, in the forking thread: every shared-slot lock of `slots` (in index
+    /// order, so that concurrent forks cannot deadlock), then every registered `prepare` (the
+    /// allocator's lock order: a thread in a shared slot takes the allocator's locks inside
+    /// it). So no thread is inside a shared slot while the process forks. Exclusive slots
+    /// need nothing: in the child, the slots of threads that did not survive the fork stay
+    /// owned (their entries name the parent process, so they are never taken over) and are
+    /// never used again, so arenas they left mid-operation are never touched. The thread-exit
+    /// key needs nothing either: it is never half-created (see `LazyKey`).
+    fn prepare(&self, slots: &Slots<'_>) {
+        for index in 0..slots.shared.len() {
+            slots.lock_shared(index);
+        }
+        let mut prepared = 0;
+        for entry in self.hooks {
+            let hooks = entry.load(Ordering::Acquire);
+            if hooks.is_null() {
+                break;
+            }
+            // SAFETY: entries are null or `&'static ForkHooks` (`register`).
+            unsafe { ((*hooks).prepare)() };
+            prepared += 1;
+        }
+        self.prepared.store(prepared, Ordering::Relaxed);
+    }
+
+    /// After a fork, in the parent and in the child: every `after` of the hooks
+    /// [`prepare`](Self::prepare) ran, in reverse order, then the shared-slot locks.
+    ///
+    /// # Safety
+    ///
+    /// Called once after [`prepare`](Self::prepare) over the same `slots`, by the thread
+    /// that called it (or, in the child, its copy).
+    unsafe fn after(&self, slots: &Slots<'_>) {
+        let prepared = self.prepared.load(Ordering::Relaxed);
+        for entry in self.hooks[..prepared].iter().rev() {
+            let hooks = entry.load(Ordering::Acquire);
+            // SAFETY: one of the `prepared` entries whose `prepare` ran in this thread (or
+            // in the thread this one is the copy of), under the shared-slot locks still
+            // held: a `&'static ForkHooks`, never cleared; its `after` runs once for that
+            // `prepare`, as the caller promises.
+            unsafe { ((*hooks).after)() };
+        }
+        for index in 0..slots.shared.len() {
+            slots.unlock_shared(index);
+        }
+    }
 }
 
 /// Takes the process's shared slot `index`'s spin lock.
 fn lock_shared(index: usize) {
     SLOTS.lock_shared(index);
-}
-
-/// Takes every shared-slot lock, so that no thread is inside a shared slot while the
-/// process forks (`pthread_atfork`'s prepare handler). Exclusive slots need nothing: in the
-/// child, the slots of threads that did not survive the fork stay owned (their entries name
-/// the parent process, so they are never taken over) and are never used again, so arenas
-/// they left mid-operation are never touched. The thread-exit key needs nothing either: it
-/// is never half-created (see `LazyKey`).
-fn lock_shared_slots_for_fork() {
-    for lock in &SHARED {
-        while lock.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            sync::spin_loop();
-        }
-    }
-}
-
-/// Releases the locks [`lock_shared_slots_for_fork`] took, in the parent and in the child.
-///
-/// # Safety
-///
-/// Called once after [`lock_shared_slots_for_fork`], by the thread that called it (or, in
-/// the child, its copy).
-unsafe fn unlock_shared_slots_after_fork() {
-    for lock in &SHARED {
-        lock.0.store(false, Ordering::Release);
-    }
 }
 
 impl Default for HostPlatform {
@@ -374,7 +398,7 @@ fn thread_hash() -> usize {
 /// unused (one pthread key).
 struct LazyKey {
     /// 0 before publication, `key + 1` after, `KEY_FAILED` if creation failed.
-    state: AtomicUsize,
+    state: atomic::AtomicUsize,
     destructor: unsafe extern "C" fn(*mut c_void),
 }
 
@@ -382,7 +406,7 @@ const KEY_FAILED: usize = usize::MAX;
 
 impl LazyKey {
     const fn new(destructor: unsafe extern "C" fn(*mut c_void)) -> Self {
-        Self { state: AtomicUsize::new(0), destructor }
+        Self { state: atomic::AtomicUsize::new(0), destructor }
     }
 
     /// The key, created on first use; `None` if pthreads could not create one.

@@ -2,7 +2,8 @@
 //! (`platform/tests/model_check.rs`; feature `shuttle`).
 //!
 //! [`Table`] runs the protocol code the process's table runs (`Slots`: claim, release,
-//! lending, take-over of an exited owner's slot, shared-slot locks), with the atomics of
+//! lending, take-over of an exited owner's slot, shared-slot locks; `ForkTable`: fork-hook
+//! registration and the prepare and after handlers of a fork), with the atomics of
 //! the `shuttle` build (a scheduling point before every operation). What production asks
 //! the kernel (the process id, whether a thread is gone) the test answers, and the thread
 //! ids and start of the scan are the test's: nothing here calls pthreads or reads
@@ -11,8 +12,8 @@
 use std::boxed::Box;
 use std::vec::Vec;
 
-use super::sync::{AtomicBool, AtomicU64};
-use super::{SharedLock, Slots, Threads};
+use super::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+use super::{ForkHooks, ForkTable, SharedLock, Slots, Threads};
 
 /// An entry nobody holds.
 pub const FREE: u64 = super::FREE;
@@ -31,6 +32,8 @@ pub struct Table {
     owners: Box<[AtomicU64]>,
     shared: Box<[SharedLock]>,
     process: i32,
+    fork_hooks: Box<[AtomicPtr<ForkHooks>]>,
+    prepared: AtomicUsize,
 }
 
 /// The test's answers to what production asks the kernel.
@@ -50,9 +53,14 @@ impl Threads for Answers<'_> {
 }
 
 impl Table {
-    /// A table with every slot free.
-    pub fn new(exclusive: usize, shared: usize, process: i32) -> Self {
+    /// A table with every slot free and room for `fork_hooks` allocators' fork hooks.
+    pub fn new(exclusive: usize, shared: usize, process: i32, fork_hooks: usize) -> Self {
         Self {
+            fork_hooks: (0..fork_hooks)
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            prepared: AtomicUsize::new(0),
             owners: (0..exclusive).map(|_| AtomicU64::new(FREE)).collect::<Vec<_>>().into_boxed_slice(),
             shared: (0..shared)
                 .map(|_| SharedLock(AtomicBool::new(false)))
@@ -64,6 +72,10 @@ impl Table {
 
     fn slots(&self) -> Slots<'_> {
         Slots { owners: &self.owners, shared: &self.shared }
+    }
+
+    fn forks(&self) -> ForkTable<'_> {
+        ForkTable { hooks: &self.fork_hooks, prepared: &self.prepared }
     }
 
     fn answers<'a>(&self, gone: &'a dyn Fn(u64) -> bool) -> Answers<'a> {
@@ -120,5 +132,32 @@ impl Table {
     /// Whether shared slot `index` is locked.
     pub fn shared_locked(&self, index: usize) -> bool {
         self.shared[index].0.load(super::Ordering::Acquire)
+    }
+
+    /// An allocator's first slot claim registering its fork hooks
+    /// (`HostPlatform::with_fork_hooks`).
+    pub fn register_fork_hooks(&self, hooks: &'static ForkHooks) {
+        self.forks().register(hooks);
+    }
+
+    /// A fork of the process by this thread: the prepare handler, then `at_fork` (the moment
+    /// of the fork) with the number of registered hooks the handler prepared, then the
+    /// parent's after handler (the child's is the same code in a copy of this thread).
+    pub fn fork(&self, at_fork: impl FnOnce(usize)) {
+        let slots = self.slots();
+        let forks = self.forks();
+        forks.prepare(&slots);
+        at_fork(self.prepared.load(super::Ordering::Relaxed));
+        // SAFETY: once, after `prepare` over the same table, in the thread that ran it.
+        unsafe { forks.after(&slots) };
+    }
+
+    /// The registered fork hooks, in table order.
+    pub fn fork_hooks(&self) -> Vec<*const ForkHooks> {
+        self.fork_hooks
+            .iter()
+            .map(|entry| entry.load(super::Ordering::Acquire).cast_const())
+            .take_while(|hooks| !hooks.is_null())
+            .collect()
     }
 }

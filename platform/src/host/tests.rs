@@ -3,6 +3,7 @@
 
 extern crate std;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Barrier, Mutex};
 use std::vec::Vec;
 
@@ -257,11 +258,11 @@ unsafe fn release_b() {
 /// unlocked without having been locked. The handlers run here without a fork.
 #[test]
 fn fork_handlers_release_only_the_hooks_they_prepared() {
-    insert_once(&FORK_HOOKS, core::ptr::from_ref(&HOOKS_A).cast_mut());
+    FORK.register(&HOOKS_A);
     before_fork();
     assert_eq!(PREPARED_A.load(Ordering::Relaxed), 1);
     // Registered during the fork: a later entry of the table.
-    insert_once(&FORK_HOOKS, core::ptr::from_ref(&HOOKS_B).cast_mut());
+    FORK.register(&HOOKS_B);
     after_fork();
     assert_eq!(RELEASED_A.load(Ordering::Relaxed), 1, "the prepared hook was not released");
     assert_eq!(RELEASED_B.load(Ordering::Relaxed), 0, "a hook that was not prepared was released");
