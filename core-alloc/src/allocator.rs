@@ -10,7 +10,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::sync::{AtomicPtr, Ordering, SpinGuard, SpinLock};
 
@@ -20,7 +20,9 @@ use platform::{MAX_SLOTS, Platform};
 use crate::arena::Arena;
 use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, page_address, run_of};
 use crate::chunk_map::ChunkMap;
-use crate::config::{CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT};
+use crate::config::{
+    CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT, TIGHT_SUPPLY_DIVISOR,
+};
 use crate::front_cache::sized_class;
 use crate::heap::{Clock, Heap, Release};
 use crate::large_cache::LARGE_FREED;
@@ -77,6 +79,9 @@ pub struct Allocator<P, Pl> {
     decay_ns: u64,
     /// The most blocks an arena's front cache keeps per size class (see `front_cache`).
     pub(crate) front_cache_limit: usize,
+    /// The provider's bounded supply is running low, or it refused memory: the large path's
+    /// tight mode (see [`short_of_memory`](Self::short_of_memory)).
+    short_of_memory: AtomicBool,
 }
 
 /// The central lock, held inside the platform's critical section (see
@@ -136,6 +141,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             stray_frees: [const { AtomicU64::new(0) }; CLASS_COUNT],
             decay_ns: crate::config::DECAY_NS,
             front_cache_limit: crate::config::FRONT_CACHE_BLOCKS,
+            short_of_memory: AtomicBool::new(false),
         }
     }
 
@@ -418,12 +424,21 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             self.platform.with_slot(|slot| {
                 // SAFETY: the slot closure gives exclusive use of the slot's arena; a run it
                 // returns is a live large run, ours alone.
-                if let Some(run) = unsafe { self.take_cached_large(slot, pages, align_pages, growing) } {
+                if let Some(run) = unsafe {
+                    self.take_cached_large(slot, pages, align_pages, growing, self.short_of_memory())
+                } {
                     // SAFETY: as above.
                     let (first, have) = unsafe { ((*run).first_page as usize, (*run).pages as usize) };
-                    if have > pages * LARGE_SLACK {
+                    let keep = if self.short_of_memory() {
+                        pages
+                    } else if growing {
+                        pages * LARGE_SLACK
+                    } else {
+                        have
+                    };
+                    if have > keep {
                         // SAFETY: as above; shrinking in place always succeeds.
-                        let _ = unsafe { self.lock_heap().resize_run(run, pages * LARGE_SLACK) };
+                        let _ = unsafe { self.lock_heap().resize_run(run, keep) };
                     }
                     return Some((page_address(run, first) as *mut u8, false));
                 }
@@ -590,6 +605,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                         }
                     }
                     self.provider.free_chunks(NonNull::new_unchecked(chunk.cast()), count);
+                    self.note_supply();
                 }
                 Some(())
             })
@@ -634,6 +650,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                                 drop(heap);
                                 let spare = (address + wanted * CHUNK_SIZE) as *mut u8;
                                 self.provider.free_chunks(NonNull::new_unchecked(spare), count - wanted);
+                                self.note_supply();
                             }
                         }
                         Some(block)
@@ -659,9 +676,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 {
                     // In place without the lock when the run has the pages: growth inside a
                     // run bigger than its block (one from an arena's cache), or a shrink that
-                    // still needs half of it.
+                    // still needs half of it (all of it in the tight mode, which gives the
+                    // spare pages back).
                     let (pages, have) = (new_size.div_ceil(PAGE), (*run).pages as usize);
-                    let resized = (pages <= have && (new_size >= old_size || pages * 2 >= have))
+                    let resized = (pages <= have
+                        && (new_size >= old_size
+                            || pages == have
+                            || pages * 2 >= have && !self.short_of_memory()))
                         || self.platform.with_slot(|_| self.lock_heap().resize_run(run, pages));
                     if resized {
                         return block;
@@ -704,8 +725,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         let Some(fresh) = self.critical(|| self.provider.alloc_chunks(1)) else {
             self.lock_heap().counters.provider_refusals += 1;
+            self.short_of_memory.store(true, Ordering::Relaxed);
             return None;
         };
+        self.note_supply();
         let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
         // SAFETY: a fresh chunk, known to nobody else: formatting it here, outside the lock,
         // takes its first page fault (a whole huge page) without holding up other CPUs.
@@ -754,6 +777,32 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
             }
         });
+        self.note_supply();
+    }
+
+    /// Whether the large path is in its tight mode: the provider's supply of chunks is
+    /// running low (a bounded region or a kernel's RAM with less than
+    /// `1 / TIGHT_SUPPLY_DIVISOR` of it left), or it refused memory since the heap last
+    /// obtained or gave back chunks. Large runs then get exactly the pages their blocks need:
+    /// no room to grow into from the arenas' caches, a shrink gives its spare pages back at
+    /// once, and a cached run serves only a request of its own size (a bigger one cut down
+    /// would leave a gap where it lay), so that the heap fills up before it fails rather than
+    /// keeping room for growth that may never come. A hint read without the lock: a stale
+    /// answer changes only how much room a run keeps.
+    #[inline]
+    fn short_of_memory(&self) -> bool {
+        self.short_of_memory.load(Ordering::Relaxed)
+    }
+
+    /// Updates [`short_of_memory`](Self::short_of_memory) from the provider's supply, after
+    /// the heap obtained or gave back chunks (providers without a bounded supply: never
+    /// short, unless refused).
+    fn note_supply(&self) {
+        let short = self
+            .provider
+            .supply()
+            .is_some_and(|supply| supply.available.saturating_mul(TIGHT_SUPPLY_DIVISOR) < supply.total);
+        self.short_of_memory.store(short, Ordering::Relaxed);
     }
 
     /// A huge allocation of `count` chunks aligned to `align`: a cached chunk when one
@@ -771,6 +820,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let extra = align_chunks - 1;
         let Some(fresh) = count.checked_add(extra).and_then(|total| self.provider.alloc_chunks(total)) else {
             self.lock_heap().counters.provider_refusals += 1;
+            self.short_of_memory.store(true, Ordering::Relaxed);
             return None;
         };
         let base = fresh.base.as_ptr() as usize;
@@ -787,6 +837,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     .free_chunks(NonNull::new_unchecked((aligned + count * CHUNK_SIZE) as *mut u8), tail);
             }
         }
+        self.note_supply();
         let recorded =
             self.lock_heap().record_huge(aligned, count, count + extra, extra, &self.provider, &self.map);
         if !recorded {

@@ -41,6 +41,14 @@ pub const LARGE_CACHE_MAX_RUN: usize = 64;
 /// serves reallocation growth up to this factor (plain allocations up to half of it).
 pub const LARGE_SLACK: usize = 4;
 
+/// A provider with a bounded supply of chunks (a fixed region, a kernel's RAM; see
+/// `PageProvider::supply`) that has less than `1 / TIGHT_SUPPLY_DIVISOR` of it left puts the
+/// large path in its tight mode: runs get exactly the pages their blocks need (no room to
+/// grow into, a shrink gives its spare pages back, a cached run serves only a request of its
+/// own size). Room for growth saves copies while memory is plentiful, and costs 6-9 points
+/// of talc's heap-efficiency score in a region that fills up (`examples/efficiency.rs`).
+pub const TIGHT_SUPPLY_DIVISOR: usize = 2;
+
 /// The most freed blocks of one size class an arena's front cache keeps (see `front_cache`);
 /// a setting: `Allocator::with_front_cache`.
 pub const FRONT_CACHE_BLOCKS: usize = 64;

@@ -12,7 +12,9 @@
 //! `LARGE_SLACK` times the pages: a block that grew once is likely to grow again, in place
 //! now, first inside the run and then into the pages cut off after it. A
 //! reallocation keeps a block in place while its run has the pages (a shrink: while the
-//! size needs at least half of them).
+//! size needs at least half of them). In the allocator's tight mode (a bounded provider
+//! running low: `Allocator::short_of_memory`) a cached run serves only requests of exactly
+//! its pages, and nothing gets room to grow.
 //!
 //! The cache holds at most `LARGE_CACHE_RUNS` runs and `LARGE_CACHE_PAGES` pages; the
 //! oldest go back to the central heap first. Everything goes back on `collect()` and when the
@@ -102,8 +104,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// A cached run of `slot`'s arena for a request of `pages` pages aligned to
     /// `align_pages`; it is live again (its block is the caller's). A plain request takes the
     /// smallest run of at most twice the pages; growth (`growing`) the biggest run there is,
-    /// which the caller cuts down (leaving free pages after it to grow into).
-    /// `None` when no cached run fits.
+    /// which the caller cuts down (leaving free pages after it to grow into); in the tight
+    /// mode (`tight`) either takes only a run of exactly the pages. `None` when no cached
+    /// run fits.
     ///
     /// # Safety
     ///
@@ -114,6 +117,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         pages: usize,
         align_pages: usize,
         growing: bool,
+        tight: bool,
     ) -> Option<*mut Run> {
         let arena = self.arenas[slot].load(Ordering::Relaxed);
         if arena.is_null() {
@@ -123,8 +127,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         unsafe {
             (*arena).activity = (*arena).activity.wrapping_add(1);
             let cache = &mut *ptr::addr_of_mut!((*arena).large);
-            // Growth prefers the biggest run, plain requests the smallest.
-            let most = if growing { usize::MAX } else { pages.saturating_mul(LARGE_SLACK / 2) };
+            // Growth prefers the biggest run, plain requests the smallest; the tight mode
+            // neither cuts a run down (which would leave a gap) nor keeps spare pages.
+            let most = if tight {
+                pages
+            } else if growing {
+                usize::MAX
+            } else {
+                pages.saturating_mul(LARGE_SLACK / 2)
+            };
             let rank = |have: usize| if growing { usize::MAX - have } else { have };
             let mut best: Option<(usize, usize)> = None;
             for (index, &run) in cache.runs[..cache.count].iter().enumerate() {

@@ -171,3 +171,70 @@ fn blocks_of_cached_runs_move_between_threads() {
     let stats = heap.stats();
     assert_eq!(stats.heap.large_live, 0, "{stats}");
 }
+
+/// A bounded provider running low (less than `1 / TIGHT_SUPPLY_DIVISOR` of its chunks left)
+/// puts the large path in its tight mode: growth gets no room from a bigger cached run, a
+/// cached run serves only a request of its own size, and a shrink gives its spare pages
+/// back. With the supply back, runs get room to grow again.
+#[test]
+fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
+    use core_alloc::config::{CHUNK_SIZE, LARGE_SLACK, TIGHT_SUPPLY_DIVISOR};
+    use page_provider::PageProvider;
+
+    let heap = common::region_heap(16);
+    let free = |block: NonNull<u8>, size: usize| {
+        // SAFETY: each block is freed once, with its size.
+        unsafe { heap.deallocate(block, size, 8) }
+    };
+    // SAFETY: live blocks of this heap.
+    let usable = |block: NonNull<u8>| unsafe { heap.usable_size(block) };
+    let grow = |from: usize, to: usize| {
+        let block = heap.allocate(from, 8).unwrap();
+        // SAFETY: a live block of `from` bytes.
+        unsafe { heap.reallocate(block, 8, to) }.unwrap()
+    };
+    let keep = heap.allocate(64, 8).unwrap(); // this thread's arena exists
+    let supply = || heap.provider().supply().unwrap();
+    assert_eq!(supply().total, 16);
+
+    // Plenty left: growth to 10 pages takes the cached 49-page run, cut to LARGE_SLACK
+    // times the pages.
+    let big = heap.allocate(200_000, 8).unwrap();
+    free(big, 200_000);
+    let grown = grow(16, 40_000);
+    assert_eq!(grown, big, "growth did not take the cached run");
+    assert_eq!(usable(grown), 10 * LARGE_SLACK * PAGE);
+    free(grown, 40_000);
+    assert_eq!(heap.stats().large_cached, 1);
+
+    // Use up the supply with one-chunk huge blocks until the tight mode starts.
+    let mut huge = Vec::new();
+    while supply().available * TIGHT_SUPPLY_DIVISOR >= supply().total {
+        huge.push(heap.allocate(CHUNK_SIZE, 8).unwrap());
+    }
+    let grown = grow(16, 40_000);
+    assert_ne!(grown, big, "growth took a 40-page cached run for 10 pages in the tight mode");
+    assert_eq!(usable(grown), 10 * PAGE);
+    let plain = heap.allocate(150_000, 8).unwrap();
+    assert_ne!(plain, big, "a 37-page request took a 40-page cached run in the tight mode");
+    assert_eq!(usable(plain), 37 * PAGE);
+    // A shrink to half the pages gives the other half back (it keeps them otherwise).
+    // SAFETY: a live block of 40 000 bytes.
+    let shrunk = unsafe { heap.reallocate(grown, 8, 20_000) }.unwrap();
+    assert_eq!((shrunk, usable(shrunk)), (grown, 5 * PAGE));
+    assert_eq!(heap.stats().large_cached, 1, "the cached run stayed cached");
+    heap.check_invariants().unwrap();
+
+    // The supply back: room to grow again (the cached run serves growth, cut down).
+    for block in huge.drain(..) {
+        free(block, CHUNK_SIZE);
+    }
+    let grown_again = grow(16, 40_000);
+    assert_eq!((grown_again, usable(grown_again)), (big, 10 * LARGE_SLACK * PAGE));
+    for (block, size) in [(grown_again, 40_000), (plain, 150_000), (shrunk, 20_000)] {
+        free(block, size);
+    }
+    // SAFETY: a live block.
+    unsafe { heap.free(keep) };
+    heap.check_invariants().unwrap();
+}

@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use platform::HugeMapper;
 
 use crate::bitmap::ChunkBitmap;
-use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider};
+use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider, Supply};
 
 /// Frames of RAM handed out as chunks; tracks `WORDS * 64` frames from `phys_base` (the
 /// default covers 8 GiB of physical address space).
@@ -113,6 +113,10 @@ unsafe impl<M: HugeMapper, const WORDS: usize> PageProvider for FrameProvider<M,
         Some(CHUNK_SIZE)
     }
 
+    fn supply(&self) -> Option<Supply> {
+        Some(Supply { available: self.free_frames(), total: self.total_frames() })
+    }
+
     fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
         let mut frames = self.frames.lock();
         let (index, zeroed) = frames.take(count)?;
@@ -204,6 +208,7 @@ mod tests {
         let first_phys = second.base.as_ptr() as usize - (1 << 39);
         assert!(first_phys as u64 >= GIB + 12 * MIB);
         assert_eq!(provider.free_frames(), 29 - 7);
+        assert_eq!(provider.supply(), Some(Supply { available: 29 - 7, total: 29 }));
         // SAFETY: both runs came from this provider and are unused.
         unsafe {
             provider.free_chunks(run.base, 3);

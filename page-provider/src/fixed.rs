@@ -16,7 +16,7 @@
 use core::ptr::NonNull;
 
 use crate::bitmap::ChunkBitmap;
-use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider, Span};
+use crate::{CHUNK_SIZE, Capabilities, Chunks, PageProvider, Span, Supply};
 
 /// Chunks out of a fixed span; tracks up to `WORDS * 64` chunks (the default, 64 words,
 /// covers 8 GiB; a larger span is used up to that).
@@ -136,6 +136,16 @@ unsafe impl<const WORDS: usize> PageProvider for FixedRegion<WORDS> {
         Some(Chunks { base: NonNull::new(address as *mut u8)?, zeroed })
     }
 
+    fn supply(&self) -> Option<Supply> {
+        let mut state = self.state.lock();
+        if state.claimed {
+            return None;
+        }
+        let base = state.measure();
+        let total = state.whole_chunks(base, (state.start as usize).saturating_add(state.len));
+        Some(Supply { available: state.chunks.available(), total })
+    }
+
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         let mut state = self.state.lock();
         let region_base = state.measure();
@@ -174,6 +184,7 @@ mod tests {
         assert_eq!(again.base, first.base);
         assert!(!again.zeroed);
         assert_eq!(region.available_chunks(), total - 5);
+        assert_eq!(region.supply(), Some(Supply { available: total - 5, total }));
         assert!(region.claim_span(usize::MAX).is_none(), "claimed a span with chunks handed out");
     }
 
@@ -186,6 +197,7 @@ mod tests {
         let span = region.claim_span(4).unwrap();
         assert_eq!((span.base.as_ptr(), span.len, span.zeroed), (backing.as_mut_ptr(), 3 * CHUNK_SIZE, true));
         assert!(region.claim_span(4).is_none(), "claimed twice");
+        assert_eq!(region.supply(), None, "a claimed span has no chunks to supply");
         assert!(region.alloc_chunks(1).is_none(), "handed out a chunk of a claimed span");
     }
 }

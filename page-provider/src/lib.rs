@@ -62,6 +62,16 @@ pub struct Chunks {
     pub zeroed: bool,
 }
 
+/// How much a provider with a bounded supply of chunks (a fixed region, a kernel's RAM) has
+/// left: [`PageProvider::supply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supply {
+    /// Chunks the provider can still hand out (not necessarily contiguous).
+    pub available: usize,
+    /// Chunks it manages in all, handed out or not.
+    pub total: usize,
+}
+
 /// One span of memory handed over whole by [`PageProvider::claim_span`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -122,6 +132,14 @@ pub unsafe trait PageProvider: Sync {
     /// Hands out `count` (at least 1) contiguous chunks, or `None` when out of memory.
     fn alloc_chunks(&self, count: usize) -> Option<Chunks>;
 
+    /// What is left of a bounded supply of chunks, or `None` (the default) when the supply
+    /// is unbounded or unknown (the host's `mmap`, chunks backed from a kernel's own frame
+    /// allocator). The allocator spends memory more tightly once little is left (no room for
+    /// large blocks to grow into); it asks rarely (when it obtains or gives back chunks).
+    fn supply(&self) -> Option<Supply> {
+        None
+    }
+
     /// Takes back `count` chunks starting at `base`.
     ///
     /// # Safety
@@ -177,6 +195,9 @@ unsafe impl<P: PageProvider> PageProvider for &P {
     }
     fn alloc_chunks(&self, count: usize) -> Option<Chunks> {
         (**self).alloc_chunks(count)
+    }
+    fn supply(&self) -> Option<Supply> {
+        (**self).supply()
     }
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         // SAFETY: the caller's promises are the referenced provider's preconditions.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use core_alloc::Allocator;
 use page_provider::fixed::FixedRegion;
 use page_provider::linux::MmapProvider;
-use page_provider::{CHUNK_SIZE, Capabilities, Chunks, PageProvider};
+use page_provider::{CHUNK_SIZE, Capabilities, Chunks, PageProvider, Supply};
 use platform::host::HostPlatform;
 
 /// Wraps a provider: counts the chunks it hands out and takes back, and refuses every
@@ -87,6 +87,19 @@ unsafe impl<P: PageProvider> PageProvider for Metered<P> {
         let chunks = self.inner.alloc_chunks(count)?;
         self.obtained.fetch_add(count, Ordering::SeqCst);
         Some(chunks)
+    }
+    /// The wrapped provider's supply, bounded by the limit when there is one.
+    fn supply(&self) -> Option<Supply> {
+        let limit = self.limit.load(Ordering::SeqCst);
+        let inner = self.inner.supply();
+        if limit == usize::MAX {
+            return inner;
+        }
+        let left = limit.saturating_sub(self.outstanding());
+        Some(match inner {
+            Some(inner) => Supply { available: inner.available.min(left), total: inner.total.min(limit) },
+            None => Supply { available: left, total: limit },
+        })
     }
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         assert_eq!(base.as_ptr() as usize % CHUNK_SIZE, 0, "misaligned give-back");
