@@ -27,7 +27,9 @@ use crate::front_cache::sized_class;
 use crate::heap::{Clock, Heap, Release};
 use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
-use crate::size_class::{CLASS_COUNT, LOOKUP_LIMIT, class_for, table_class};
+use crate::size_class::{CLASS_COUNT, class_for};
+#[cfg(not(feature = "checked"))]
+use crate::size_class::{LOOKUP_LIMIT, table_class};
 use crate::stats::Stats;
 
 /// A misuse of the allocator that it noticed.

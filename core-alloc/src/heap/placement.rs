@@ -1,0 +1,256 @@
+//! Where runs go: slab chunks sit in buckets by the length of their longest free run;
+//! bucket 0 holds the full ones and is never searched. A run request scans from the bucket
+//! of its own size upwards, so it lands in a chunk with the shortest free run that fits: new
+//! slabs pack into the fullest chunks, and lightly used chunks drain until they are empty.
+//! Runs are carved, freed and resized here; a chunk that empties goes to the retention of
+//! empty chunks (`retention`).
+
+use core::ptr;
+
+use page_provider::PageProvider;
+
+use super::{Clock, Heap, Release};
+use crate::chunk::{ChunkHeader, RUN_LARGE, Run, RunKind, USABLE_PAGES, chunk_of};
+use crate::chunk_map::{ChunkMap, KIND_SLAB, entry};
+use crate::config::PAGE;
+
+/// Buckets by longest free run: 0 (full), then 1, 2-3, 4-7, ... 256-510 pages.
+pub(super) const BUCKETS: usize = 10;
+/// Chunks looked at in the first bucket, whose runs may be a little short, before moving on.
+const SCAN_LIMIT: usize = 8;
+
+/// The bucket of a chunk whose longest free run is `longest_free` pages.
+pub(super) fn bucket_of(longest_free: usize) -> usize {
+    if longest_free == 0 { 0 } else { (1 + longest_free.ilog2() as usize).min(BUCKETS - 1) }
+}
+
+impl Heap {
+    /// Puts a slab chunk in the bucket of its longest free run.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a formatted slab chunk in no list.
+    unsafe fn link(&mut self, chunk: *mut ChunkHeader) {
+        // SAFETY: the heap lock (held by `&mut self`) guards the list fields.
+        unsafe {
+            let bucket = bucket_of((*chunk).longest_free as usize);
+            (*chunk).bucket = bucket as u16;
+            (*chunk).prev = ptr::null_mut();
+            (*chunk).next = self.buckets[bucket];
+            if !self.buckets[bucket].is_null() {
+                (*self.buckets[bucket]).prev = chunk;
+            }
+            self.buckets[bucket] = chunk;
+        }
+    }
+
+    /// Takes a slab chunk out of its bucket.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is in the bucket its `bucket` field names.
+    unsafe fn unlink(&mut self, chunk: *mut ChunkHeader) {
+        // SAFETY: as for `link`.
+        unsafe {
+            let (prev, next) = ((*chunk).prev, (*chunk).next);
+            if prev.is_null() {
+                self.buckets[(*chunk).bucket as usize] = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+        }
+    }
+
+    /// Moves a chunk to the bucket its longest free run now calls for.
+    ///
+    /// # Safety
+    ///
+    /// As for [`unlink`](Self::unlink).
+    unsafe fn rebucket(&mut self, chunk: *mut ChunkHeader) {
+        // SAFETY: as for `link`.
+        unsafe {
+            if bucket_of((*chunk).longest_free as usize) != (*chunk).bucket as usize {
+                self.unlink(chunk);
+                self.link(chunk);
+            }
+        }
+    }
+
+    /// Carves a run of `pages` pages aligned to `align_pages` pages from the fullest chunk
+    /// that fits, or from a cached empty chunk. Returns the descriptor (kind, first page and
+    /// pages set) and whether its pages are all clean; `None` when no chunk the heap holds
+    /// has room: the caller then makes a chunk outside the lock and calls [`adopt`](Self::adopt).
+    pub(crate) fn alloc_run(
+        &mut self,
+        pages: usize,
+        align_pages: usize,
+        kind: RunKind,
+    ) -> Option<(*mut Run, bool)> {
+        debug_assert!((1..=USABLE_PAGES).contains(&pages) && align_pages.is_power_of_two());
+        for bucket in bucket_of(pages)..BUCKETS {
+            let mut chunk = self.buckets[bucket];
+            let mut scanned = 0;
+            while !chunk.is_null() && (scanned < SCAN_LIMIT || bucket > bucket_of(pages)) {
+                // SAFETY: chunks in buckets are formatted slab chunks; the lock is held.
+                unsafe {
+                    if let Some(found) = ChunkHeader::carve(chunk, pages, align_pages, kind) {
+                        self.rebucket(chunk);
+                        self.count_carved(kind, pages);
+                        return Some(found);
+                    }
+                    chunk = (*chunk).next;
+                }
+                scanned += 1;
+            }
+        }
+        let chunk = self.take_empty()?;
+        // SAFETY: a formatted empty slab chunk in no list; the lock is held.
+        unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) }
+    }
+
+    /// Carves from an empty chunk just taken out of the cache (or adopted), and files it.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a formatted empty slab chunk in no list, recorded in the chunk map.
+    unsafe fn carve_from_empty(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        pages: usize,
+        align_pages: usize,
+        kind: RunKind,
+    ) -> Option<(*mut Run, bool)> {
+        // SAFETY: the caller's promise; the lock is held.
+        unsafe {
+            match ChunkHeader::carve(chunk, pages, align_pages, kind) {
+                Some(found) => {
+                    self.counters.slab_chunks += 1;
+                    self.link(chunk);
+                    self.count_carved(kind, pages);
+                    Some(found)
+                }
+                None => {
+                    // A request no chunk can hold (alignment beyond what fits): keep the chunk
+                    // (a fresh one counts as empty since the clock's origin).
+                    self.push_empty(chunk, (*chunk).empty_since);
+                    None
+                }
+            }
+        }
+    }
+
+    /// Counts a run just carved: large runs are live allocations in the statistics.
+    fn count_carved(&mut self, kind: RunKind, pages: usize) {
+        if kind == RUN_LARGE {
+            self.counters.large_live += 1;
+            self.counters.large_live_bytes += pages * PAGE;
+        }
+    }
+
+    /// Takes in a chunk the caller got from the provider and formatted outside the lock,
+    /// and carves the run from it. `Err(())` when the chunk could not be recorded (no
+    /// metadata memory): the caller gives it back. `Ok(None)` when even an empty chunk
+    /// cannot hold the request (it stays cached).
+    ///
+    /// # Safety
+    ///
+    /// `chunk` came from the provider, is formatted by `ChunkHeader::init`, and is known to
+    /// nobody else.
+    pub(crate) unsafe fn adopt<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        pages: usize,
+        align_pages: usize,
+        kind: RunKind,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> Result<Option<(*mut Run, bool)>, ()> {
+        self.counters.chunks_obtained += 1;
+        // SAFETY: the caller's promise; the lock is held.
+        if !unsafe { self.take_in_slab_chunk(chunk, provider, map) } {
+            return Err(());
+        }
+        // SAFETY: formatted, recorded, in no list.
+        Ok(unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) })
+    }
+
+    /// Makes a formatted chunk one of the heap's slab chunks: its checked-build bits and its
+    /// chunk-map record. Returns false, undoing both and counting the chunk as given back,
+    /// when out of metadata memory: the caller then gives it back to the provider.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is ours, formatted by `ChunkHeader::init`, and known to nobody else.
+    pub(super) unsafe fn take_in_slab_chunk<P: PageProvider>(
+        &mut self,
+        chunk: *mut ChunkHeader,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> bool {
+        // SAFETY: the caller's promise; the lock is held.
+        if unsafe { self.attach_live_bits(chunk, provider) } {
+            if self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) {
+                return true;
+            }
+            // SAFETY: attached just above; the chunk holds nothing.
+            unsafe { self.detach_live_bits(chunk) };
+        }
+        self.counters.chunks_returned += 1;
+        false
+    }
+
+    /// Gives a run's pages back to its chunk; an emptied chunk goes to the empty cache, and
+    /// cached chunks beyond the retention limit are returned for the caller to give back to
+    /// the provider once the lock is dropped.
+    ///
+    /// # Safety
+    ///
+    /// `run` is a live run of a slab chunk of this heap, with nothing in it live.
+    pub(crate) unsafe fn free_run(&mut self, run: *mut Run, map: &ChunkMap, clock: Option<Clock>) -> Release {
+        let chunk = chunk_of(run as usize);
+        // SAFETY: the caller's promise; the lock is held.
+        unsafe {
+            // An abandoned slab whose last block was just freed leaves its orphan list.
+            self.unlink_orphan(run);
+            if (*run).kind == RUN_LARGE {
+                self.counters.large_live -= 1;
+                self.counters.large_live_bytes -= ((*run).pages as usize) * PAGE;
+            }
+            ChunkHeader::uncarve(run);
+            self.rebucket(chunk);
+            if (*chunk).free_count as usize != USABLE_PAGES {
+                return Release::NOTHING;
+            }
+            self.unlink(chunk);
+            self.counters.slab_chunks -= 1;
+            self.push_empty(chunk, clock.map_or(0, |clock| clock.now));
+        }
+        let release = self.trim(self.retain_limit(), map);
+        match clock {
+            Some(clock) => release.and(self.trim_decayed(clock, map)),
+            None => release,
+        }
+    }
+
+    /// Resizes a live large run in place; returns false when it cannot grow there.
+    ///
+    /// # Safety
+    ///
+    /// `run` is a live large run of this heap owned by the caller.
+    pub(crate) unsafe fn resize_run(&mut self, run: *mut Run, pages: usize) -> bool {
+        // SAFETY: the caller's promise; the lock is held.
+        unsafe {
+            let old_pages = (*run).pages as usize;
+            let resized = ChunkHeader::resize_in_place(run, pages);
+            if resized {
+                self.rebucket(chunk_of(run as usize));
+                self.counters.large_live_bytes =
+                    self.counters.large_live_bytes - old_pages * PAGE + pages * PAGE;
+            }
+            resized
+        }
+    }
+}
