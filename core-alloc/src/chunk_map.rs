@@ -26,20 +26,26 @@ const ROOT_BITS: u32 = usize::BITS - CHUNK_SHIFT - NODE_LEVELS * LEVEL_BITS;
 /// Bytes in an interior node or a leaf.
 pub(crate) const NODE_BYTES: usize = FANOUT * 8;
 
-/// What a chunk is. The low 8 bits of an entry hold the kind; the rest, a count.
-pub(crate) const KIND_SLAB: u64 = 1;
+/// What a chunk is: the low 8 bits of an entry (the rest hold a count); 0 for a chunk that
+/// is not ours.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(transparent)]
+pub(crate) struct ChunkKind(u8);
+
+/// A slab chunk (a header, slabs and large runs); the count is 0.
+pub(crate) const KIND_SLAB: ChunkKind = ChunkKind(1);
 /// The first chunk of a huge allocation; the count is its number of chunks.
-pub(crate) const KIND_HUGE: u64 = 2;
+pub(crate) const KIND_HUGE: ChunkKind = ChunkKind(2);
 /// A later chunk of a huge allocation; the count is its distance from the first.
-pub(crate) const KIND_HUGE_TAIL: u64 = 3;
+pub(crate) const KIND_HUGE_TAIL: ChunkKind = ChunkKind(3);
 
 /// Packs an entry.
-pub(crate) const fn entry(kind: u64, count: usize) -> u64 {
-    kind | (count as u64) << 8
+pub(crate) const fn entry(kind: ChunkKind, count: usize) -> u64 {
+    kind.0 as u64 | (count as u64) << 8
 }
-/// The kind of an entry (0: not ours).
-pub(crate) const fn kind_of(entry: u64) -> u64 {
-    entry & 0xFF
+/// The kind of an entry (kind 0: not ours).
+pub(crate) const fn kind_of(entry: u64) -> ChunkKind {
+    ChunkKind(entry as u8)
 }
 /// The count of an entry.
 pub(crate) const fn count_of(entry: u64) -> usize {
