@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -296,6 +296,9 @@ struct Ran {
     /// None: killed at the time limit.
     status: Option<ExitStatus>,
     seconds: f64,
+    /// The peak resident memory of the program or of the largest process it waited for
+    /// (`ru_maxrss`, for a compiler driver its compiler), in bytes.
+    peak_rss_bytes: u64,
     stderr: String,
 }
 
@@ -318,9 +321,24 @@ fn run_timed(mut command: Command, stdin: Stdio, limit: Duration) -> std::io::Re
     let stdout = drain(child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
     let (sender, receiver) = mpsc::channel();
+    // `wait4` rather than `Child::wait`, for the peak resident memory: Linux reports the
+    // largest of the child's own and of every descendant it waited for.
+    drop(child);
     let waiter = thread::spawn(move || {
-        let status = child.wait();
-        let _ = sender.send((status, Instant::now()));
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = libc::pid_t::try_from(pid).map_or(-1, |pid| {
+            // SAFETY: `status` and `usage` are valid places to write; the pid is our child,
+            // which nothing else waits for (its `Child` handle is dropped above).
+            unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }
+        });
+        let result = if waited < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok((ExitStatus::from_raw(status), u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024))
+        };
+        let _ = sender.send((result, Instant::now()));
     });
     let (status, end) = match receiver.recv_timeout(limit) {
         Ok((status, end)) => (Some(status?), end),
@@ -337,11 +355,13 @@ fn run_timed(mut command: Command, stdin: Stdio, limit: Duration) -> std::io::Re
     let _ = waiter.join();
     let _ = stdout.join();
     let stderr = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
-    Ok(Ran { status, seconds: (end - start).as_secs_f64(), stderr })
+    let (status, peak_rss_bytes) = status.map_or((None, 0), |(status, peak)| (Some(status), peak));
+    Ok(Ran { status, seconds: (end - start).as_secs_f64(), peak_rss_bytes, stderr })
 }
 
 /// The child's work for `Unit::Preload(index)` on `peer`: runs the program once with the
-/// peer preloaded and prints `result preload_<name> <threads> seconds <wall time>`. Exits
+/// peer preloaded and prints `result preload_<name> <threads> seconds <wall time>` and
+/// `result preload_<name> <threads> peak_rss_bytes <peak resident memory>`. Exits
 /// the process with a failure if the program fails, and with [`TIMED_OUT`] if it does not
 /// finish within `limit`.
 pub fn run(peer: Peer, index: usize, quick: bool, limit: Duration) {
@@ -386,7 +406,10 @@ pub fn run(peer: Peer, index: usize, quick: bool, limit: Duration) {
             let last = ran.stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("no message");
             fail(format!("{status}: {last}"))
         }
-        Some(_) => println!("result {} {threads} seconds {}", program.workload(), ran.seconds),
+        Some(_) => {
+            println!("result {} {threads} seconds {}", program.workload(), ran.seconds);
+            println!("result {} {threads} peak_rss_bytes {}", program.workload(), ran.peak_rss_bytes);
+        }
     }
 }
 

@@ -154,20 +154,26 @@ impl Figures<'_> {
 
     /// A preload program's median seconds with `peer`.
     fn seconds(&self, workload: &str, peer: Peer) -> Option<f64> {
-        self.median(workload, peer, self.threads_of(workload)?, "seconds")
+        self.program_median(workload, peer, "seconds")
+    }
+
+    /// A preload program's median `metric` (seconds, peak_rss_bytes) with `peer`.
+    fn program_median(&self, workload: &str, peer: Peer, metric: &str) -> Option<f64> {
+        self.median(workload, peer, self.threads_of(workload)?, metric)
     }
 
     /// The real programs of the preload family measured in this run, each with `peer`'s
-    /// median time over glibc's, and their geometric mean; `None` if none was measured, or
-    /// if one of them lacks `peer`'s or glibc's figure.
-    fn real_vs_glibc(&self, peer: Peer) -> Option<(f64, Vec<(&'static str, f64)>)> {
+    /// median `metric` over glibc's, and their geometric mean; `None` if none was measured,
+    /// or if one of them lacks `peer`'s or glibc's figure.
+    fn real_vs_glibc(&self, peer: Peer, metric: &str) -> Option<(f64, Vec<(&'static str, f64)>)> {
         let mut ratios = Vec::new();
         for program in PROGRAMS.iter().filter(|program| program.is_real()) {
             let workload = program.workload();
             if self.threads_of(&workload).is_none() {
                 continue;
             }
-            let ratio = self.seconds(&workload, peer)? / self.seconds(&workload, Peer::Glibc)?;
+            let ratio = self.program_median(&workload, peer, metric)?
+                / self.program_median(&workload, Peer::Glibc, metric)?;
             ratios.push((program.name, ratio));
         }
         if ratios.is_empty() {
@@ -183,7 +189,7 @@ impl Figures<'_> {
         let summary = if column.show == Show::Scaling {
             self.scaling(peer, column.threads)?
         } else if column.show == Show::RealVsGlibc {
-            let (mean, _) = self.real_vs_glibc(peer)?;
+            let (mean, _) = self.real_vs_glibc(peer, column.metric)?;
             Summary { median: mean, low: mean, high: mean }
         } else {
             self.get(&column.workload, peer, column.threads, column.metric)?
@@ -305,6 +311,25 @@ fn tables(peers: &[Peer], threads: &[usize], figures: &Figures<'_>) -> Vec<Table
     tables.push(Table {
         title: "Preloaded into programs (LD_PRELOAD): seconds (lower is better)".into(),
         columns: preloaded,
+    });
+    let mut resident: Vec<Column> = PROGRAMS
+        .iter()
+        .map(|program| {
+            let workload = program.workload();
+            let threads = figures.threads_of(&workload).unwrap_or(1);
+            Column::new(program.name, workload, threads, "peak_rss_bytes", Show::Mib)
+        })
+        .collect();
+    resident.push(Column::new(
+        "real programs geomean vs glibc",
+        "preload_real_programs",
+        1,
+        "peak_rss_bytes",
+        Show::RealVsGlibc,
+    ));
+    tables.push(Table {
+        title: "Preloaded into programs (LD_PRELOAD): peak resident MiB (lower is better)".into(),
+        columns: resident,
     });
     let _ = peers;
     tables
@@ -523,13 +548,42 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
             verdict(slower.is_empty(), slower.join(", "))
         ));
     }
-    if let Some((mean, ratios)) = figures.real_vs_glibc(core) {
+    if let Some((mean, ratios)) = figures.real_vs_glibc(core, "seconds") {
         let listed: Vec<String> = ratios.iter().map(|(name, ratio)| format!("{name} {ratio:.2}x")).collect();
         lines.push(format!(
             "real programs at most 0.8x glibc's time (geometric mean): {mean:.2}x ({}): {}",
             listed.join(", "),
             verdict(mean <= 0.8, format!("{mean:.2}x > 0.8x"))
         ));
+    }
+    if let Some((mean, ratios)) = figures.real_vs_glibc(core, "peak_rss_bytes") {
+        let listed: Vec<String> = ratios.iter().map(|(name, ratio)| format!("{name} {ratio:.2}x")).collect();
+        lines.push(format!(
+            "real programs' peak resident memory at most 1.2x glibc's (geometric mean): {mean:.2}x ({}): {}",
+            listed.join(", "),
+            verdict(mean <= 1.2, format!("{mean:.2}x > 1.2x"))
+        ));
+        // Programs with a few MiB of live data: those that peak under SMALL_PROGRAM with glibc.
+        const SMALL_PROGRAM: f64 = 32.0 * (1u64 << 20) as f64;
+        let small: Vec<(&str, f64)> = ratios
+            .iter()
+            .filter(|(name, _)| {
+                figures
+                    .program_median(&format!("preload_{name}"), Peer::Glibc, "peak_rss_bytes")
+                    .is_some_and(|bytes| bytes < SMALL_PROGRAM)
+            })
+            .copied()
+            .collect();
+        if !small.is_empty() {
+            let listed: Vec<String> = small.iter().map(|(name, ratio)| format!("{name} {ratio:.2}x")).collect();
+            let over: Vec<String> =
+                small.iter().filter(|(_, ratio)| *ratio > 1.5).map(|(name, _)| (*name).to_string()).collect();
+            lines.push(format!(
+                "programs with a small heap (under 32 MiB with glibc) at most 1.5x glibc's peak resident memory: {}: {}",
+                listed.join(", "),
+                verdict(over.is_empty(), format!("{} over 1.5x", over.join(", ")))
+            ));
+        }
     }
     lines
 }
