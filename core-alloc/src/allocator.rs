@@ -18,7 +18,9 @@ use page_provider::PageProvider;
 use platform::{MAX_SLOTS, Platform};
 
 use crate::arena::Arena;
-use crate::chunk::{ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, page_address, run_of};
+use crate::chunk::{
+    ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, chunk_of, page_address, run_of,
+};
 use crate::chunk_map::ChunkMap;
 use crate::config::{
     CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT, TIGHT_SUPPLY_DIVISOR,
@@ -722,7 +724,22 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             debug_assert!(kind == RUN_SLAB && pages >= 1);
             return self.take_slab_page();
         }
-        if let Some(found) = self.lock_heap().alloc_run(pages, align_pages, kind) {
+        let carved = {
+            let mut heap = self.lock_heap();
+            heap.alloc_run(pages, align_pages, kind).map(|found| {
+                // SAFETY: a run the heap just carved lies in one of its slab chunks.
+                (found, unsafe { heap.becomes_dense(chunk_of(found.0 as usize)) })
+            })
+        };
+        if let Some((found, dense)) = carved {
+            if dense {
+                let chunk = chunk_of(found.0 as usize);
+                // SAFETY: the chunk holds the run just carved, which is the caller's and live,
+                // so the chunk stays the heap's (not given back) during the call.
+                self.critical(|| unsafe {
+                    self.provider.hugify(NonNull::new_unchecked(chunk.cast()), CHUNK_SIZE, true)
+                });
+            }
             return Some(found);
         }
         let Some(fresh) = self.critical(|| self.provider.alloc_chunks(1)) else {
@@ -733,7 +750,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         self.note_supply();
         let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
         // SAFETY: a fresh chunk, known to nobody else: formatting it here, outside the lock,
-        // takes its first page fault (a whole huge page) without holding up other CPUs.
+        // takes its first page faults without holding up other CPUs.
         unsafe { ChunkHeader::init(chunk, fresh.zeroed) };
         // SAFETY: the chunk came from the provider, is formatted and known to nobody else.
         let adopted =
@@ -840,6 +857,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         self.note_supply();
+        // A huge allocation is one block: backed by huge pages from the start.
+        // SAFETY: the chunks were just obtained and are ours alone.
+        unsafe {
+            self.provider.hugify(NonNull::new_unchecked(aligned as *mut u8), count * CHUNK_SIZE, false)
+        };
         let recorded =
             self.lock_heap().record_huge(aligned, count, count + extra, extra, &self.provider, &self.map);
         if !recorded {

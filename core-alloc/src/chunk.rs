@@ -178,6 +178,9 @@ pub(crate) struct ChunkHeader {
     pub changed: bool,
     /// Purged since the last change.
     pub purged: bool,
+    /// Asked to be backed by a huge page (see `heap::placement`), and not split by a purge
+    /// since.
+    pub hugified: bool,
     /// When the purge pass last found `changed` set.
     pub unchanged_since: u64,
     /// Checked builds: one bit per 8-byte granule, set where a live block starts.

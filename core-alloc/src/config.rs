@@ -77,6 +77,12 @@ pub const RETAIN_MAX: usize = 64;
 /// `Allocator::with_decay`.
 pub const DECAY_NS: u64 = 1_000_000_000;
 
+/// A slab chunk with at least this many of its pages in runs is dense enough to be backed by
+/// a huge page (`PageProvider::hugify`): until then it costs only the pages it touches,
+/// so that a small heap is not 2 MiB per chunk, and from then on its TLB reach is a huge
+/// page's (three quarters: the worst case keeps a quarter of a huge page more than in use).
+pub const HUGIFY_PAGES: usize = PAGES_PER_CHUNK * 3 / 4;
+
 /// The purge pass (with a clock, on providers that purge) looks at most at this many of the
 /// most-free slab chunks ...
 pub const PURGE_SCAN_CHUNKS: usize = 64;

@@ -128,10 +128,20 @@ impl fmt::Display for Stats {
             self.large_cached,
             self.large_cached_bytes / 1024,
         )?;
+        if self.heap.hugified_chunks > 0 {
+            writeln!(
+                f,
+                "huge pages: {} of {} slab chunks dense enough for one ({} asked since the start, {} split by purges)",
+                self.heap.huge_slab_chunks,
+                self.heap.slab_chunks + self.heap.cached_chunks,
+                self.heap.hugified_chunks,
+                self.heap.huge_page_splits,
+            )?;
+        }
         if self.heap.purges > 0 {
             writeln!(
                 f,
-                "purged: {:.2} MiB of free pages in partly used chunks ({} calls, {} chunks, each a huge page split where one backed it)",
+                "purged: {:.2} MiB of free pages in partly used chunks ({} calls, {} chunks)",
                 self.heap.purged_bytes as f64 / MIB,
                 self.heap.purges,
                 self.heap.purged_chunks,

@@ -75,6 +75,20 @@ fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period
         stats.heap.purged_chunks
     );
     assert!(stats.heap.purged_bytes as u64 / 1024 >= freed_kib * 9 / 10, "{stats}");
+    // Each chunk held 21 blocks (504 of its pages) before the frees: dense enough for a huge
+    // page (asked once each; the last chunk, partly filled, perhaps not), and each purge of
+    // such a chunk split it.
+    assert!(stats.heap.hugified_chunks >= COUNT / 21 - 1, "{stats}");
+    assert!(
+        stats.heap.huge_page_splits + 1 >= stats.heap.purged_chunks
+            && stats.heap.huge_page_splits <= stats.heap.purged_chunks,
+        "{stats}"
+    );
+    assert_eq!(
+        stats.heap.huge_slab_chunks,
+        stats.heap.hugified_chunks - stats.heap.huge_page_splits,
+        "{stats}"
+    );
     assert!(
         peak.saturating_sub(after) >= freed_kib * 8 / 10,
         "resident memory fell by {} KiB of {freed_kib} KiB freed",

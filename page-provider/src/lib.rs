@@ -43,7 +43,8 @@ bitflags::bitflags! {
         /// A purged range reads as zero afterwards (`MADV_DONTNEED` on private anonymous
         /// memory; not `MADV_FREE`).
         const PURGE_ZEROES = 1 << 1;
-        /// Chunks are backed by huge pages where the system allows it.
+        /// Chunks can be backed by huge pages (where the system allows it): always, or from
+        /// the [`hugify`](PageProvider::hugify) call on.
         const HUGE_PAGES = 1 << 2;
         /// [`PageProvider::free_chunks`] gives memory back to the system rather than to a
         /// pool of the provider's own.
@@ -132,6 +133,24 @@ pub unsafe trait PageProvider: Sync {
     /// Hands out `count` (at least 1) contiguous chunks, or `None` when out of memory.
     fn alloc_chunks(&self, count: usize) -> Option<Chunks>;
 
+    /// Asks for the `len` bytes at `base` to be backed by huge pages from now on, and with
+    /// `populated` (pages of the range are in use already) to collapse what is there into
+    /// huge pages now. Chunks come without that request from [`alloc_chunks`](Self::alloc_chunks)
+    /// where the provider can choose (so that sparsely used chunks cost only the pages they
+    /// touch); the allocator asks for it when a chunk is dense enough to pay for a whole huge
+    /// page. A collapse copies the pages in use (a system call of a few hundred
+    /// microseconds per chunk): call it outside locks, once per chunk. Returns whether the
+    /// provider did anything; the default does nothing (providers whose chunks are always
+    /// huge pages, or never).
+    ///
+    /// # Safety
+    ///
+    /// The range is whole chunks this provider handed out and has not taken back.
+    unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
+        let _ = (base, len, populated);
+        false
+    }
+
     /// What is left of a bounded supply of chunks, or `None` (the default) when the supply
     /// is unbounded or unknown (the host's `mmap`, chunks backed from a kernel's own frame
     /// allocator). The allocator spends memory more tightly once little is left (no room for
@@ -198,6 +217,10 @@ unsafe impl<P: PageProvider> PageProvider for &P {
     }
     fn supply(&self) -> Option<Supply> {
         (**self).supply()
+    }
+    unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
+        // SAFETY: the caller's promises are the referenced provider's preconditions.
+        unsafe { (**self).hugify(base, len, populated) }
     }
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         // SAFETY: the caller's promises are the referenced provider's preconditions.

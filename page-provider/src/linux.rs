@@ -1,8 +1,11 @@
 //! Chunks from anonymous `mmap` on Linux, backed by transparent huge pages.
 //!
-//! Each request maps its chunks plus one spare chunk of address space, unmaps the unaligned
-//! head and tail, and asks for huge pages with `MADV_HUGEPAGE` (THP is often in `madvise`
-//! mode, where memory gets huge pages only if asked). Purging uses `MADV_DONTNEED` (the
+//! Each request maps its chunks plus one spare chunk of address space and unmaps the
+//! unaligned head and tail. Chunks get huge pages when the allocator asks
+//! ([`PageProvider::hugify`]): `MADV_HUGEPAGE` (THP is often in `madvise` mode, where memory
+//! gets huge pages only if asked), and for chunks in use already `MADV_COLLAPSE` (Linux 6.1
+//! on), which backs them with huge pages at once rather than when `khugepaged` gets to them.
+//! Purging uses `MADV_DONTNEED` (the
 //! range reads as zero afterwards) or, if chosen, `MADV_FREE` (cheaper; the kernel reclaims
 //! lazily and the range may keep its old bytes). Page sizes come from the running kernel.
 //!
@@ -36,6 +39,10 @@ pub struct MmapStats {
     pub bytes_purged: usize,
     /// `mmap` calls that failed (out of memory or address space).
     pub failed_maps: usize,
+    /// Chunks the allocator asked to be backed by huge pages.
+    pub chunks_hugified: usize,
+    /// Of those, chunks in use collapsed into huge pages at once (`MADV_COLLAPSE`).
+    pub chunks_collapsed: usize,
 }
 
 /// Anonymous-mmap chunks with transparent huge pages; see the module documentation.
@@ -50,6 +57,8 @@ pub struct MmapProvider {
     chunks_unmapped: AtomicUsize,
     bytes_purged: AtomicUsize,
     failed_maps: AtomicUsize,
+    chunks_hugified: AtomicUsize,
+    chunks_collapsed: AtomicUsize,
 }
 
 const UNKNOWN: usize = 0;
@@ -71,6 +80,8 @@ impl MmapProvider {
             chunks_unmapped: AtomicUsize::new(0),
             bytes_purged: AtomicUsize::new(0),
             failed_maps: AtomicUsize::new(0),
+            chunks_hugified: AtomicUsize::new(0),
+            chunks_collapsed: AtomicUsize::new(0),
         }
     }
 
@@ -81,6 +92,8 @@ impl MmapProvider {
             chunks_unmapped: self.chunks_unmapped.load(Ordering::Relaxed),
             bytes_purged: self.bytes_purged.load(Ordering::Relaxed),
             failed_maps: self.failed_maps.load(Ordering::Relaxed),
+            chunks_hugified: self.chunks_hugified.load(Ordering::Relaxed),
+            chunks_collapsed: self.chunks_collapsed.load(Ordering::Relaxed),
         }
     }
 
@@ -132,13 +145,18 @@ fn map_aligned(len: usize, prot: libc::c_int) -> Option<usize> {
     Some(base)
 }
 
+/// `MADV_COLLAPSE` (Linux 6.1), which the libc crate may not name.
+const MADV_COLLAPSE: libc::c_int = 25;
+
 impl MmapProvider {
-    /// Asks for transparent huge pages on a range this provider mapped, where THP is usable.
-    fn advise_huge(&self, base: usize, len: usize) {
-        if self.capabilities().contains(Capabilities::HUGE_PAGES) {
-            // SAFETY: advice on a range this provider mapped; failure only loses huge pages.
-            unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    /// Asks for transparent huge pages on a range this provider mapped, where THP is usable;
+    /// returns whether it asked.
+    fn advise_huge(&self, base: usize, len: usize) -> bool {
+        if !self.capabilities().contains(Capabilities::HUGE_PAGES) {
+            return false;
         }
+        // SAFETY: advice on a range this provider mapped; failure only loses huge pages.
+        unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_HUGEPAGE) == 0 }
     }
 }
 
@@ -212,9 +230,23 @@ unsafe impl PageProvider for MmapProvider {
             self.failed_maps.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        self.advise_huge(base, len);
         self.chunks_mapped.fetch_add(count, Ordering::Relaxed);
         Some(Chunks { base: NonNull::new(base as *mut u8)?, zeroed: true })
+    }
+
+    unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
+        let address = base.as_ptr() as usize;
+        if !self.advise_huge(address, len) {
+            return false;
+        }
+        self.chunks_hugified.fetch_add(len / CHUNK_SIZE, Ordering::Relaxed);
+        // SAFETY: the caller's range is chunks this provider mapped; a collapse keeps their
+        // contents (it copies the pages in use into huge pages) and fails harmlessly on
+        // kernels without it.
+        if populated && unsafe { libc::madvise(address as *mut libc::c_void, len, MADV_COLLAPSE) } == 0 {
+            self.chunks_collapsed.fetch_add(len / CHUNK_SIZE, Ordering::Relaxed);
+        }
+        true
     }
 
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {

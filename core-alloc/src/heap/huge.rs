@@ -97,7 +97,10 @@ impl Heap {
             return None;
         }
         // SAFETY: an empty cached chunk, out of the cache now.
-        unsafe { self.detach_live_bits(chunk) };
+        unsafe {
+            self.detach_live_bits(chunk);
+            self.forget_huge_page(chunk);
+        }
         self.counters.huge_live += 1;
         self.counters.huge_live_bytes += CHUNK_SIZE;
         NonNull::new(chunk.cast())

@@ -67,6 +67,14 @@ pub struct HeapCounters {
     pub purged_bytes: usize,
     /// Chunks purged: each purge of a chunk splits the huge page backing it, where one did.
     pub purged_chunks: usize,
+    /// Slab chunks that became dense enough to be backed by huge pages, since the start
+    /// (each asked the provider once; see `HUGIFY_PAGES`).
+    pub hugified_chunks: usize,
+    /// Of those, purges that split the huge page of one (it may be asked again once dense).
+    pub huge_page_splits: usize,
+    /// Slab chunks backed by huge pages now, as far as the heap asked: hugified, not split
+    /// since, and not given back.
+    pub huge_slab_chunks: usize,
     /// Compact mode: the span and what is in it (all zero in the usual mode).
     pub region: crate::region::RegionCounters,
     /// Allocations that returned null, by reason, and the last one.
@@ -172,6 +180,9 @@ impl Heap {
                 purges: 0,
                 purged_bytes: 0,
                 purged_chunks: 0,
+                hugified_chunks: 0,
+                huge_page_splits: 0,
+                huge_slab_chunks: 0,
                 region: crate::region::RegionCounters {
                     span_bytes: 0,
                     fit: crate::fit::FitCounters {

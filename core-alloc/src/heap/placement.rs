@@ -4,6 +4,13 @@
 //! slabs pack into the fullest chunks, and lightly used chunks drain until they are empty.
 //! Runs are carved, freed and resized here; a chunk that empties goes to the retention of
 //! empty chunks (`retention`).
+//!
+//! Huge pages as a policy: a slab chunk is backed by small pages until `HUGIFY_PAGES` of its
+//! pages are in runs; then [`Heap::becomes_dense`] tells the caller to ask the provider for
+//! a huge page (`PageProvider::hugify`, outside the lock). Packing into the fullest chunks
+//! makes most chunks dense, while a small heap's few chunks cost only what they touch. A
+//! purge of a hugified chunk splits its huge page (counted; see `retention`); it may be
+//! asked again once dense.
 
 use core::ptr;
 
@@ -12,7 +19,7 @@ use page_provider::PageProvider;
 use super::{Clock, Heap, Release};
 use crate::chunk::{ChunkHeader, RUN_LARGE, Run, RunKind, USABLE_PAGES, chunk_of};
 use crate::chunk_map::{ChunkMap, KIND_SLAB, entry};
-use crate::config::PAGE;
+use crate::config::{HUGIFY_PAGES, PAGE};
 
 /// Buckets by longest free run: 0 (full), then 1, 2-3, 4-7, ... 256-510 pages.
 pub(super) const BUCKETS: usize = 10;
@@ -233,6 +240,26 @@ impl Heap {
             Some(clock) => release.and(self.trim_decayed(clock, map)),
             None => release,
         }
+    }
+
+    /// Whether `chunk` just became dense enough to be backed by a huge page (at least
+    /// `HUGIFY_PAGES` pages in runs, not asked for since it was last split): marks and counts
+    /// it, and the caller asks the provider ([`PageProvider::hugify`]) outside the lock.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a formatted slab chunk of this heap.
+    pub(crate) unsafe fn becomes_dense(&mut self, chunk: *mut ChunkHeader) -> bool {
+        // SAFETY: the caller's promise; the lock is held.
+        unsafe {
+            if (*chunk).hugified || USABLE_PAGES - ((*chunk).free_count as usize) < HUGIFY_PAGES {
+                return false;
+            }
+            (*chunk).hugified = true;
+        }
+        self.counters.hugified_chunks += 1;
+        self.counters.huge_slab_chunks += 1;
+        true
     }
 
     /// Resizes a live large run in place; returns false when it cannot grow there.

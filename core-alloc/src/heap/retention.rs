@@ -180,6 +180,11 @@ impl Heap {
                     if !purged {
                         self.counters.purged_chunks += 1;
                         purged = true;
+                        if (*chunk).hugified {
+                            (*chunk).hugified = false;
+                            self.counters.huge_page_splits += 1;
+                            self.counters.huge_slab_chunks -= 1;
+                        }
                     }
                     self.counters.purges += 1;
                     self.counters.purged_bytes += (last - first) * PAGE;
@@ -187,6 +192,22 @@ impl Heap {
                         (*chunk).dirty_pages.set_range(first, last - first, false);
                     }
                 }
+            }
+        }
+    }
+
+    /// A slab chunk leaves the heap's slab chunks (given back, or a huge allocation now):
+    /// no longer counted among those backed by huge pages.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a formatted slab chunk of this heap; the lock is held.
+    pub(super) unsafe fn forget_huge_page(&mut self, chunk: *mut ChunkHeader) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if (*chunk).hugified {
+                (*chunk).hugified = false;
+                self.counters.huge_slab_chunks -= 1;
             }
         }
     }
@@ -206,6 +227,7 @@ impl Heap {
             // now on is told it is not ours, before its table is recycled.
             self.forget_chunks(chunk as usize, 1, map);
             self.detach_live_bits(chunk);
+            self.forget_huge_page(chunk);
             (*chunk).next = release.chunks;
         }
         release.chunks = chunk;

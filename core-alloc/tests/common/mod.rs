@@ -20,6 +20,7 @@ pub struct Metered<P> {
     returned: AtomicUsize,
     refused: AtomicUsize,
     remapped: AtomicUsize,
+    hugified: AtomicUsize,
     limit: AtomicUsize,
 }
 
@@ -31,6 +32,7 @@ impl<P: PageProvider> Metered<P> {
             returned: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             remapped: AtomicUsize::new(0),
+            hugified: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
         }
     }
@@ -64,6 +66,12 @@ impl<P: PageProvider> Metered<P> {
     /// Runs grown by remapping.
     pub fn remapped(&self) -> usize {
         self.remapped.load(Ordering::SeqCst)
+    }
+
+    /// Chunks the allocator asked to back with huge pages while in use (`hugify` with
+    /// `populated`), whatever the wrapped provider did.
+    pub fn hugified(&self) -> usize {
+        self.hugified.load(Ordering::SeqCst)
     }
 }
 
@@ -110,6 +118,14 @@ unsafe impl<P: PageProvider> PageProvider for Metered<P> {
     unsafe fn purge(&self, base: NonNull<u8>, len: usize) -> bool {
         // SAFETY: forwarded promise.
         unsafe { self.inner.purge(base, len) }
+    }
+    unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
+        assert_eq!(base.as_ptr() as usize % CHUNK_SIZE, 0, "misaligned hugify");
+        if populated {
+            self.hugified.fetch_add(len / CHUNK_SIZE, Ordering::SeqCst);
+        }
+        // SAFETY: forwarded promise.
+        unsafe { self.inner.hugify(base, len, populated) }
     }
     unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
         if self.outstanding() + new_count - old_count > self.limit.load(Ordering::SeqCst) {
