@@ -23,7 +23,8 @@ use crate::chunk::{
 };
 use crate::chunk_map::ChunkMap;
 use crate::config::{
-    CHUNK_MASK, CHUNK_SIZE, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT, TIGHT_SUPPLY_DIVISOR,
+    CHUNK_MASK, CHUNK_SIZE, HUGE_HEAP_CHUNKS, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT,
+    TIGHT_SUPPLY_DIVISOR,
 };
 use crate::front_cache::sized_class;
 use crate::heap::{Clock, Heap, Release};
@@ -724,12 +725,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             debug_assert!(kind == RUN_SLAB && pages >= 1);
             return self.take_slab_page();
         }
-        let carved = {
+        let (carved, big) = {
             let mut heap = self.lock_heap();
-            heap.alloc_run(pages, align_pages, kind).map(|found| {
+            let carved = heap.alloc_run(pages, align_pages, kind).map(|found| {
                 // SAFETY: a run the heap just carved lies in one of its slab chunks.
                 (found, unsafe { heap.becomes_dense(chunk_of(found.0 as usize)) })
-            })
+            });
+            (carved, heap.counters.slab_chunks >= HUGE_HEAP_CHUNKS)
         };
         if let Some((found, dense)) = carved {
             if dense {
@@ -748,13 +750,19 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return None;
         };
         self.note_supply();
+        // A big heap's chunks fill up (runs go to the fullest chunks): backed by huge pages
+        // from the start, before anything touches them, rather than collapsed once dense.
+        // SAFETY: a fresh chunk, ours alone.
+        let hugified =
+            big && self.critical(|| unsafe { self.provider.hugify(fresh.base, CHUNK_SIZE, false) });
         let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
         // SAFETY: a fresh chunk, known to nobody else: formatting it here, outside the lock,
         // takes its first page faults without holding up other CPUs.
         unsafe { ChunkHeader::init(chunk, fresh.zeroed) };
         // SAFETY: the chunk came from the provider, is formatted and known to nobody else.
-        let adopted =
-            unsafe { self.lock_heap().adopt(chunk, pages, align_pages, kind, &self.provider, &self.map) };
+        let adopted = unsafe {
+            self.lock_heap().adopt(chunk, pages, align_pages, kind, hugified, &self.provider, &self.map)
+        };
         adopted.unwrap_or_else(|()| {
             // SAFETY: the heap did not take the chunk; it is unused.
             self.critical(|| unsafe { self.provider.free_chunks(fresh.base, 1) });

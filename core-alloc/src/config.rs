@@ -82,6 +82,9 @@ pub const DECAY_NS: u64 = 1_000_000_000;
 /// so that a small heap is not 2 MiB per chunk, and from then on its TLB reach is a huge
 /// page's (three quarters: the worst case keeps a quarter of a huge page more than in use).
 pub const HUGIFY_PAGES: usize = PAGES_PER_CHUNK * 3 / 4;
+/// A heap with at least this many slab chunks (16 MiB) backs its new chunks with huge pages
+/// from the start: its chunks fill up, and collapsing each once dense would copy its pages.
+pub const HUGE_HEAP_CHUNKS: usize = 8;
 
 /// The purge pass (with a clock, on providers that purge) looks at most at this many of the
 /// most-free slab chunks ...

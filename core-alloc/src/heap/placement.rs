@@ -5,12 +5,15 @@
 //! Runs are carved, freed and resized here; a chunk that empties goes to the retention of
 //! empty chunks (`retention`).
 //!
-//! Huge pages as a policy: a slab chunk is backed by small pages until `HUGIFY_PAGES` of its
-//! pages are in runs; then [`Heap::becomes_dense`] tells the caller to ask the provider for
-//! a huge page (`PageProvider::hugify`, outside the lock). Packing into the fullest chunks
-//! makes most chunks dense, while a small heap's few chunks cost only what they touch. A
-//! purge of a hugified chunk splits its huge page (counted; see `retention`); it may be
-//! asked again once dense.
+//! Huge pages as a policy: in a small heap (fewer than `HUGE_HEAP_CHUNKS` slab chunks) a
+//! new chunk is backed by small pages until `HUGIFY_PAGES` of its pages are in runs; then
+//! [`Heap::becomes_dense`] tells the caller to ask the provider for a huge page
+//! (`PageProvider::hugify`, outside the lock), which collapses the pages in use. A small
+//! heap's few chunks so cost only what they touch. A big heap's new chunks are asked for
+//! one before anything touches them ([`Heap::adopt`] with `hugified`): packing into the
+//! fullest chunks makes them dense soon, and a collapse per new chunk would copy what a
+//! huge-page fault gets for nothing. A purge of a hugified chunk splits its huge page
+//! (counted; see `retention`); it may be asked again once dense.
 
 use core::ptr;
 
@@ -158,9 +161,10 @@ impl Heap {
     }
 
     /// Takes in a chunk the caller got from the provider and formatted outside the lock,
-    /// and carves the run from it. `Err(())` when the chunk could not be recorded (no
-    /// metadata memory): the caller gives it back. `Ok(None)` when even an empty chunk
-    /// cannot hold the request (it stays cached).
+    /// and carves the run from it; `hugified`: the caller asked the provider to back it with
+    /// a huge page. `Err(())` when the chunk could not be recorded (no metadata memory): the
+    /// caller gives it back. `Ok(None)` when even an empty chunk cannot hold the request (it
+    /// stays cached).
     ///
     /// # Safety
     ///
@@ -172,6 +176,7 @@ impl Heap {
         pages: usize,
         align_pages: usize,
         kind: RunKind,
+        hugified: bool,
         provider: &P,
         map: &ChunkMap,
     ) -> Result<Option<(*mut Run, bool)>, ()> {
@@ -179,6 +184,12 @@ impl Heap {
         // SAFETY: the caller's promise; the lock is held.
         if !unsafe { self.take_in_slab_chunk(chunk, provider, map) } {
             return Err(());
+        }
+        if hugified {
+            // SAFETY: the caller's promise.
+            unsafe { (*chunk).hugified = true };
+            self.counters.hugified_chunks += 1;
+            self.counters.huge_slab_chunks += 1;
         }
         // SAFETY: formatted, recorded, in no list.
         Ok(unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) })
