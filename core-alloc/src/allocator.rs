@@ -758,11 +758,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let chunk = fresh.base.as_ptr().cast::<ChunkHeader>();
         // SAFETY: a fresh chunk, known to nobody else: formatting it here, outside the lock,
         // takes its first page faults without holding up other CPUs.
-        unsafe { ChunkHeader::init(chunk, fresh.zeroed) };
+        unsafe {
+            ChunkHeader::init(chunk, fresh.zeroed);
+            (*chunk).hugified = hugified;
+        }
         // SAFETY: the chunk came from the provider, is formatted and known to nobody else.
-        let adopted = unsafe {
-            self.lock_heap().adopt(chunk, pages, align_pages, kind, hugified, &self.provider, &self.map)
-        };
+        let adopted =
+            unsafe { self.lock_heap().adopt(chunk, pages, align_pages, kind, &self.provider, &self.map) };
         adopted.unwrap_or_else(|()| {
             // SAFETY: the heap did not take the chunk; it is unused.
             self.critical(|| unsafe { self.provider.free_chunks(fresh.base, 1) });

@@ -10,7 +10,7 @@
 //! [`Heap::becomes_dense`] tells the caller to ask the provider for a huge page
 //! (`PageProvider::hugify`, outside the lock), which collapses the pages in use. A small
 //! heap's few chunks so cost only what they touch. A big heap's new chunks are asked for
-//! one before anything touches them ([`Heap::adopt`] with `hugified`): packing into the
+//! one before anything touches them (see [`Heap::adopt`]): packing into the
 //! fullest chunks makes them dense soon, and a collapse per new chunk would copy what a
 //! huge-page fault gets for nothing. A purge of a hugified chunk splits its huge page
 //! (counted; see `retention`); it may be asked again once dense.
@@ -161,8 +161,8 @@ impl Heap {
     }
 
     /// Takes in a chunk the caller got from the provider and formatted outside the lock,
-    /// and carves the run from it; `hugified`: the caller asked the provider to back it with
-    /// a huge page. `Err(())` when the chunk could not be recorded (no metadata memory): the
+    /// and carves the run from it (its `hugified` set if the caller asked the provider to
+    /// back it with a huge page). `Err(())` when the chunk could not be recorded (no metadata memory): the
     /// caller gives it back. `Ok(None)` when even an empty chunk cannot hold the request (it
     /// stays cached).
     ///
@@ -176,7 +176,6 @@ impl Heap {
         pages: usize,
         align_pages: usize,
         kind: RunKind,
-        hugified: bool,
         provider: &P,
         map: &ChunkMap,
     ) -> Result<Option<(*mut Run, bool)>, ()> {
@@ -185,9 +184,8 @@ impl Heap {
         if !unsafe { self.take_in_slab_chunk(chunk, provider, map) } {
             return Err(());
         }
-        if hugified {
-            // SAFETY: the caller's promise.
-            unsafe { (*chunk).hugified = true };
+        // SAFETY: the caller's promise.
+        if unsafe { (*chunk).hugified } {
             self.counters.hugified_chunks += 1;
             self.counters.huge_slab_chunks += 1;
         }
