@@ -49,7 +49,7 @@ use crate::config::ARENA_ALIGN;
 use crate::front_cache::CacheBin;
 use crate::heap::Clock;
 use crate::large_cache::LargeCache;
-use crate::size_class::{CLASS_COUNT, slab_pages};
+use crate::size_class::{CLASS_COUNT, first_slab_pages, slab_pages};
 use crate::slab::{self, RemoteFree};
 use crate::stats::{ArenaCounters, count_one};
 
@@ -253,7 +253,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     (*bin).current = adopted;
                     continue;
                 }
-                let Some((run, _)) = self.take_run(slab_pages(class), 1, RUN_SLAB) else {
+                // The arena's first slab of a class is small: a program's footprint is a few
+                // pages per class it uses a little.
+                let pages = if (*arena).counters.allocations[class].load(Ordering::Relaxed) == 0 {
+                    first_slab_pages(class)
+                } else {
+                    slab_pages(class)
+                };
+                let Some((run, _)) = self.take_run(pages, 1, RUN_SLAB) else {
                     // Runs in the large cache are free memory, and blocks in the front cache
                     // may be what keeps slabs from emptying: give them back and try again.
                     if self.release_large_cache(slot) || self.release_front_cache(slot) {

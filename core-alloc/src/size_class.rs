@@ -145,6 +145,32 @@ pub const fn slab_capacity(index: usize) -> usize {
     (slab_pages(index) << PAGE_SHIFT) / class_size(index)
 }
 
+/// Pages in the first slab of class `index` an arena takes: the fewest that hold at least
+/// four blocks with at most an eighth unused (at most [`slab_pages`]), so that a class a
+/// program uses a little costs a page or a few, not a whole slab.
+pub const fn first_slab_pages(index: usize) -> usize {
+    FIRST_SLAB_PAGES[index] as usize
+}
+
+const FIRST_SLAB_PAGES: [u16; CLASS_COUNT] = {
+    let mut table = [0u16; CLASS_COUNT];
+    let mut index = 0;
+    while index < CLASS_COUNT {
+        let size = class_size(index);
+        let mut pages = 1;
+        while pages < slab_pages(index) {
+            let bytes = pages << PAGE_SHIFT;
+            if bytes / size >= 4 && bytes % size * 8 <= bytes {
+                break;
+            }
+            pages += 1;
+        }
+        table[index] = pages as u16;
+        index += 1;
+    }
+    table
+};
+
 /// The slab size of every class: the fewest pages from `MIN_SLAB_PAGES` on that hold at
 /// least four blocks and leave at most 1/64 unused; failing that, the least waste.
 const SLAB_PAGES: [u16; CLASS_COUNT] = {

@@ -43,7 +43,7 @@ use core::ptr;
 
 use crate::chunk::{LIST_NONE, NO_OWNER, RUN_SLAB, Run};
 use crate::config::{CHUNK_MASK, PAGE, PAGE_SHIFT};
-use crate::size_class::{class_align, class_size, slab_capacity};
+use crate::size_class::{class_align, class_size};
 
 /// The owner will collect remote frees on its own.
 pub(crate) const ACTIVE: u64 = 0;
@@ -126,7 +126,9 @@ pub(crate) unsafe fn blocks_of(run: *const Run, class: usize) -> (usize, usize) 
     let (first_page, pages, head) = unsafe { ((*run).first_page, (*run).pages, (*run).head) };
     let start = (first_page as usize) << PAGE_SHIFT;
     if head == 0 {
-        return (start, slab_capacity(class));
+        // Slabs differ in size (an arena's first slab of a class is small: see
+        // `size_class::first_slab_pages`).
+        return (start, ((pages as usize) << PAGE_SHIFT) / class_size(class));
     }
     let first = (start + head as usize).next_multiple_of(class_align(class));
     let end = start + ((pages as usize) << PAGE_SHIFT);

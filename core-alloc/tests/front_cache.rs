@@ -3,13 +3,17 @@
 //! overflows, every cached block given back by `flush_cache()`, `collect()`, an idle
 //! `decay()`, the slot's release and an allocation about to fail, and blocks of other slots'
 //! slabs going back to those slots.
+//!
+//! An arena's first slab of a class is small (`size_class::first_slab_pages`); the tests
+//! that count on whole slabs of `slab_capacity` blocks take it first ([`take_first_slab`]).
 
 use std::collections::HashSet;
 use std::ptr::NonNull;
 
 use core_alloc::Allocator;
+use core_alloc::config::PAGE;
 use core_alloc::config::{FRONT_CACHE_BLOCKS, FRONT_CACHE_BYTES};
-use core_alloc::size_class::{class_for, class_size, slab_capacity};
+use core_alloc::size_class::{class_for, class_size, first_slab_pages, slab_capacity};
 use core_alloc::testkit::{SimProvider, TestPlatform};
 use platform::Platform;
 
@@ -35,6 +39,13 @@ fn free_unsized(heap: &Heap, block: usize) {
 
 fn cached(heap: &Heap, size: usize) -> u64 {
     heap.stats().classes[class_for(size, 8).unwrap()].cached
+}
+
+/// Fills the arena's small first slab of `size`'s class and returns its blocks, so that the
+/// class's next slabs are whole ones: the caller keeps them live until it frees them last.
+fn take_first_slab(heap: &Heap, size: usize) -> Vec<usize> {
+    let class = class_for(size, 8).unwrap();
+    (0..first_slab_pages(class) * PAGE / class_size(class)).map(|_| allocate(heap, size)).collect()
 }
 
 /// The capacity of the 64-byte class: the limit, or the byte bound.
@@ -67,6 +78,7 @@ fn freed_blocks_come_back_newest_first_and_count_as_freed() {
 fn an_overflowing_stack_gives_its_older_half_back_and_never_hands_a_block_out_twice() {
     let heap = heap(8);
     TestPlatform::enter(0);
+    let first = take_first_slab(&heap, 64);
     let capacity = capacity(64);
     assert!(capacity >= 4);
     let blocks: Vec<usize> = (0..3 * capacity).map(|_| allocate(&heap, 64)).collect();
@@ -74,7 +86,11 @@ fn an_overflowing_stack_gives_its_older_half_back_and_never_hands_a_block_out_tw
         free(&heap, block, 64);
         let held = cached(&heap, 64) as usize;
         assert!(held <= capacity, "{held} cached, more than {capacity}");
-        assert!(held > 0 && (count < capacity) == (held == count + 1));
+        assert!(
+            held > 0 && (count < capacity) == (held == count + 1),
+            "count {count} held {held} cap {capacity}: {}",
+            heap.stats()
+        );
         heap.check_invariants().unwrap();
     }
     // Everything comes back exactly once, from the cache or from the slab.
@@ -82,7 +98,7 @@ fn an_overflowing_stack_gives_its_older_half_back_and_never_hands_a_block_out_tw
     let distinct: HashSet<usize> = again.iter().copied().collect();
     assert_eq!(distinct.len(), again.len(), "a block was handed out twice");
     assert_eq!(distinct, blocks.iter().copied().collect::<HashSet<_>>());
-    for block in again {
+    for block in again.into_iter().chain(first) {
         free(&heap, block, 64);
     }
     heap.collect();
@@ -94,6 +110,7 @@ fn an_overflowing_stack_gives_its_older_half_back_and_never_hands_a_block_out_tw
 fn flush_collect_and_release_give_every_cached_block_back() {
     let heap = heap(8);
     TestPlatform::enter(0);
+    let first = take_first_slab(&heap, 64);
     let blocks: Vec<usize> =
         (0..slab_capacity(class_for(64, 8).unwrap())).map(|_| allocate(&heap, 64)).collect();
     for &block in &blocks {
@@ -104,15 +121,23 @@ fn flush_collect_and_release_give_every_cached_block_back() {
     assert!(heap.stats().heap.slab_chunks > 0);
     heap.flush_cache();
     assert_eq!(cached(&heap, 64), 0);
+    for block in first {
+        free(&heap, block, 64);
+    }
+    heap.flush_cache();
     heap.collect();
     assert_eq!(heap.stats().heap.slab_chunks, 0, "{}", heap.stats());
 
     // The slot's release (a thread's exit) flushes too, before it abandons its slabs.
+    let first = take_first_slab(&heap, 200);
     let blocks: Vec<usize> = (0..100).map(|_| allocate(&heap, 200)).collect();
     for &block in &blocks {
         free(&heap, block, 200);
     }
     assert!(cached(&heap, 200) > 0);
+    for block in first {
+        free(&heap, block, 200);
+    }
     // SAFETY: the slot is this thread's, outside any other allocator call.
     heap.platform().with_slot(|slot| unsafe { heap.release_slot(slot) });
     let stats = heap.stats();
@@ -150,6 +175,9 @@ fn an_allocation_about_to_fail_gets_the_cached_blocks_back_first() {
     // consecutive allocations share a slab), and ask for a class that needs a slab of its own.
     let heap = heap(2);
     TestPlatform::enter(0);
+    // Both classes past their small first slabs: the 24-byte class then needs a whole slab.
+    let first: Vec<usize> =
+        take_first_slab(&heap, 24).into_iter().chain(take_first_slab(&heap, 64)).collect();
     let mut blocks = Vec::new();
     while let Some(block) = heap.allocate(64, 8) {
         blocks.push(block.as_ptr() as usize);
@@ -165,6 +193,9 @@ fn an_allocation_about_to_fail_gets_the_cached_blocks_back_first() {
     assert!(cached(&heap, 64) as usize >= blocks.len() / per_slab);
     let other = heap.allocate(24, 8).expect("the cached blocks were not given back before failing");
     free(&heap, other.as_ptr() as usize, 24);
+    for block in first {
+        free_unsized(&heap, block);
+    }
     heap.collect();
     assert_eq!(heap.stats().live_allocations(), 0);
 }
@@ -186,9 +217,11 @@ fn without_a_front_cache_every_free_goes_to_its_slab() {
 fn big_classes_are_not_cached_and_each_class_holds_at_most_its_bytes() {
     let heap = heap(16);
     TestPlatform::enter(0);
+    let mut first = Vec::new();
     for size in [8, 64, 1000, 4000, 8192, 16384, 32768] {
-        // Fewer than a slab holds: no slab empties, so the class is not drained (see the
-        // bulk-free test) and the bounds alone decide.
+        // Fewer than a whole slab holds, past the small first one: no slab empties, so the
+        // class is not drained (see the bulk-free test) and the bounds alone decide.
+        first.extend(take_first_slab(&heap, size).into_iter().map(|block| (block, size)));
         let count = 80.min(slab_capacity(class_for(size, 8).unwrap()) - 1);
         let blocks: Vec<usize> = (0..count).map(|_| allocate(&heap, size)).collect();
         for &block in &blocks {
@@ -198,6 +231,9 @@ fn big_classes_are_not_cached_and_each_class_holds_at_most_its_bytes() {
         let block_size = class_size(class_for(size, 8).unwrap());
         assert!(held <= FRONT_CACHE_BLOCKS && held * block_size <= FRONT_CACHE_BYTES, "{size}: {held}");
         assert_eq!(held == 0, FRONT_CACHE_BYTES / block_size < 2, "{size}: {held}");
+    }
+    for (block, size) in first {
+        free(&heap, block, size);
     }
     heap.check_invariants().unwrap();
 }
