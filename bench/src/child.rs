@@ -5,6 +5,7 @@
 //! ```text
 //! result <workload> <threads> <metric> <value>
 //! series <phase> <progress> <resident bytes>
+//! timeline <seconds> <live bytes> <resident bytes>
 //! ```
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,8 @@ pub enum Unit {
     Fragmentation,
     /// Workload 7.
     ReallocGrowth,
+    /// Workload 8: the long fragmentation workload (first run only).
+    LongFragmentation,
     /// talc's random actions, every largest-request size, on this many threads.
     RandomActions(usize),
     /// talc's heap efficiency (fixed-arena allocators and core-alloc over a fixed region).
@@ -62,6 +65,7 @@ impl Unit {
             "w5" => Unit::Large,
             "w6" => Unit::Fragmentation,
             "w7" => Unit::ReallocGrowth,
+            "w8" => Unit::LongFragmentation,
             "random-actions" => Unit::RandomActions(count),
             "heap-efficiency" => Unit::HeapEfficiency,
             "instructions" => Unit::Instructions(count),
@@ -89,6 +93,7 @@ impl Unit {
             Unit::Large => "w5",
             Unit::Fragmentation => "w6",
             Unit::ReallocGrowth => "w7",
+            Unit::LongFragmentation => "w8",
             Unit::RandomActions(_) => "random-actions",
             Unit::HeapEfficiency => "heap-efficiency",
             Unit::Instructions(_) => "instructions",
@@ -189,6 +194,23 @@ fn run_on<A: std::alloc::GlobalAlloc + Sync>(heap: &A, peer: Peer, unit: Unit, s
         Unit::ReallocGrowth => {
             let vectors = size.scaled(8, 2);
             result("w7_realloc_growth", 1, "ns_per_op", workloads::realloc_growth(vectors, 8 << 20));
+        }
+        Unit::LongFragmentation => {
+            let (seconds, peak_live, idle) = if size.quick {
+                (1.4, 8 << 20, Duration::from_secs(1))
+            } else {
+                (60.0, 256 << 20, Duration::from_secs(10))
+            };
+            let figures = workloads::long_fragmentation(heap, seconds, peak_live, idle, seed);
+            result("w8_phases", 1, "rss_per_live_mean", figures.mean_ratio);
+            result("w8_phases", 1, "rss_per_live_peak", figures.peak_ratio);
+            let ratio = |resident: u64| resident as f64 / figures.after_live.max(1) as f64;
+            result("w8_9_of_10_freed_idle_1s", 1, "rss_per_live", ratio(figures.idle_1s));
+            result("w8_9_of_10_freed_idle_10s", 1, "rss_per_live", ratio(figures.idle_10s));
+            result("w8_all_freed_idle_1s", 1, "resident_bytes", figures.all_freed_idle_1s as f64);
+            for sample in &figures.samples {
+                println!("timeline {} {} {}", sample.seconds, sample.live, sample.resident);
+            }
         }
         Unit::RandomActions(threads) => {
             let trial = Duration::from_millis(size.scaled(200, 20) as u64);

@@ -58,6 +58,8 @@ pub struct Results {
     /// Workload 6's resident-memory series of the first run, per allocator: (phase,
     /// progress, resident bytes).
     pub series: BTreeMap<Peer, Vec<(usize, f64, u64)>>,
+    /// Workload 8's timeline, per allocator: (seconds, live bytes, resident bytes).
+    pub timelines: BTreeMap<Peer, Vec<(f64, u64, u64)>>,
     /// Units that timed out or failed: (allocator, unit, what happened).
     pub problems: Vec<(Peer, String, String)>,
     /// Units that could not run here and are left blank (a preloadable library or a program
@@ -78,6 +80,7 @@ pub struct Results {
 impl Results {
     fn parse(&mut self, peer: Peer, output: &str, keep_series: bool) {
         let mut series = Vec::new();
+        let mut timeline = Vec::new();
         for line in output.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields.as_slice() {
@@ -94,11 +97,21 @@ impl Results {
                         series.push((phase, progress, resident));
                     }
                 }
+                ["timeline", seconds, live, resident] => {
+                    if let (Ok(seconds), Ok(live), Ok(resident)) =
+                        (seconds.parse(), live.parse(), resident.parse())
+                    {
+                        timeline.push((seconds, live, resident));
+                    }
+                }
                 _ => {}
             }
         }
         if keep_series && !series.is_empty() {
             self.series.insert(peer, series);
+        }
+        if !timeline.is_empty() {
+            self.timelines.insert(peer, timeline);
         }
     }
 
@@ -200,7 +213,13 @@ fn thread_counts() -> Vec<usize> {
 fn plan(options: &Options) -> Vec<Unit> {
     let mut units = vec![Unit::SmallPairs, Unit::LiveSet];
     units.extend(thread_counts().into_iter().map(Unit::LiveSetThreads));
-    units.extend([Unit::ProducerConsumer, Unit::Large, Unit::Fragmentation, Unit::ReallocGrowth]);
+    units.extend([
+        Unit::ProducerConsumer,
+        Unit::Large,
+        Unit::Fragmentation,
+        Unit::ReallocGrowth,
+        Unit::LongFragmentation,
+    ]);
     units.extend(thread_counts().into_iter().map(Unit::RandomActions));
     units.push(Unit::HeapEfficiency);
     units.extend(preload::planned(options.quick).map(Unit::Preload));
@@ -283,6 +302,10 @@ pub fn run(options: &Options) -> ExitCode {
             let mut slowest = (0.0, Peer::CoreAlloc);
             for peer in order.into_iter().filter(|&peer| unit.applies_to(peer)) {
                 if unit == Unit::Fragmentation && peer.has_slow_bulk_frees() && (options.quick || run > 0) {
+                    continue;
+                }
+                // A minute and more per allocator: a timeline, measured once.
+                if unit == Unit::LongFragmentation && run > 0 {
                     continue;
                 }
                 if matches!(unit, Unit::Preload(_)) && peer == Peer::CoreAlloc && !library_built {

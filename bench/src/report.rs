@@ -271,6 +271,24 @@ fn tables(peers: &[Peer], threads: &[usize], figures: &Figures<'_>) -> Vec<Table
             Column::new("THP at peak MiB", "w6_peak_huge_pages", 1, "resident_bytes", Show::Mib),
         ],
     });
+    tables.push(Table {
+        title:
+            "Workload 8: a minute of growth and shrink, 16 B-1 MiB, then idle (lower is better; first run)"
+                .into(),
+        columns: vec![
+            Column::new("mean resident/live", "w8_phases", 1, "rss_per_live_mean", Show::PerLive),
+            Column::new("peak resident/peak live", "w8_phases", 1, "rss_per_live_peak", Show::PerLive),
+            Column::new(
+                "9/10 freed, 1 s idle, resident/live",
+                "w8_9_of_10_freed_idle_1s",
+                1,
+                "rss_per_live",
+                Show::PerLive,
+            ),
+            Column::new("10 s idle", "w8_9_of_10_freed_idle_10s", 1, "rss_per_live", Show::PerLive),
+            Column::new("all freed, 1 s idle MiB", "w8_all_freed_idle_1s", 1, "resident_bytes", Show::Mib),
+        ],
+    });
     for &count in threads {
         let columns = MAX_SIZES
             .iter()
@@ -528,6 +546,20 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
             ));
         }
     }
+    let per_live_metric = |workload: &str, metric: &str| figures.median(workload, core, 1, metric);
+    if let Some(ratio) = per_live_metric("w8_9_of_10_freed_idle_1s", "rss_per_live") {
+        lines.push(format!(
+            "after freeing 9 of 10 blocks and 1 s idle, resident/live at most 3 (workload 8): {ratio:.2}: {}",
+            verdict(ratio <= 3.0, format!("{ratio:.2} > 3"))
+        ));
+    }
+    if let Some(bytes) = per_live_metric("w8_all_freed_idle_1s", "resident_bytes") {
+        let mib = bytes / (1u64 << 20) as f64;
+        lines.push(format!(
+            "after everything is freed and 1 s idle, under 4 MiB resident without any call (workload 8): {mib:.1} MiB: {}",
+            verdict(mib < 4.0, format!("{mib:.1} MiB"))
+        ));
+    }
     let mut server = Vec::new();
     let mut slower = Vec::new();
     for name in ["larson", "xmalloc"] {
@@ -575,7 +607,8 @@ fn targets(figures: &Figures<'_>, threads: &[usize]) -> Vec<String> {
             .copied()
             .collect();
         if !small.is_empty() {
-            let listed: Vec<String> = small.iter().map(|(name, ratio)| format!("{name} {ratio:.2}x")).collect();
+            let listed: Vec<String> =
+                small.iter().map(|(name, ratio)| format!("{name} {ratio:.2}x")).collect();
             let over: Vec<String> =
                 small.iter().filter(|(_, ratio)| *ratio > 1.5).map(|(name, _)| (*name).to_string()).collect();
             lines.push(format!(
@@ -743,6 +776,41 @@ fn plots(
         fs::write(out.join(&name), plot::render(&chart, &lines))?;
         written.push((name, "Workload 6: resident memory through the workload (first run)".into()));
     }
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    let mut lines: Vec<Line> = peers
+        .iter()
+        .filter_map(|&peer| {
+            let samples = results.timelines.get(&peer)?;
+            Some(Line {
+                name: peer.name().into(),
+                color: color(peer),
+                bold: peer == Peer::CoreAlloc,
+                points: samples.iter().map(|&(seconds, _, resident)| (seconds, mib(resident))).collect(),
+            })
+        })
+        .collect();
+    // The live bytes are the same for every allocator (the same seed): drawn once, from the
+    // first timeline, in black.
+    if let Some(samples) = peers.iter().find_map(|peer| results.timelines.get(peer)) {
+        lines.push(Line {
+            name: "live (requested)".into(),
+            color: "#000000",
+            bold: false,
+            points: samples.iter().map(|&(seconds, live, _)| (seconds, mib(live))).collect(),
+        });
+        let end = samples.last().map_or(1.0, |sample| sample.0);
+        let chart = Chart {
+            title: "Workload 8: resident memory against live bytes over time",
+            x_label: "seconds (seven phases of growth and shrink, then 9 of 10 freed and idle, then all freed)",
+            y_label: "MiB above the start",
+            x_ticks: vec![(0.0, "0".into()), (end, format!("{end:.0}"))],
+            x_sections: Vec::new(),
+            log_y: false,
+        };
+        let name = "long_fragmentation_timeline.svg".to_string();
+        fs::write(out.join(&name), plot::render(&chart, &lines))?;
+        written.push((name, "Workload 8: resident memory and live bytes over time (first run)".into()));
+    }
     Ok(written)
 }
 
@@ -789,6 +857,13 @@ pub fn write(results: &Results, options: &Options) -> io::Result<()> {
         }
     }
     fs::write(options.out.join("series.csv"), &series)?;
+    let mut timeline = String::from("allocator,seconds,live_bytes,resident_bytes\n");
+    for (peer, samples) in &results.timelines {
+        for (seconds, live, resident) in samples {
+            let _ = writeln!(timeline, "{},{seconds},{live},{resident}", peer.name());
+        }
+    }
+    fs::write(options.out.join("timeline.csv"), &timeline)?;
     let mut meta = format!(
         "runs {}\nseconds {}\nquick {}\ncommand {}\n",
         results.runs, results.seconds, results.quick, results.command
@@ -924,6 +999,16 @@ pub fn load(directory: &Path) -> io::Result<Results> {
                 (Peer::from_name(peer), phase.parse(), progress.parse(), resident.parse())
         {
             results.series.entry(peer).or_default().push((phase, progress, resident));
+        }
+    }
+    let timeline = fs::read_to_string(directory.join("timeline.csv")).unwrap_or_default();
+    for line in timeline.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if let [peer, seconds, live, resident] = fields.as_slice()
+            && let (Some(peer), Ok(seconds), Ok(live), Ok(resident)) =
+                (Peer::from_name(peer), seconds.parse(), live.parse(), resident.parse())
+        {
+            results.timelines.entry(peer).or_default().push((seconds, live, resident));
         }
     }
     for line in fs::read_to_string(directory.join("meta.txt"))?.lines() {

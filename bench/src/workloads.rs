@@ -428,6 +428,158 @@ pub fn fragmentation<A: GlobalAlloc>(
     }
 }
 
+/// One sample of workload 8's timeline.
+#[derive(Clone, Copy, Debug)]
+pub struct TimelineSample {
+    /// Seconds since the workload started.
+    pub seconds: f64,
+    /// Requested bytes live.
+    pub live: u64,
+    /// Resident bytes above the baseline.
+    pub resident: u64,
+}
+
+/// Workload 8's figures; resident bytes are above the baseline taken before its first
+/// allocation.
+pub struct LongFragmentation {
+    /// The samples, every 50 ms through the phases and at each step of the end.
+    pub samples: Vec<TimelineSample>,
+    /// Resident over live, integrated over the phases (the mean resident bytes over the
+    /// mean live bytes).
+    pub mean_ratio: f64,
+    /// The most resident bytes over the most live bytes, through the phases.
+    pub peak_ratio: f64,
+    /// After the phases, 9 of every 10 blocks freed: requested bytes live.
+    pub after_live: u64,
+    /// Resident bytes 1 s and 10 s later, without any call (time-based purging only).
+    pub idle_1s: u64,
+    /// See `idle_1s`.
+    pub idle_10s: u64,
+    /// Resident bytes 1 s after freeing everything, without any call.
+    pub all_freed_idle_1s: u64,
+}
+
+/// Workload 8's sizes, 16 B to 1 MiB: 80% small (16 B-4 KiB), 15% medium (4-64 KiB) and 5%
+/// large (64 KiB-1 MiB), each log-uniform.
+fn mixed_size(rng: &mut Rng) -> usize {
+    match rng.range(0, 100) {
+        0..80 => log_uniform(rng, 4, 11),
+        80..95 => log_uniform(rng, 12, 15),
+        _ => log_uniform(rng, 16, 19),
+    }
+}
+
+/// Workload 8, a long fragmentation workload: seven phases of `seconds / 7` each, whose live
+/// targets go up and down (a quarter of `peak_live`, all of it, an eighth, three quarters, a
+/// sixteenth, a half, a quarter). In each phase the program allocates while below the target,
+/// frees random blocks while above it, and replaces random blocks around it; every byte of
+/// every block is written. Then it frees 9 of every 10 blocks and stays idle 10 s (sampled at
+/// 1 s and 10 s: time-based purging gets its chance, nothing is called), frees the rest and
+/// stays idle 1 s. Resident memory and live bytes are sampled every 50 ms.
+pub fn long_fragmentation<A: GlobalAlloc>(
+    heap: &A,
+    seconds: f64,
+    peak_live: usize,
+    idle: std::time::Duration,
+    seed: u64,
+) -> LongFragmentation {
+    const TARGETS: [f64; 7] = [0.25, 1.0, 0.125, 0.75, 0.0625, 0.5, 0.25];
+    let mut blocks: Vec<(*mut u8, Layout)> = Vec::with_capacity(peak_live / 4096);
+    black_box(&mut blocks);
+    let baseline = memory::resident_bytes();
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let sample = |samples: &mut Vec<TimelineSample>, live: u64| {
+        let resident = memory::resident_bytes().saturating_sub(baseline);
+        samples.push(TimelineSample { seconds: start.elapsed().as_secs_f64(), live, resident });
+    };
+    let mut rng = Rng::new(seed);
+    let mut live = 0u64;
+    let phase_seconds = seconds / TARGETS.len() as f64;
+    let mut next_sample = 0.0;
+    let free = |blocks: &mut Vec<(*mut u8, Layout)>, index: usize, live: &mut u64| {
+        let (block, layout) = blocks.swap_remove(index);
+        *live -= layout.size() as u64;
+        // SAFETY: a live block with its layout, taken out of `blocks`, so freed once.
+        unsafe { heap.dealloc(block, layout) };
+    };
+    let grow = |blocks: &mut Vec<(*mut u8, Layout)>, rng: &mut Rng, live: &mut u64| {
+        let layout = layout(mixed_size(rng));
+        // SAFETY: a non-zero size; the write covers exactly the new block.
+        unsafe {
+            let block = allocate(heap, layout);
+            block.write_bytes(0xC3, layout.size());
+            blocks.push((block, layout));
+        }
+        *live += layout.size() as u64;
+    };
+    for (phase, fraction) in TARGETS.iter().enumerate() {
+        let target = (peak_live as f64 * fraction) as u64;
+        let end = phase_seconds * (phase + 1) as f64;
+        loop {
+            for _ in 0..64 {
+                if live < target || blocks.is_empty() {
+                    grow(&mut blocks, &mut rng, &mut live);
+                } else if live > target + target / 10 || rng.range(0, 2) == 0 {
+                    let index = rng.range(0, blocks.len());
+                    free(&mut blocks, index, &mut live);
+                } else {
+                    grow(&mut blocks, &mut rng, &mut live);
+                }
+            }
+            let now = start.elapsed().as_secs_f64();
+            if now >= next_sample {
+                sample(&mut samples, live);
+                next_sample = now + 0.05;
+            }
+            if now >= end {
+                break;
+            }
+        }
+    }
+    let phases = samples.len().max(1) as f64;
+    let mean_live = samples.iter().map(|s| s.live as f64).sum::<f64>() / phases;
+    let mean_resident = samples.iter().map(|s| s.resident as f64).sum::<f64>() / phases;
+    let peak_live_seen = samples.iter().map(|s| s.live).max().unwrap_or(0);
+    let peak_resident = samples.iter().map(|s| s.resident).max().unwrap_or(0);
+    // Every tenth block stays (in the order they sit in the list).
+    let mut kept = Vec::with_capacity(blocks.len() / 10 + 1);
+    for (index, (block, layout)) in blocks.drain(..).enumerate() {
+        if index % 10 == 0 {
+            kept.push((block, layout));
+        } else {
+            live -= layout.size() as u64;
+            // SAFETY: a live block with its layout, out of `blocks`, freed once.
+            unsafe { heap.dealloc(block, layout) };
+        }
+    }
+    blocks = kept;
+    let after_live = live;
+    sample(&mut samples, live);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    sample(&mut samples, live);
+    let idle_1s = samples.last().map_or(0, |s| s.resident);
+    std::thread::sleep(idle.saturating_sub(std::time::Duration::from_secs(1)));
+    sample(&mut samples, live);
+    let idle_10s = samples.last().map_or(0, |s| s.resident);
+    while let Some(last) = blocks.len().checked_sub(1) {
+        free(&mut blocks, last, &mut live);
+    }
+    sample(&mut samples, live);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    sample(&mut samples, live);
+    let all_freed_idle_1s = samples.last().map_or(0, |s| s.resident);
+    LongFragmentation {
+        samples,
+        mean_ratio: mean_resident / mean_live.max(1.0),
+        peak_ratio: peak_resident as f64 / peak_live_seen.max(1) as f64,
+        after_live,
+        idle_1s,
+        idle_10s,
+        all_freed_idle_1s,
+    }
+}
+
 /// Workload 7: `Vec<u64>` pushed one element at a time to `elements` elements (growth by
 /// the global allocator's `realloc`, which in the harness's child processes is the allocator
 /// under test), `vectors` times; ns per push.
