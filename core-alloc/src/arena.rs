@@ -19,7 +19,9 @@
 //! does not take and return a slab every time); other slabs that empty go back to the
 //! central heap at once, and every `IDLE_CHECK_INTERVAL` refills the arena gives back the
 //! current slabs of other classes that are empty, and (with a platform clock) lets the
-//! central heap give back the empty chunks that stayed unused for the decay period.
+//! central heap give back the empty chunks that stayed unused for the decay period. While
+//! the program frees in bulk (`Arena::bulk_free`: a flush of the front cache emptied a
+//! slab, and no refill since), current slabs go back as soon as they empty too.
 //!
 //! When a slot is given up (`release_slot`, at thread exit on hosts), every slab of the arena
 //! is abandoned: empty ones go back to the heap, the others become ABANDONED and go back when
@@ -115,6 +117,11 @@ pub(crate) struct Arena {
     /// Slabs this arena's frees emptied and gave back (wrapping): a flush of the front cache
     /// that moves it is a bulk free (see `front_cache`).
     pub(crate) emptied_slabs: u32,
+    /// The program is freeing in bulk (a flush of the front cache emptied a slab) and has not
+    /// allocated through a slow path since: an emptied current slab and a freed large run go
+    /// back to the central heap at once rather than stay for allocations that are not
+    /// coming, so that a program that frees everything holds no chunk for it.
+    pub(crate) bulk_free: bool,
     /// `activity` when `decay` last looked, and the clock's time then.
     idle_mark: u32,
     idle_since: u64,
@@ -221,6 +228,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             (*arena).refills = (*arena).refills.wrapping_add(1);
             (*arena).activity = (*arena).activity.wrapping_add(1);
+            (*arena).bulk_free = false;
             (*arena).cache[class].restore();
             if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
                 self.release_idle_current(arena, class);
@@ -294,20 +302,30 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     ///
     /// The caller holds the slot owning `arena`.
     unsafe fn release_idle_current(&self, arena: *mut Arena, refilling: usize) {
+        for class in (0..CLASS_COUNT).filter(|&class| class != refilling) {
+            // SAFETY: forwarded.
+            unsafe { self.release_current_if_empty(arena, class) };
+        }
+    }
+
+    /// Gives back `class`'s current slab if it is empty.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot owning `arena`.
+    unsafe fn release_current_if_empty(&self, arena: *mut Arena, class: usize) {
         // SAFETY: the slot holder owns the arena, its bins and their slabs.
         unsafe {
-            for class in (0..CLASS_COUNT).filter(|&class| class != refilling) {
-                let bin = ptr::addr_of_mut!((*arena).bins[class]);
-                let run = (*bin).current;
-                if run == empty_run() {
-                    continue;
-                }
-                slab::collect_remote(run);
-                if (*run).used == 0 {
-                    (*bin).current = empty_run();
-                    (*run).list = LIST_NONE;
-                    self.release_run(run);
-                }
+            let bin = ptr::addr_of_mut!((*arena).bins[class]);
+            let run = (*bin).current;
+            if run == empty_run() {
+                return;
+            }
+            slab::collect_remote(run);
+            if (*run).used == 0 {
+                (*bin).current = empty_run();
+                (*run).list = LIST_NONE;
+                self.release_run(run);
             }
         }
     }
@@ -400,6 +418,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let bin = ptr::addr_of_mut!((*arena).cache[class]);
             if (*bin).capacity() == 0 {
                 self.free_into_slab(slot, arena, self.slab_of(block), block);
+                if (*arena).bulk_free {
+                    self.release_current_if_empty(arena, class);
+                }
                 return;
             }
             if !(*bin).push(block) {
@@ -407,9 +428,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 self.flush_cache_bin(slot, arena, class, (*bin).capacity().div_ceil(2));
                 if (*arena).emptied_slabs != emptied {
                     // A bulk free: stop caching until the program allocates again (each class
-                    // until its next refill), so that what it frees can go back.
+                    // until its next refill), so that what it frees can go back, and give back
+                    // what waits for allocations that are not coming (empty current slabs,
+                    // cached large runs) now and as the frees go on.
+                    (*arena).bulk_free = true;
                     self.drain_front_cache(slot, arena);
                     self.free_into_slab(slot, arena, self.slab_of(block), block);
+                    self.release_idle_current(arena, CLASS_COUNT);
+                    self.release_large_cache(slot);
                     return;
                 }
                 let pushed = (*bin).push(block);

@@ -17,8 +17,9 @@
 //! its pages, and nothing gets room to grow.
 //!
 //! The cache holds at most `LARGE_CACHE_RUNS` runs and `LARGE_CACHE_PAGES` pages; the
-//! oldest go back to the central heap first. Everything goes back on `collect()` and when the
-//! slot is given up.
+//! oldest go back to the central heap first. Everything goes back on `collect()`, when the
+//! slot is given up, and when the program starts freeing in bulk (`Arena::bulk_free`, which
+//! also keeps the cache empty until the next allocation).
 //!
 //! Concurrency: the cache is the slot holder's alone. What other CPUs can do to a run in it
 //! is free it again (a double free, or a stale pointer): a large run's `owner` word says
@@ -126,6 +127,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // SAFETY: the slot holder owns the arena and the runs its cache holds.
         unsafe {
             (*arena).activity = (*arena).activity.wrapping_add(1);
+            (*arena).bulk_free = false;
             let cache = &mut *ptr::addr_of_mut!((*arena).large);
             // Growth prefers the biggest run, plain requests the smallest; the tight mode
             // neither cuts a run down (which would leave a gap) nor keeps spare pages.
@@ -175,7 +177,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         // SAFETY: the caller holds the slot.
         let arena = unsafe { self.arena(slot) };
-        if arena.is_null() {
+        // SAFETY: the slot holder owns the arena. A program freeing in bulk gets its large
+        // runs back to the heap at once (see `Arena::bulk_free`).
+        if arena.is_null() || unsafe { (*arena).bulk_free } {
             return false;
         }
         // SAFETY: the slot holder owns the arena.

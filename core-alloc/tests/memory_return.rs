@@ -7,7 +7,9 @@
 //! `collect()`, or its release at thread exit, up to `LARGE_CACHE_RUNS` freed large runs
 //! (`LARGE_CACHE_PAGES` pages; each may keep its chunk) and up to `FRONT_CACHE_BLOCKS` freed
 //! small blocks per size class in its front cache (each may keep its slab, and so its chunk)
-//! until `collect()`, an idle `decay()` or its release. The allocator here is a process-wide static
+//! until `collect()`, an idle `decay()` or its release; a bulk free (a flush of the front
+//! cache that empties a slab) gives the cache, the empty current slabs and the large runs
+//! back at once. The allocator here is a process-wide static
 //! whose platform releases a thread's slot when the thread exits, as the host allocator's does.
 
 mod common;
@@ -88,4 +90,37 @@ fn freed_memory_goes_back_to_the_provider_on_its_own() {
     // An explicit collect gives back the cached chunk as well.
     HEAP.collect();
     assert_eq!(provider.outstanding(), HEAP.stats().heap.meta_chunks);
+}
+
+/// A program that frees everything in bulk holds no chunk for it, without any call: once a
+/// flush of the front cache empties a slab (`Arena::bulk_free`), the front cache drains, empty
+/// current slabs and freed large runs go back at once, until the program allocates again.
+#[test]
+fn a_bulk_free_of_everything_keeps_no_chunk_without_a_call() {
+    let heap = common::mmap_heap();
+    let mut rng = Rng(0x5EED_0007);
+    let blocks: Vec<(NonNull<u8>, usize)> = (0..100_000)
+        .map(|index| {
+            let size = if index % 100 == 0 { 8192 + rng.below(100_000) } else { 8 + rng.below(4000) };
+            (heap.allocate(size, 8).expect("out of memory"), size)
+        })
+        .collect();
+    for (block, size) in blocks {
+        // SAFETY: allocated above with this size, freed once.
+        unsafe { heap.deallocate(block, size, 8) };
+    }
+    let stats = heap.stats();
+    assert_eq!(stats.live_allocations(), 0, "{stats}");
+    assert_eq!(stats.large_cached, 0, "freed large runs stayed cached: {stats}");
+    assert_eq!(stats.heap.slab_chunks, 0, "chunks stayed in use with nothing live: {stats}");
+    assert!(stats.classes.iter().all(|class| class.cached == 0), "{stats}");
+    // Allocating again caches again.
+    let block = heap.allocate(64, 8).unwrap();
+    let other = heap.allocate(64, 8).unwrap();
+    // SAFETY: live blocks, freed once.
+    unsafe {
+        heap.deallocate(block, 64, 8);
+        heap.deallocate(other, 64, 8);
+    }
+    assert!(heap.stats().classes.iter().any(|class| class.cached > 0), "{}", heap.stats());
 }
