@@ -613,3 +613,45 @@ fn decay_and_purge_under_churn() {
 fn model_decay_and_purge_under_churn() {
     explore(decay_and_purge_under_churn);
 }
+
+/// Bulk frees (`Arena::bulk_free`): with the tiny front cache, the owner's frees flush its
+/// cache into the slabs, a flush empties a slab, and the arena goes into bulk-free mode,
+/// giving back its empty current slab at once (`release_current_if_empty`) and each one that
+/// empties after; meanwhile another slot frees a block of each slab remotely. The
+/// interleaving this looks for: a current slab given back (and carved again) while a remote
+/// free of one of its blocks is in flight, which would lose that block or reuse its slab.
+/// Blocks of 1 KiB: the first slab holds four, the second (current) is a whole one. The
+/// owner frees the first slab's four and then the current slab's blocks but one, which the
+/// other slot frees: the flush of the first slab's last block empties it (bulk-free mode
+/// from then on), and the last local free may find the current slab empty or not,
+/// depending on where the remote free is.
+fn bulk_free_vs_remote_free() {
+    const SIZE: usize = 1024;
+    let heap = heap(8);
+    TestPlatform::enter(1);
+    let blocks: Vec<usize> = (0..8).map(|_| allocate(&heap, SIZE)).collect();
+    let remote = [blocks[5]];
+    let local: Vec<usize> = blocks.iter().copied().filter(|block| !remote.contains(block)).collect();
+    let consumer = spawn(&heap, 2, move |heap| {
+        for block in remote {
+            free(heap, block);
+        }
+        heap.collect(); // hands the batched frees over
+    });
+    let owner = spawn(&heap, 1, move |heap| {
+        for block in local {
+            free(heap, block);
+        }
+        // Allocating again after the bulk free: the mode ends and the class is cached again.
+        let again = allocate(heap, SIZE);
+        free(heap, again);
+    });
+    consumer.join().unwrap();
+    owner.join().unwrap();
+    free_all_and_check(&heap, Vec::new(), &[]);
+}
+
+#[test]
+fn model_bulk_free_vs_remote_free() {
+    explore(bulk_free_vs_remote_free);
+}
