@@ -10,6 +10,8 @@
 //! memory while the objects are allocated (this binary's global allocator is the host
 //! allocator, and this is its only test, so nothing else grows meanwhile).
 
+mod common;
+
 use core_alloc::host::HostAlloc;
 
 #[global_allocator]
@@ -17,15 +19,7 @@ static GLOBAL: HostAlloc = HostAlloc;
 
 /// (Rss, AnonHugePages) in KiB.
 fn resident() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
-    let field = |name: &str| {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("AnonHugePages:"))
+    (common::resident_kib(), common::smaps_rollup_kib("AnonHugePages:").unwrap_or(0))
 }
 
 /// Whether memory advised with `MADV_HUGEPAGE` gets huge pages here: maps 8 MiB, advises

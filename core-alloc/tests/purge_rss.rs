@@ -4,6 +4,8 @@
 //! as the change of `Rss` in `/proc/self/smaps_rollup` (this binary's only test, so nothing
 //! else grows meanwhile; its own global allocator is the system one).
 
+mod common;
+
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -17,16 +19,6 @@ const DECAY_NS: u64 = 50_000_000;
 static HEAP: Allocator<MmapProvider, HostPlatform> =
     Allocator::new(MmapProvider::new(), HostPlatform::new()).with_decay(DECAY_NS);
 
-/// Resident memory of the process in KiB.
-fn resident_kib() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
-    text.lines()
-        .find(|line| line.starts_with("Rss:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
-        .expect("an Rss line")
-}
-
 #[test]
 fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period() {
     const SIZE: usize = 96 * 1024;
@@ -39,7 +31,7 @@ fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period
             block
         })
         .collect();
-    let peak = resident_kib();
+    let peak = common::resident_kib();
     // Keep every tenth block: each chunk keeps live blocks, so none can go back whole.
     let mut kept = Vec::new();
     for (index, block) in blocks.into_iter().enumerate() {
@@ -66,7 +58,7 @@ fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period
         }
         std::thread::sleep(Duration::from_nanos(DECAY_NS + DECAY_NS / 2));
     }
-    let after = resident_kib();
+    let after = common::resident_kib();
     let stats = HEAP.stats();
     println!(
         "resident at peak {peak} KiB, after purging {after} KiB; freed {freed_kib} KiB; purged {} KiB in {} calls over {} chunks",

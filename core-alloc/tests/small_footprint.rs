@@ -6,24 +6,16 @@
 //! Before the huge-page policy, with transparent huge pages in `madvise` mode, the same
 //! objects grew the resident set by 1.7 times their size (6,148 KiB for 3,540).
 
+mod common;
+
 use core_alloc::host::HostAlloc;
 
 #[global_allocator]
 static GLOBAL: HostAlloc = HostAlloc;
 
-/// The process's resident memory in KiB.
-fn resident_kib() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
-    text.lines()
-        .find(|line| line.starts_with("Rss:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
-        .expect("Rss in smaps_rollup")
-}
-
 #[test]
 fn a_few_mib_of_small_objects_cost_about_their_size() {
-    let before = resident_kib();
+    let before = common::resident_kib();
     // 3 MiB in objects of 16..512 bytes.
     let mut objects: Vec<Box<[u8]>> = Vec::with_capacity(30_000);
     let mut bytes = 0usize;
@@ -33,7 +25,7 @@ fn a_few_mib_of_small_objects_cost_about_their_size() {
         bytes += size;
         size = if size >= 512 { 16 } else { size + 8 };
     }
-    let grown = resident_kib().saturating_sub(before);
+    let grown = common::resident_kib().saturating_sub(before);
     let live_kib = (bytes + objects.capacity() * size_of::<Box<[u8]>>()) as u64 / 1024;
     println!("{live_kib} KiB live in {} objects: resident +{grown} KiB", objects.len());
     assert!(

@@ -169,6 +169,20 @@ pub fn compact_heap(bytes: usize, offset: usize) -> &'static CompactHeap {
     Box::leak(Box::new(Allocator::new(region, HostPlatform::new())))
 }
 
+/// A field of `/proc/self/smaps_rollup` in KiB (`Rss:`, `AnonHugePages:`), if present.
+pub fn smaps_rollup_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
+    text.lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}
+
+/// The process's resident memory in KiB.
+pub fn resident_kib() -> u64 {
+    smaps_rollup_kib("Rss:").expect("an Rss line in smaps_rollup")
+}
+
 /// xorshift64*: deterministic test inputs.
 pub struct Rng(pub u64);
 
