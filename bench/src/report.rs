@@ -311,46 +311,41 @@ fn tables(peers: &[Peer], threads: &[usize], figures: &Figures<'_>) -> Vec<Table
             Column::new("callgrind instr/W1 pair", "w1_small_pairs", 1, "instructions_per_op", Show::Count),
         ],
     });
-    let mut preloaded: Vec<Column> = PROGRAMS
-        .iter()
-        .map(|program| {
-            let workload = program.workload();
-            let threads = figures.threads_of(&workload).unwrap_or(1);
-            Column::new(program.name, workload, threads, "seconds", Show::Seconds)
-        })
-        .collect();
-    preloaded.push(Column::new(
-        "real programs geomean vs glibc",
-        "preload_real_programs",
-        1,
+    tables.push(program_table(
+        figures,
+        "Preloaded into programs (LD_PRELOAD): seconds (lower is better)",
         "seconds",
-        Show::RealVsGlibc,
+        Show::Seconds,
     ));
-    tables.push(Table {
-        title: "Preloaded into programs (LD_PRELOAD): seconds (lower is better)".into(),
-        columns: preloaded,
-    });
-    let mut resident: Vec<Column> = PROGRAMS
-        .iter()
-        .map(|program| {
-            let workload = program.workload();
-            let threads = figures.threads_of(&workload).unwrap_or(1);
-            Column::new(program.name, workload, threads, "peak_rss_bytes", Show::Mib)
-        })
-        .collect();
-    resident.push(Column::new(
-        "real programs geomean vs glibc",
-        "preload_real_programs",
-        1,
+    tables.push(program_table(
+        figures,
+        "Preloaded into programs (LD_PRELOAD): peak resident MiB (lower is better)",
         "peak_rss_bytes",
-        Show::RealVsGlibc,
+        Show::Mib,
     ));
-    tables.push(Table {
-        title: "Preloaded into programs (LD_PRELOAD): peak resident MiB (lower is better)".into(),
-        columns: resident,
-    });
     let _ = peers;
     tables
+}
+
+/// The preload family's table of `metric`: a column per program and the geometric mean
+/// over the real programs against glibc's.
+fn program_table(figures: &Figures<'_>, title: &str, metric: &'static str, show: Show) -> Table {
+    let mut columns: Vec<Column> = PROGRAMS
+        .iter()
+        .map(|program| {
+            let workload = program.workload();
+            let threads = figures.threads_of(&workload).unwrap_or(1);
+            Column::new(program.name, workload, threads, metric, show)
+        })
+        .collect();
+    columns.push(Column::new(
+        "real programs geomean vs glibc",
+        "preload_real_programs",
+        1,
+        metric,
+        Show::RealVsGlibc,
+    ));
+    Table { title: title.into(), columns }
 }
 
 /// The cells of `table`: one row per allocator.
