@@ -27,6 +27,10 @@
 //! - `large_cache_double_free_and_collect`: the arenas' large caches, the `owner` exchange
 //!   that decides between two frees of one large run, collect giving cached runs back.
 //! - `decay_and_purge_under_churn`: decay and purging on the clock.
+//! - `bulk_free_vs_remote_free`: bulk-free mode giving current slabs back while a remote free
+//!   of one of their blocks is in flight.
+//! - `dense_chunk_hugify_vs_chunk_release`: the huge-page request for a dense chunk, made
+//!   outside the lock, racing frees and collects that give empty chunks back.
 //!
 //! Every scenario runs twice: without front caches (frees go straight into the slab
 //! protocols) and with tiny ones (frees reach the slabs from the cache: on overflow, and as
@@ -654,4 +658,48 @@ fn bulk_free_vs_remote_free() {
 #[test]
 fn model_bulk_free_vs_remote_free() {
     explore(bulk_free_vs_remote_free);
+}
+
+/// Dense chunks collapsed into huge pages (summed over schedules: the probe that the
+/// scenario below reaches the request at all).
+static COLLAPSED: AtomicUsize = AtomicUsize::new(0);
+
+/// Huge pages as a policy: a chunk that becomes dense under the heap lock is handed to the
+/// provider's `hugify` after the lock is let go (`Allocator::take_run`). Two slots carve
+/// large runs that fill shared chunks past `HUGIFY_PAGES`, free them and collect (empty
+/// chunks go back to the provider) while the other asks for its huge page. The simulated
+/// provider asserts that every chunk asked for is still handed out: a request for a chunk
+/// given back meanwhile (a run whose chunk could empty before the request) fails the
+/// schedule. Every byte of each run is checked before it is freed.
+fn dense_chunk_hugify_vs_chunk_release() {
+    const LARGE: usize = 400 * 1024;
+    let heap = heap(8);
+    let workers = [(1, 4, 0x11u8), (2, 3, 0x22u8)].map(|(slot, count, fill)| {
+        spawn(&heap, slot, move |heap| {
+            let blocks: Vec<usize> = (0..count).map(|_| allocate(heap, LARGE)).collect();
+            for &block in &blocks {
+                // SAFETY: live blocks of LARGE bytes, this thread's alone.
+                unsafe { (block as *mut u8).write_bytes(fill, LARGE) };
+            }
+            for &block in &blocks {
+                // SAFETY: as above.
+                let bytes = unsafe { std::slice::from_raw_parts(block as *const u8, LARGE) };
+                assert!(bytes.iter().all(|&byte| byte == fill), "a large run was handed out twice");
+                free(heap, block);
+            }
+            heap.collect();
+        })
+    });
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    COLLAPSED.fetch_add(heap.provider().hugified().1, Ordering::Relaxed);
+    free_all_and_check(&heap, Vec::new(), &[]);
+}
+
+#[test]
+fn model_dense_chunk_hugify_vs_chunk_release() {
+    COLLAPSED.store(0, Ordering::Relaxed);
+    explore(dense_chunk_hugify_vs_chunk_release);
+    assert!(COLLAPSED.load(Ordering::Relaxed) > 0, "no schedule made a chunk dense enough to collapse");
 }

@@ -40,6 +40,10 @@ struct SimState {
     purged_bytes: usize,
     /// Purges zero the range (`MADV_DONTNEED`), or leave its bytes (as `MADV_FREE` may).
     purge_zeroes: bool,
+    /// Chunks asked for huge pages so far (`hugify`), and of them the ones asked while
+    /// populated (dense chunks collapsed in place).
+    hugified: usize,
+    collapsed: usize,
 }
 
 impl SimProvider {
@@ -71,6 +75,8 @@ impl SimProvider {
                 remaps: 0,
                 purged_bytes: 0,
                 purge_zeroes: true,
+                hugified: 0,
+                collapsed: 0,
             }),
         }
     }
@@ -102,6 +108,13 @@ impl SimProvider {
     /// Bytes purged so far (the allocator purges only with a platform clock).
     pub fn purged_bytes(&self) -> usize {
         self.state.lock().purged_bytes
+    }
+
+    /// Chunks asked for huge pages so far, and of them those asked while populated (the
+    /// dense-chunk collapse); every call was checked to name chunks handed out.
+    pub fn hugified(&self) -> (usize, usize) {
+        let state = self.state.lock();
+        (state.hugified, state.collapsed)
     }
 
     /// Makes purges zero their range and say so (`true`, the default, as `MADV_DONTNEED`)
@@ -204,6 +217,27 @@ unsafe impl PageProvider for SimProvider {
             unsafe { base.as_ptr().write_bytes(0, len) };
         }
         state.purged_bytes += len;
+        true
+    }
+
+    /// Checks the safety contract (whole chunks, every one handed out and not given back:
+    /// a chunk given back while its huge page is requested would be a race in the caller)
+    /// and counts the request; backs nothing.
+    unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
+        let mut state = self.state.lock();
+        let address = base.as_ptr() as usize;
+        assert!(
+            address.is_multiple_of(CHUNK_SIZE) && len.is_multiple_of(CHUNK_SIZE) && len > 0,
+            "hugify of part of a chunk"
+        );
+        let first = self.index_of(address);
+        let chunks = first..first + len / CHUNK_SIZE;
+        assert!(chunks.end <= state.used.len(), "hugify beyond the provider's chunks");
+        assert!(state.used[chunks.clone()].iter().all(|&used| used), "hugify of a chunk not handed out");
+        state.hugified += chunks.len();
+        if populated {
+            state.collapsed += chunks.len();
+        }
         true
     }
 
