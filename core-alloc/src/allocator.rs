@@ -310,7 +310,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let run = run_of(ptr.as_ptr() as usize);
                 if (*run).kind == RUN_SLAB {
                     let class = (*run).class as usize;
-                    return self.platform.with_slot(move |slot| self.free_small(slot, class, ptr.as_ptr()));
+                    return self.platform.with_slot(
+                        #[inline(always)]
+                        move |slot| self.free_small(slot, class, ptr.as_ptr()),
+                    );
                 }
             }
         }
@@ -404,7 +407,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return self.alloc_big(layout, zeroed, false);
         };
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
-        let block = self.platform.with_slot(move |slot| unsafe { self.alloc_small(slot, class) });
+        let block = self.platform.with_slot(
+            #[inline(always)]
+            move |slot| unsafe { self.alloc_small(slot, class) },
+        );
         #[cfg(feature = "checked")]
         if !block.is_null() {
             self.mark_live(block);
@@ -500,7 +506,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             const { assert!(LOOKUP_LIMIT < LARGE_GROWTH_MIN) };
             // SAFETY: a block allocated with a size below LARGE_GROWTH_MIN is a block of a
             // slab of its size's class (see `front_cache::sized_class`).
-            return self.platform.with_slot(move |slot| unsafe { self.free_small(slot, class, block) });
+            return self.platform.with_slot(
+                #[inline(always)]
+                move |slot| unsafe { self.free_small(slot, class, block) },
+            );
         }
         // The layout goes as two words in registers (an alignment of 0 saying there is none):
         // an `Option` of a pair would go through memory, stored on the fast path too.

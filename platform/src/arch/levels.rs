@@ -44,51 +44,52 @@ impl<W: LevelWord> LevelWord for &W {
     }
 }
 
-/// What a slot closure holds while it runs: the word's value before it, stored back on
-/// drop (even if the closure unwinds), or at the last level (where the word was not
-/// raised) the mask guard.
-pub(crate) enum Held<W: LevelWord, G> {
-    /// The word was raised from `value`; dropping this restores it.
-    Level { word: W, value: usize },
-    /// The last level, with interrupts masked until the guard drops.
-    Masked(G),
-}
-
-impl<W: LevelWord, G> Drop for Held<W, G> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        if let Held::Level { word, value } = self {
-            compiler_fence(Ordering::SeqCst);
-            word.store(*value);
-        }
-    }
-}
-
-/// Takes the calling CPU's next level: returns the word's value (see the module
-/// documentation) and what to hold while using it. A value at or past `last` (the last
-/// level's, or a CPU the platform does not know) returns with the guard `mask()` gives,
-/// which must keep interrupts masked until it drops; a word past the last level's (`last +
-/// step` or more: only an unknown CPU's) is the platform's to refuse there (a panic), since
-/// the value returned is capped at the last level's. Otherwise the word is raised by `step`. One call site for the closure that follows
-/// keeps it inlined without spilling its captures.
+/// Runs `f` on the calling CPU's next level: reads the word's value (see the module
+/// documentation), raises it by `step`, calls `f` with the value read and restores it (also
+/// if `f` unwinds). A value at or past `last` (the last level's, or a CPU the platform does
+/// not know) runs `f` inside the guard `mask()` gives, which must keep interrupts masked
+/// until it drops, without raising the word; a word past the last level's (`last + step` or
+/// more: only an unknown CPU's) is the platform's to refuse there (a panic), since the value
+/// `f` gets is capped at the last level's.
+///
+/// `f` is called from two places, both inline (pass an `#[inline(always)]` closure): the
+/// fast path then restores the word with one store and no test of which way it came in, and
+/// keeps the closure's captures in registers. (A single call site needs that test after
+/// `f`; a cold function taking `f` makes the fast path store the captures to the stack.)
 #[inline(always)]
-pub(crate) fn enter<W: LevelWord, G>(
+pub(crate) fn with_level<W: LevelWord, G, R>(
     word: W,
     last: usize,
     step: usize,
     mask: impl FnOnce() -> G,
-) -> (usize, Held<W, G>) {
+    f: impl FnOnce(usize) -> R,
+) -> R {
     let value = word.load();
     if value >= last {
         core::hint::cold_path();
-        let guard = mask();
+        let _guard = mask();
         // The last level's value is below `last + step` (its base is below `step`), and
         // `mask` refused a word past it: saying so spares callers a bounds check.
-        return (value.min(last + step - 1), Held::Masked(guard));
+        return f(value.min(last + step - 1));
     }
     word.store(value + step);
     compiler_fence(Ordering::SeqCst);
-    (value, Held::Level { word, value })
+    let _raised = Raised { word, value };
+    f(value)
+}
+
+/// A raised word, restored to `value` on drop (even if the closure unwinds).
+struct Raised<W: LevelWord> {
+    word: W,
+    value: usize,
+}
+
+impl<W: LevelWord> Drop for Raised<W> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        compiler_fence(Ordering::SeqCst);
+        self.word.store(self.value);
+    }
 }
 
 #[cfg(test)]

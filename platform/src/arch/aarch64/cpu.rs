@@ -211,8 +211,14 @@ unsafe impl Platform for KernelPlatform {
         let word = CpuLevel(&LEVEL_BY_CPU[index].0);
         // The word counts levels (step 1) here: x86-64 keeps the slot in it instead, but
         // AArch64 under QEMU ran the pair slower that way (see `arch/levels.rs`).
-        let (level, _held) = crate::arch::levels::enter(word, LEVELS - 1, 1, InterruptGuard::new);
-        f(index + level * MAX_CPUS)
+        crate::arch::levels::with_level(
+            word,
+            LEVELS - 1,
+            1,
+            InterruptGuard::new,
+            #[inline(always)]
+            move |level| f(index + level * MAX_CPUS),
+        )
     }
 
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {

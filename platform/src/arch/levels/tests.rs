@@ -11,7 +11,7 @@ extern crate std;
 use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
-use super::{LevelWord, enter};
+use super::{LevelWord, with_level};
 
 const LEVELS: usize = 4;
 /// Word encodings `(base, step)`: level L is `base + L * step`.
@@ -50,9 +50,16 @@ impl Cpu {
     /// One allocation: a slot closure with arrival points inside it.
     fn allocate(&self) {
         let last = self.base + (LEVELS - 1) * self.step;
-        let (value, _held) = enter(self, last, self.step, || Masked::new(&self.masked));
-        assert_eq!(value % self.step, self.base % self.step, "word {value} is not this CPU's");
-        self.hold((value - self.base) / self.step);
+        with_level(
+            self,
+            last,
+            self.step,
+            || Masked::new(&self.masked),
+            |value| {
+                assert_eq!(value % self.step, self.base % self.step, "word {value} is not this CPU's");
+                self.hold((value - self.base) / self.step);
+            },
+        );
     }
 
     fn hold(&self, level: usize) {
@@ -173,13 +180,18 @@ fn a_word_past_the_last_level_takes_the_masked_path_and_is_left_alone() {
         }
     }
     let masked = Cell::new(false);
-    {
-        let (slot, _held) = enter(Word(&word), 3 + (LEVELS - 1) * 8, 8, || Masked::new(&masked));
-        // Capped at the last level's range: the platform's mask closure refuses such a CPU.
-        assert!(slot < 3 + LEVELS * 8, "slot {slot}");
-        assert!(masked.get());
-        assert_eq!(word.get(), usize::MAX);
-    }
+    with_level(
+        Word(&word),
+        3 + (LEVELS - 1) * 8,
+        8,
+        || Masked::new(&masked),
+        |slot| {
+            // Capped at the last level's range: the platform's mask closure refuses such a CPU.
+            assert!(slot < 3 + LEVELS * 8, "slot {slot}");
+            assert!(masked.get());
+            assert_eq!(word.get(), usize::MAX);
+        },
+    );
     assert!(!masked.get());
     assert_eq!(word.get(), usize::MAX);
 }

@@ -306,9 +306,7 @@ unsafe impl Platform for KernelPlatform {
 
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let (slot, _held) =
-            crate::arch::levels::enter(GsLevel, (LEVELS - 1) * MAX_CPUS, MAX_CPUS, mask_last_level);
-        f(slot)
+        crate::arch::levels::with_level(GsLevel, (LEVELS - 1) * MAX_CPUS, MAX_CPUS, mask_last_level, f)
     }
 
     /// Lends a slot of this CPU's interrupt levels that no open closure holds (levels at or
