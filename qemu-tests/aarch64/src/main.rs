@@ -103,6 +103,11 @@ extern "C" fn boot_main() -> ! {
         platform::arch::aarch64::cache_line_size(),
         info.psci,
     );
+    println!(
+        "aarch64: boot: atomics: {} (the CPU {} LSE)",
+        platform::arch::aarch64::atomics(),
+        if platform::arch::aarch64::cpu_has_lse() { "has" } else { "lacks" }
+    );
 
     gic::init(&info);
     gic::init_cpu();

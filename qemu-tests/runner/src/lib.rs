@@ -168,6 +168,12 @@ pub struct FeatureBuild {
     pub name: &'static str,
     /// The kernel's cargo features, as `--features` takes them.
     pub features: &'static str,
+    /// Code-generation flags for the build (`RUSTFLAGS`, space-separated; none if empty):
+    /// such a build goes to a target directory of its own (`target/rustflags`), so that it
+    /// and the plain build do not rebuild each other.
+    pub rustflags: &'static str,
+    /// QEMU argument changes for its boot, as [`Variant::changes`].
+    pub changes: &'static [(&'static str, &'static str)],
     /// Texts the serial output must contain, so that a kernel built without the features
     /// does not pass for one built with them.
     pub expect: &'static [&'static str],
@@ -177,20 +183,48 @@ pub struct FeatureBuild {
 /// its `#[global_allocator]` (`qemu-tests/<arch>/src/readme_heap.rs`: a heap the kernel maps,
 /// 1 MiB on x86-64 and 2 MiB on AArch64, whose secondaries take 128 KiB stacks from it; in
 /// compact mode), which runs the suite's small-heap set (a few seconds).
-pub const FEATURE_BUILDS: [FeatureBuild; 2] = [
+///
+/// And the AArch64 kernel built with outline atomics (`-C target-feature=+outline-atomics`
+/// and the platform's `outline-atomics` feature), booted twice, whole suite: on `-cpu max`,
+/// where `init_cpu(0)` turns the helpers to LSE, and on the Cortex-A72 (Armv8.0, no LSE),
+/// where the same ELF keeps exclusive pairs.
+pub const FEATURE_BUILDS: [FeatureBuild; 4] = [
     FeatureBuild {
         arch: "x86_64",
         name: "x86_64 (README heap, 1 MiB)",
         features: "readme-heap",
+        rustflags: "",
+        changes: &[],
         expect: &["the README's kernel snippet", "suite set: small global heap"],
     },
     FeatureBuild {
         arch: "aarch64",
         name: "aarch64 (README heap, 2 MiB)",
         features: "readme-heap",
+        rustflags: "",
+        changes: &[],
         expect: &["the README's kernel snippet", "suite set: small global heap"],
     },
+    FeatureBuild {
+        arch: "aarch64",
+        name: "aarch64 (outline atomics, LSE CPU)",
+        features: "outline-atomics",
+        rustflags: OUTLINE_ATOMICS,
+        changes: &[("-cpu", "max")],
+        expect: &["atomics: LSE, through outline-atomic helpers (the CPU has LSE)"],
+    },
+    FeatureBuild {
+        arch: "aarch64",
+        name: "aarch64 (outline atomics, Armv8.0 CPU)",
+        features: "outline-atomics",
+        rustflags: OUTLINE_ATOMICS,
+        changes: &[],
+        expect: &["atomics: exclusive pairs (LL/SC) (the CPU lacks LSE)"],
+    },
 ];
+
+/// The code-generation flag of the outline-atomics builds.
+const OUTLINE_ATOMICS: &str = "-C target-feature=+outline-atomics";
 
 /// QEMU's arguments for a boot of `kernel` with `changes` (see [`Variant::changes`]) and
 /// the CPU count of [`CPUS`] when it is set.
@@ -302,15 +336,19 @@ pub fn ensure_qemu() -> Result<(), String> {
 
 /// Builds a kernel in release mode from its own directory; returns the ELF's path.
 pub fn build(kernel: &Kernel) -> Result<PathBuf, String> {
-    build_with_features(kernel, "")
+    build_with_features(kernel, "", "")
 }
 
-/// As [`build`], with the kernel's cargo `features` (none if empty). A build with features
-/// returns a copy of the ELF named after them (`<binary>-<features>`), which the next build
-/// without them does not overwrite.
-pub fn build_with_features(kernel: &Kernel, features: &str) -> Result<PathBuf, String> {
+/// As [`build`], with the kernel's cargo `features` and `rustflags` (none if empty; see
+/// [`FeatureBuild::rustflags`]). A build with features returns a copy of the ELF named after
+/// them (`<binary>-<features>`), which the next build without them does not overwrite.
+pub fn build_with_features(kernel: &Kernel, features: &str, rustflags: &str) -> Result<PathBuf, String> {
     let directory = qemu_tests_dir().join(kernel.directory);
-    let target_dir = directory.join("target");
+    let target_dir = if rustflags.is_empty() {
+        directory.join("target")
+    } else {
+        directory.join("target").join("rustflags")
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -330,6 +368,9 @@ pub fn build_with_features(kernel: &Kernel, features: &str) -> Result<PathBuf, S
         "CARGO_TARGET_DIR",
     ] {
         command.env_remove(variable);
+    }
+    if !rustflags.is_empty() {
+        command.env("RUSTFLAGS", rustflags);
     }
     let output = command.output().map_err(|error| format!("could not run cargo: {error}"))?;
     if !output.status.success() {
@@ -517,8 +558,10 @@ pub fn build_and_boot_all(kernel: &Kernel, echo: bool) -> Vec<Report> {
     let builds = FEATURE_BUILDS.iter().filter(|build| build.arch == kernel.arch && cpus().is_none());
     for build in builds {
         eprintln!("qemu-runner: building and booting {} (features {})", build.name, build.features);
-        let mut report = match build_with_features(kernel, build.features) {
-            Ok(elf) => boot_with(kernel, &elf, echo, timeout, &qemu_arguments(kernel, &[]), build.name),
+        let mut report = match build_with_features(kernel, build.features, build.rustflags) {
+            Ok(elf) => {
+                boot_with(kernel, &elf, echo, timeout, &qemu_arguments(kernel, build.changes), build.name)
+            }
             Err(why) => {
                 Report { arch: build.name.to_string(), failed: 1, problem: Some(why), ..Report::default() }
             }

@@ -4,7 +4,8 @@
 //! one per further configuration (`qemu_runner::VARIANTS`: the AArch64 kernel with the
 //! 16 KiB granule on a GICv3, and with the 64 KiB granule; `qemu_runner::FEATURE_BUILDS`:
 //! each kernel built with `--features readme-heap`, whose global allocator is the README's
-//! kernel snippet over a small heap, running the suite's small-heap set).
+//! kernel snippet over a small heap, running the suite's small-heap set; and the AArch64
+//! kernel built with outline atomics, booted on a CPU with LSE and on an Armv8.0 one).
 //!
 //! `cargo run --release -p qemu-runner [-- x86_64|aarch64] [--quiet]`
 //!

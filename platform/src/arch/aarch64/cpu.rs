@@ -38,13 +38,19 @@ pub(super) fn current_mask_depth() -> &'static MaskDepth {
 /// `index` below [`MAX_CPUS`] (0 for the boot CPU), and nothing else writes TPIDR_EL1
 /// afterwards. The platform's promise of exclusive slots and the guards' nesting rest on
 /// this. The one exception: the boot CPU may use guards before calling it (their counts go
-/// to whatever record its reset TPIDR_EL1 selects) while no other CPU runs.
+/// to whatever record its reset TPIDR_EL1 selects) while no other CPU runs. With the
+/// `outline-atomics` feature, `init_cpu(0)` runs before any other CPU starts, and if the
+/// boot CPU implements LSE every CPU does (as on every system built so far; a later CPU
+/// without it is refused here, but may have faulted in the kernel's own atomics before).
 ///
 /// # Panics
 ///
-/// If `index` is not below [`MAX_CPUS`].
+/// If `index` is not below [`MAX_CPUS`]; if the kernel is built with inline LSE atomics
+/// (`-C target-feature=+lse`) and this CPU lacks them; or, with the `outline-atomics`
+/// feature, if the boot CPU turned LSE on and this CPU lacks it. See [`atomics`].
 pub unsafe fn init_cpu(index: usize) {
     assert!(index < MAX_CPUS, "CPU index {index} is not below MAX_CPUS ({MAX_CPUS})");
+    check_atomics(index);
     MASK_DEPTHS[index].reset();
     LEVEL_BY_CPU[index].0.store(0, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: TPIDR_EL1 is a software-only register that the caller hands over to us.
@@ -52,6 +58,97 @@ pub unsafe fn init_cpu(index: usize) {
         // A system register write: no memory, no stack, flags untouched.
         asm!("msr tpidr_el1, {index}", index = in(reg) index, options(nomem, nostack, preserves_flags));
     }
+}
+
+/// Which instructions the atomic operations of this build use on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomics {
+    /// Exclusive load/store pairs (LL/SC): the Armv8.0 way, on every AArch64 CPU.
+    ExclusivePairs,
+    /// LSE instructions (`cas`, `ldadd`, `swp`) inline: the kernel is built for Armv8.1 or
+    /// later (`-C target-feature=+lse`), and [`init_cpu`] refuses a CPU without them.
+    LseInline,
+    /// LSE instructions through outline-atomic helpers, enabled by `init_cpu(0)` after it
+    /// found them on the boot CPU: a kernel built with `-C target-feature=+outline-atomics`
+    /// and this crate's `outline-atomics` feature (on an Armv8.0 CPU the same kernel uses
+    /// exclusive pairs: [`Atomics::ExclusivePairs`]).
+    LseOutline,
+}
+
+impl core::fmt::Display for Atomics {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        formatter.write_str(match self {
+            Self::ExclusivePairs => "exclusive pairs (LL/SC)",
+            Self::LseInline => "LSE, inline",
+            Self::LseOutline => "LSE, through outline-atomic helpers",
+        })
+    }
+}
+
+/// Whether the calling CPU implements the Armv8.1 LSE atomic instructions
+/// (ID_AA64ISAR0_EL1.Atomic, bits 23:20, at least 0b0010).
+pub fn cpu_has_lse() -> bool {
+    let features: u64;
+    // SAFETY: reading ID_AA64ISAR0_EL1 has no side effects (EL1 may always read it).
+    unsafe {
+        // A system register read: no memory, no stack, flags untouched.
+        asm!("mrs {features}, id_aa64isar0_el1", features = out(reg) features, options(nomem, nostack, preserves_flags));
+    }
+    (features >> 20) & 0xF >= 0b0010
+}
+
+/// Set once `init_cpu(0)` has switched the outline-atomic helpers to LSE.
+static OUTLINE_LSE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Which instructions this build's atomic operations use (see [`Atomics`]); final once the
+/// boot CPU has run [`init_cpu`].
+pub fn atomics() -> Atomics {
+    if cfg!(target_feature = "lse") {
+        Atomics::LseInline
+    } else if OUTLINE_LSE.load(core::sync::atomic::Ordering::Relaxed) {
+        Atomics::LseOutline
+    } else {
+        Atomics::ExclusivePairs
+    }
+}
+
+/// The atomics part of [`init_cpu`]: a kernel built with inline LSE refuses a CPU without
+/// it (with a message, where the alternative is an undefined-instruction exception at its
+/// first atomic operation); with the `outline-atomics` feature the boot CPU turns the
+/// helpers to LSE when it has the instructions, and a later CPU without them is refused.
+fn check_atomics(index: usize) {
+    if cfg!(target_feature = "lse") {
+        assert!(
+            cpu_has_lse(),
+            "CPU {index} lacks the LSE atomics this kernel was built for (-C target-feature=+lse): \
+             build without it, or with +outline-atomics and the outline-atomics feature, for Armv8.0 CPUs"
+        );
+        return;
+    }
+    #[cfg(feature = "outline-atomics")]
+    {
+        use core::sync::atomic::Ordering::Relaxed;
+        if index == 0 && cpu_has_lse() {
+            unsafe extern "C" {
+                /// The switch of the outline-atomic helpers (compiler-rt's and libgcc's ABI,
+                /// which Rust's compiler-builtins ships for this target): non-zero makes
+                /// them use LSE instructions instead of exclusive pairs.
+                static mut __aarch64_have_lse_atomics: u8;
+            }
+            // SAFETY: the boot CPU implements LSE (checked just above) and so does every CPU
+            // (the caller's promise; each later CPU is checked in its own `init_cpu`). No
+            // other CPU runs yet, so nothing reads the byte while it is written; a volatile
+            // write, since the helpers read it behind the compiler's back.
+            unsafe { core::ptr::addr_of_mut!(__aarch64_have_lse_atomics).write_volatile(1) };
+            OUTLINE_LSE.store(true, Relaxed);
+        } else if index != 0 {
+            assert!(
+                !OUTLINE_LSE.load(Relaxed) || cpu_has_lse(),
+                "CPU {index} lacks the LSE atomics the boot CPU has and turned on for every CPU"
+            );
+        }
+    }
+    let _ = index;
 }
 
 /// The calling CPU's index as given to [`init_cpu`]. Racy in name only for a kernel that

@@ -20,8 +20,8 @@ mod interrupts;
 pub mod paging;
 
 pub use cpu::{
-    KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, cache_line_size, current_cpu_racy,
-    init_cpu, now_ns,
+    Atomics, KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, atomics, cache_line_size,
+    cpu_has_lse, current_cpu_racy, init_cpu, now_ns,
 };
 pub use interrupts::{InterruptGuard, interrupts_masked};
 pub use paging::{Granule, HeapMapper, PhysMap, Regime, Tables, TablesError, Translation};
