@@ -26,7 +26,7 @@ use crate::config::{
     CHUNK_MASK, CHUNK_SIZE, HUGE_HEAP_CHUNKS, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT,
     TIGHT_SUPPLY_DIVISOR,
 };
-use crate::front_cache::sized_class;
+use crate::front_cache::{shrinks_in_place, sized_class};
 use crate::heap::{Clock, Heap, Release};
 use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
@@ -679,7 +679,16 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             unsafe {
                 let run = run_of(address);
                 if (*run).kind == RUN_SLAB {
-                    if class_for(new_size, layout.align()) == Some((*run).class as usize)
+                    // In place when the new size's class is the block's, or when it shrinks a
+                    // block of 4 KiB or more by at most half (see `shrinks_in_place`).
+                    let class = (*run).class as usize;
+                    if class_for(new_size, layout.align()) == Some(class)
+                        && address.is_multiple_of(layout.align())
+                    {
+                        return block;
+                    }
+                    if new_size < old_size
+                        && shrinks_in_place(class, new_size)
                         && address.is_multiple_of(layout.align())
                     {
                         return block;

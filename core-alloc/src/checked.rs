@@ -85,7 +85,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             if let Some((size, align)) = layout {
                 let fits = if kind == RUN_SLAB {
-                    class_for(size, align) == Some((*run).class as usize)
+                    // A block shrunk in place by reallocation keeps its class (see
+                    // `shrinks_in_place`).
+                    let class = (*run).class as usize;
+                    class_for(size, align) == Some(class)
+                        || address.is_multiple_of(align) && crate::front_cache::shrinks_in_place(class, size)
                 } else {
                     // Page runs also hold blocks of small sizes that reallocation grew (see
                     // LARGE_GROWTH_MIN), and a run from an arena's large cache may have up to

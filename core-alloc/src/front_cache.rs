@@ -171,6 +171,17 @@ pub(crate) fn sized_class(size: usize, align: usize) -> Option<usize> {
     if size < LARGE_GROWTH_MIN { class_for(size, align) } else { None }
 }
 
+/// Whether a slab block of `class` keeps serving a request shrunk to `size` bytes in place:
+/// sizes from `LARGE_GROWTH_MIN` up that still use at least half the block (at most half of
+/// it left unused, as for a block of the next class down). Such a block's class may then
+/// differ from its size's, which is safe because a size from `LARGE_GROWTH_MIN` up never
+/// names a class by itself ([`sized_class`]): its free reads the run's class.
+#[inline]
+pub(crate) fn shrinks_in_place(class: usize, size: usize) -> bool {
+    let block = class_size(class);
+    size >= LARGE_GROWTH_MIN && size <= block && size * 2 >= block
+}
+
 static_assertions::const_assert!(LARGE_GROWTH_MIN <= MAX_SMALL);
 
 impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {

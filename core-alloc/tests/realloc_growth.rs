@@ -71,3 +71,61 @@ fn growth_past_16_kib_happens_in_place() {
     // SAFETY: the live block, freed once with its size.
     unsafe { heap.deallocate(block, size, 8) };
 }
+
+/// Fills `size` bytes of `block` with a pattern that depends on `seed` and the offset.
+fn fill(block: NonNull<u8>, size: usize, seed: u8) {
+    for offset in 0..size {
+        // SAFETY: the block has `size` bytes.
+        unsafe { block.as_ptr().add(offset).write(seed.wrapping_add(offset as u8)) };
+    }
+}
+
+fn holds(block: NonNull<u8>, size: usize, seed: u8) -> bool {
+    // SAFETY: the block has `size` readable bytes.
+    (0..size).all(|offset| unsafe { block.as_ptr().add(offset).read() } == seed.wrapping_add(offset as u8))
+}
+
+#[test]
+fn a_slab_block_of_4_kib_or_more_shrunk_by_at_most_half_stays_in_place() {
+    let heap = common::mmap_heap();
+    let before = heap.stats().live_allocations();
+    // A 30,000-byte request takes a 32 KiB slab block.
+    let block = heap.allocate(30_000, 8).unwrap();
+    fill(block, 30_000, 1);
+    // SAFETY: a live block of 30,000 bytes aligned to 8 (here and below: each block is
+    // reallocated or freed once, with its current size).
+    let shrunk = unsafe { heap.reallocate(block, 8, 20_000) }.unwrap();
+    assert_eq!(shrunk, block, "a shrink that keeps more than half of a 32 KiB block moved it");
+    assert!(holds(shrunk, 20_000, 1));
+    // Below half of the block: moved to a block of its own class.
+    // SAFETY: the live block, now of 20,000 bytes.
+    let moved = unsafe { heap.reallocate(shrunk, 8, 15_000) }.unwrap();
+    assert_ne!(moved, shrunk, "a shrink to less than half of the block stayed in place");
+    assert!(holds(moved, 15_000, 1));
+    // Below 4 KiB the size alone names the class at free time, so the block moves.
+    let small = heap.allocate(5_000, 8).unwrap();
+    fill(small, 5_000, 7);
+    // SAFETY: a live block of 5,000 bytes.
+    let tiny = unsafe { heap.reallocate(small, 8, 3_000) }.unwrap();
+    assert_ne!(tiny, small, "a block shrunk below 4 KiB kept a class its size does not name");
+    assert!(holds(tiny, 3_000, 7));
+    // A block shrunk in place is freed with its new size: it goes back to its own class.
+    let again = heap.allocate(30_000, 8).unwrap();
+    fill(again, 30_000, 3);
+    // SAFETY: a live block of 30,000 bytes.
+    let kept = unsafe { heap.reallocate(again, 8, 16_384) }.unwrap();
+    assert_eq!(kept, again);
+    // SAFETY: three live blocks, each freed once with its current size.
+    unsafe {
+        heap.deallocate(kept, 16_384, 8);
+        heap.deallocate(moved, 15_000, 8);
+        heap.deallocate(tiny, 3_000, 8);
+    }
+    let reused = heap.allocate(30_000, 8).unwrap();
+    fill(reused, 30_000, 9);
+    assert!(holds(reused, 30_000, 9));
+    // SAFETY: a live block of 30,000 bytes.
+    unsafe { heap.deallocate(reused, 30_000, 8) };
+    heap.check_invariants().unwrap();
+    assert_eq!(heap.stats().live_allocations(), before);
+}
