@@ -585,7 +585,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     return;
                 }
                 if !self.cache_large(slot, run) {
-                    self.free_runs_centrally(&[run]);
+                    let arena = self.arena(slot);
+                    self.free_runs_centrally(&[run], !arena.is_null() && (*arena).bulk_free);
                 }
             }
         });
@@ -791,19 +792,30 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Gives a run back to the central heap, and what the heap lets go of to the provider.
+    /// With `bulk` (the freeing arena is in bulk-free mode), a chunk the run's release leaves
+    /// mostly free has its free pages purged at once (see `Heap::purge_drained`).
     ///
     /// # Safety
     ///
     /// `run` is a live run of this allocator with nothing in it live; call inside a slot
     /// closure.
-    pub(crate) unsafe fn release_run(&self, run: *mut Run) {
+    pub(crate) unsafe fn release_run(&self, run: *mut Run, bulk: bool) {
         if P::MAY_CLAIM_SPAN && self.mode.compact() {
             // SAFETY: in compact mode every slab is a slab page (the caller's promise).
             return unsafe { self.release_slab_page(run) };
         }
         let clock = self.clock();
-        // SAFETY: the caller's promise.
-        let release = unsafe { self.lock_heap().free_run(run, &self.map, clock) };
+        let mut heap = self.lock_heap();
+        // SAFETY: the caller's promise; the lock is held. The run's chunk is still a chunk of
+        // the heap's when the purge looks at it (its release waits for the lock to drop).
+        let release = unsafe {
+            let release = heap.free_run(run, &self.map, clock);
+            if bulk {
+                heap.purge_drained(chunk_of(run as usize), &self.provider);
+            }
+            release
+        };
+        drop(heap);
         self.give_back(release);
     }
 

@@ -325,7 +325,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             if (*run).used == 0 {
                 (*bin).current = empty_run();
                 (*run).list = LIST_NONE;
-                self.release_run(run);
+                self.release_run(run, (*arena).bulk_free);
             }
         }
     }
@@ -581,7 +581,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     ptr::addr_of_mut!((*bin).partial)
                 };
                 unlink(holder, run);
-                self.release_run(run);
+                self.release_run(run, (*arena).bulk_free);
             } else if list == LIST_FULL {
                 unlink(ptr::addr_of_mut!((*bin).full), run);
                 slab::unmark_full(run, (*run).owner.load(Ordering::Relaxed) as usize);
@@ -623,7 +623,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 RemoteFree::LastOfAbandoned => {
                     // SAFETY: the slab has no live block and no owner (and can no longer be
                     // adopted): it is ours to release (the heap takes it off its orphan list).
-                    unsafe { self.release_run(run) };
+                    unsafe { self.release_run(run, false) };
                     return true;
                 }
             }
@@ -713,7 +713,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                         slab::collect_remote(run);
                         if (*run).used == 0 {
                             unlink(list, run);
-                            self.release_run(run);
+                            self.release_run(run, false);
                         } else if (*run).list == LIST_FULL && slab::refill(run) {
                             unlink(list, run);
                             slab::unmark_full(run, slot);

@@ -92,6 +92,11 @@ pub const PURGE_SCAN_CHUNKS: usize = 64;
 /// ... and makes at most this many provider calls.
 pub const PURGE_CALLS: usize = 64;
 
+/// A chunk left with at least this many free pages by a run an arena gives back while
+/// freeing in bulk has them purged at once, without waiting for the decay period (three
+/// quarters of a chunk; see `Heap::purge_drained`).
+pub const BULK_PURGE_FREE: usize = PAGES_PER_CHUNK * 3 / 4;
+
 /// Bytes reserved for each arena's block of metadata; arenas start on this boundary too,
 /// which is at least a cache line on every machine we know (128 on some AArch64 servers).
 pub const ARENA_ALIGN: usize = 256;

@@ -197,7 +197,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             cache.count += 1;
             cache.pages += pages;
             (*arena).counters.note_large_cache(cache.count, cache.pages);
-            self.free_runs_centrally(&evicted[..evicted_count]);
+            self.free_runs_centrally(&evicted[..evicted_count], false);
         }
         true
     }
@@ -237,18 +237,18 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             cache.count = 0;
             cache.pages = 0;
             (*arena).counters.note_large_cache(0, 0);
-            self.free_runs_centrally(&runs[..count]);
+            self.free_runs_centrally(&runs[..count], false);
         }
     }
 
     /// Gives freed large runs back to the central heap, under one acquisition of its lock,
-    /// and what it lets go of to the provider.
+    /// and what it lets go of to the provider; with `bulk`, as `Allocator::release_run` does.
     ///
     /// # Safety
     ///
     /// Each run is a large run whose `owner` the caller set to `LARGE_FREED`, held by no
     /// cache, with nothing in it live.
-    pub(crate) unsafe fn free_runs_centrally(&self, runs: &[*mut Run]) {
+    pub(crate) unsafe fn free_runs_centrally(&self, runs: &[*mut Run], bulk: bool) {
         if runs.is_empty() {
             return;
         }
@@ -256,8 +256,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let clock = self.clock();
         let mut heap = self.lock_heap();
         for &run in runs {
-            // SAFETY: the caller's promise; the lock is held.
-            let freed = unsafe { heap.free_run(run, &self.map, clock) };
+            // SAFETY: the caller's promise; the lock is held. A chunk given back by a free
+            // stays the heap's until the lock drops, so the purge may look at it.
+            let freed = unsafe {
+                let freed = heap.free_run(run, &self.map, clock);
+                if bulk {
+                    heap.purge_drained(crate::chunk::chunk_of(run as usize), &self.provider);
+                }
+                freed
+            };
             release = release.and(freed);
         }
         drop(heap);

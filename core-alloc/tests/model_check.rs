@@ -27,8 +27,8 @@
 //! - `large_cache_double_free_and_collect`: the arenas' large caches, the `owner` exchange
 //!   that decides between two frees of one large run, collect giving cached runs back.
 //! - `decay_and_purge_under_churn`: decay and purging on the clock.
-//! - `bulk_free_vs_remote_free`: bulk-free mode giving current slabs back while a remote free
-//!   of one of their blocks is in flight.
+//! - `bulk_free_vs_remote_free`: bulk-free mode giving current slabs back (and purging the
+//!   drained chunk's free pages) while a remote free of one of their blocks is in flight.
 //! - `dense_chunk_hugify_vs_chunk_release`: the huge-page request for a dense chunk, made
 //!   outside the lock, racing frees and collects that give empty chunks back.
 //!
@@ -628,11 +628,19 @@ fn model_decay_and_purge_under_churn() {
 /// owner frees the first slab's four and then the current slab's blocks but one, which the
 /// other slot frees: the flush of the first slab's last block empties it (bulk-free mode
 /// from then on), and the last local free may find the current slab empty or not,
-/// depending on where the remote free is.
+/// depending on where the remote free is. A 64-byte block stays live in the same chunk, so
+/// the releases in bulk-free mode leave the chunk drained but in use, and its free pages are
+/// purged at once (`Heap::purge_drained`, zeroing them in the simulated provider): the live
+/// block's bytes must survive.
 fn bulk_free_vs_remote_free() {
     const SIZE: usize = 1024;
     let heap = heap(8);
     TestPlatform::enter(1);
+    // A block of another class that stays live keeps the chunk in use once the 1 KiB slabs
+    // go back, so the bulk free purges the drained chunk's free pages (not its live ones).
+    let kept = allocate(&heap, 64);
+    // SAFETY: a live block of 64 bytes.
+    unsafe { (kept as *mut u8).write_bytes(0x6B, 64) };
     let blocks: Vec<usize> = (0..8).map(|_| allocate(&heap, SIZE)).collect();
     let remote = [blocks[5]];
     let local: Vec<usize> = blocks.iter().copied().filter(|block| !remote.contains(block)).collect();
@@ -652,12 +660,23 @@ fn bulk_free_vs_remote_free() {
     });
     consumer.join().unwrap();
     owner.join().unwrap();
-    free_all_and_check(&heap, Vec::new(), &[]);
+    BULK_PURGED.fetch_add(heap.provider().purged_bytes(), Ordering::Relaxed);
+    // SAFETY: a live block of 64 bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(kept as *const u8, 64) };
+    assert!(bytes.iter().all(|&byte| byte == 0x6B), "a purge reached a live block");
+    free_all_and_check(&heap, vec![kept], &[]);
 }
+
+/// Bytes purged in bulk-free mode (`Heap::purge_drained`: the scenario's heap has no clock,
+/// so no other purge runs), summed over the schedules: the probe that the purge of a
+/// drained chunk, under the lock while a remote free may be in flight, is reached.
+static BULK_PURGED: AtomicUsize = AtomicUsize::new(0);
 
 #[test]
 fn model_bulk_free_vs_remote_free() {
+    BULK_PURGED.store(0, Ordering::Relaxed);
     explore(bulk_free_vs_remote_free);
+    assert!(BULK_PURGED.load(Ordering::Relaxed) > 0, "no schedule purged a drained chunk");
 }
 
 /// Dense chunks collapsed into huge pages (summed over schedules: the probe that the

@@ -151,6 +151,19 @@ pub unsafe trait PageProvider: Sync {
         false
     }
 
+    /// Withdraws a [`hugify`](Self::hugify) request: the range is backed by small pages as
+    /// it is used from now on, and nothing (such as Linux's khugepaged, which collapses
+    /// advised ranges in the background, filling their holes) makes huge pages of it again,
+    /// so that pages purged inside it stay purged. The allocator calls it when it purges a
+    /// chunk it had asked huge pages for. The default does nothing.
+    ///
+    /// # Safety
+    ///
+    /// The range is whole chunks this provider handed out and has not taken back.
+    unsafe fn unhugify(&self, base: NonNull<u8>, len: usize) {
+        let _ = (base, len);
+    }
+
     /// What is left of a bounded supply of chunks, or `None` (the default) when the supply
     /// is unbounded or unknown (the host's `mmap`, chunks backed from a kernel's own frame
     /// allocator). The allocator spends memory more tightly once little is left (no room for
@@ -221,6 +234,10 @@ unsafe impl<P: PageProvider> PageProvider for &P {
     unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
         // SAFETY: the caller's promises are the referenced provider's preconditions.
         unsafe { (**self).hugify(base, len, populated) }
+    }
+    unsafe fn unhugify(&self, base: NonNull<u8>, len: usize) {
+        // SAFETY: the caller's promises are the referenced provider's preconditions.
+        unsafe { (**self).unhugify(base, len) }
     }
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         // SAFETY: the caller's promises are the referenced provider's preconditions.

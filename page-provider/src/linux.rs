@@ -249,6 +249,15 @@ unsafe impl PageProvider for MmapProvider {
         true
     }
 
+    /// `MADV_NOHUGEPAGE`: khugepaged no longer collapses the range (which it would do with
+    /// up to 511 of a huge page's 512 small pages absent, bringing purged pages back).
+    unsafe fn unhugify(&self, base: NonNull<u8>, len: usize) {
+        if self.capabilities().contains(Capabilities::HUGE_PAGES) {
+            // SAFETY: advice on chunks this provider mapped; it changes no contents.
+            unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+        }
+    }
+
     unsafe fn free_chunks(&self, base: NonNull<u8>, count: usize) {
         // SAFETY: the caller gives back chunks this provider mapped and nothing uses them.
         let status = unsafe { libc::munmap(base.as_ptr().cast(), count * CHUNK_SIZE) };

@@ -24,7 +24,8 @@ use super::{Clock, Heap, Release};
 use crate::chunk::{ChunkHeader, HEADER_PAGES, USABLE_PAGES};
 use crate::chunk_map::ChunkMap;
 use crate::config::{
-    CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS, RETAIN_DIVISOR, RETAIN_MAX,
+    BULK_PURGE_FREE, CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS, RETAIN_DIVISOR,
+    RETAIN_MAX,
 };
 
 impl Heap {
@@ -143,6 +144,35 @@ impl Heap {
         }
     }
 
+    /// Purges the free dirty pages of `chunk` at once if at least `BULK_PURGE_FREE` of its
+    /// pages are free and it was not purged since it last changed: a run just given back by an
+    /// arena freeing in bulk (`Arena::bulk_free`), whose program is unlikely to use the pages
+    /// again soon, so waiting for the decay period would only keep them resident (and an
+    /// idle program makes no call that would purge them later). At most `PURGE_CALLS`
+    /// provider calls; an empty chunk is left to the empty-chunk cache and its decay.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held and `chunk` is a formatted slab chunk of this heap (possibly empty
+    /// and about to be given back).
+    pub(crate) unsafe fn purge_drained<P: PageProvider>(&mut self, chunk: *mut ChunkHeader, provider: &P) {
+        let capabilities = provider.capabilities();
+        if !capabilities.contains(page_provider::Capabilities::PURGE) {
+            return;
+        }
+        // SAFETY: the caller's promise: the header is ours to read and update under the lock.
+        unsafe {
+            let free = (*chunk).free_count as usize;
+            if (*chunk).purged || free == USABLE_PAGES || free < BULK_PURGE_FREE {
+                return;
+            }
+            let zeroes = capabilities.contains(page_provider::Capabilities::PURGE_ZEROES);
+            let granule = (provider.page_size() / PAGE).max(1);
+            let (_, finished) = self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS);
+            (*chunk).purged = finished;
+        }
+    }
+
     /// Purges the free dirty pages of `chunk` in ranges of whole provider pages (`granule`
     /// of ours), with at most `budget` calls; returns the calls made and whether it got
     /// through the whole chunk.
@@ -164,13 +194,19 @@ impl Heap {
         // are in no run, so nobody uses their bytes.
         unsafe {
             loop {
+                // The next dirty range inside a free range, widened to whole provider pages
+                // without leaving the free range.
                 let Some(start) = (*chunk).free_pages.next_set(page) else { return (calls, true) };
                 let end = (*chunk).free_pages.next_clear(start).unwrap_or(PAGES_PER_CHUNK);
-                page = end;
-                let (first, last) = (start.next_multiple_of(granule), end / granule * granule);
-                if last <= first || (*chunk).dirty_pages.count_in_range(first, last - first) == 0 {
+                let (low, high) = (start.next_multiple_of(granule), end / granule * granule);
+                let dirty = (*chunk).dirty_pages.next_set(low).filter(|&dirty| dirty < high);
+                let Some(dirty) = dirty else {
+                    page = end;
                     continue;
-                }
+                };
+                let clean = (*chunk).dirty_pages.next_clear(dirty).map_or(high, |clean| clean.min(high));
+                let (first, last) = (dirty / granule * granule, clean.next_multiple_of(granule).min(high));
+                page = if last >= high { end } else { last };
                 if calls == budget {
                     return (calls, false);
                 }
@@ -181,9 +217,12 @@ impl Heap {
                         self.counters.purged_chunks += 1;
                         purged = true;
                         if (*chunk).hugified {
+                            // The purge splits the huge page; withdrawing the request keeps
+                            // the purged pages from being collapsed back in the background.
                             (*chunk).hugified = false;
                             self.counters.huge_page_splits += 1;
                             self.counters.huge_slab_chunks -= 1;
+                            provider.unhugify(NonNull::new_unchecked(chunk.cast()), CHUNK_SIZE);
                         }
                     }
                     self.counters.purges += 1;

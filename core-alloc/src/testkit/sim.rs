@@ -241,6 +241,18 @@ unsafe impl PageProvider for SimProvider {
         true
     }
 
+    /// Checks the same contract as `hugify`; backs nothing.
+    unsafe fn unhugify(&self, base: NonNull<u8>, len: usize) {
+        let state = self.state.lock();
+        let first = self.index_of(base.as_ptr() as usize);
+        assert!(
+            (base.as_ptr() as usize).is_multiple_of(CHUNK_SIZE)
+                && len.is_multiple_of(CHUNK_SIZE)
+                && state.used[first..first + len / CHUNK_SIZE].iter().all(|&used| used),
+            "unhugify of a range that is not whole chunks handed out"
+        );
+    }
+
     unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
         let old = self.index_of(base.as_ptr() as usize);
         let mut state = self.state.lock();

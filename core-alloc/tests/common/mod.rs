@@ -21,6 +21,7 @@ pub struct Metered<P> {
     refused: AtomicUsize,
     remapped: AtomicUsize,
     hugified: AtomicUsize,
+    unhugified: AtomicUsize,
     limit: AtomicUsize,
 }
 
@@ -33,6 +34,7 @@ impl<P: PageProvider> Metered<P> {
             refused: AtomicUsize::new(0),
             remapped: AtomicUsize::new(0),
             hugified: AtomicUsize::new(0),
+            unhugified: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
         }
     }
@@ -72,6 +74,11 @@ impl<P: PageProvider> Metered<P> {
     /// `populated`), whatever the wrapped provider did.
     pub fn hugified(&self) -> usize {
         self.hugified.load(Ordering::SeqCst)
+    }
+
+    /// Chunks whose huge-page request the allocator withdrew (`unhugify`: purged inside).
+    pub fn unhugified(&self) -> usize {
+        self.unhugified.load(Ordering::SeqCst)
     }
 }
 
@@ -126,6 +133,12 @@ unsafe impl<P: PageProvider> PageProvider for Metered<P> {
         }
         // SAFETY: forwarded promise.
         unsafe { self.inner.hugify(base, len, populated) }
+    }
+    unsafe fn unhugify(&self, base: NonNull<u8>, len: usize) {
+        assert_eq!(base.as_ptr() as usize % CHUNK_SIZE, 0, "misaligned unhugify");
+        self.unhugified.fetch_add(len / CHUNK_SIZE, Ordering::SeqCst);
+        // SAFETY: forwarded promise.
+        unsafe { self.inner.unhugify(base, len) }
     }
     unsafe fn remap(&self, base: NonNull<u8>, old_count: usize, new_count: usize) -> Option<NonNull<u8>> {
         if self.outstanding() + new_count - old_count > self.limit.load(Ordering::SeqCst) {
