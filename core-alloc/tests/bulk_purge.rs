@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::ptr::NonNull;
-
 use common::Metered;
 use core_alloc::Allocator;
 use page_provider::linux::MmapProvider;
@@ -23,24 +21,8 @@ fn a_bulk_free_of_most_small_objects_purges_their_pages_at_once() {
     const SIZE: usize = 2048;
     const COUNT: usize = 24 * 1024; // 48 MiB: a big heap, whose chunks get huge pages
     const KEEP_EVERY: usize = 512; // a block in every 16 slabs or so: each chunk keeps some
-    let blocks: Vec<NonNull<u8>> = (0..COUNT)
-        .map(|index| {
-            let block = HEAP.allocate(SIZE, 8).expect("out of memory");
-            // SAFETY: a live block of SIZE bytes.
-            unsafe { block.as_ptr().write_bytes(index as u8 | 1, SIZE) };
-            block
-        })
-        .collect();
-    let peak = common::resident_kib();
-    let mut kept = Vec::new();
-    for (index, block) in blocks.into_iter().enumerate() {
-        if index % KEEP_EVERY == 0 {
-            kept.push((index, block));
-        } else {
-            // SAFETY: allocated above with this size, freed once.
-            unsafe { HEAP.deallocate(block, SIZE, 8) };
-        }
-    }
+    // Each chunk keeps live blocks, so none can go back whole.
+    let (kept, peak) = common::scatter(&HEAP, SIZE, COUNT, KEEP_EVERY);
     let after = common::resident_kib();
     let stats = HEAP.stats();
     let freed_kib = ((COUNT - kept.len()) * SIZE / 1024) as u64;
@@ -62,12 +44,5 @@ fn a_bulk_free_of_most_small_objects_purges_their_pages_at_once() {
     // Every split huge page had its request withdrawn at the provider.
     assert!(stats.heap.huge_page_splits > 0, "{stats}");
     assert_eq!(HEAP.provider().unhugified(), stats.heap.huge_page_splits, "{stats}");
-    for (index, block) in kept {
-        // SAFETY: a live block of SIZE bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), SIZE) };
-        assert!(bytes.iter().all(|&byte| byte == index as u8 | 1), "a purge reached a live block");
-        // SAFETY: allocated above with this size, freed once.
-        unsafe { HEAP.deallocate(block, SIZE, 8) };
-    }
-    HEAP.check_invariants().unwrap();
+    common::free_scattered(&HEAP, SIZE, kept);
 }

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::ptr::NonNull;
 use std::time::Duration;
 
 use core_alloc::Allocator;
@@ -23,25 +22,8 @@ static HEAP: Allocator<MmapProvider, HostPlatform> =
 fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period() {
     const SIZE: usize = 96 * 1024;
     const COUNT: usize = 640; // 60 MiB
-    let blocks: Vec<NonNull<u8>> = (0..COUNT)
-        .map(|index| {
-            let block = HEAP.allocate(SIZE, 8).expect("out of memory");
-            // SAFETY: a live block of SIZE bytes.
-            unsafe { block.as_ptr().write_bytes(index as u8 | 1, SIZE) };
-            block
-        })
-        .collect();
-    let peak = common::resident_kib();
-    // Keep every tenth block: each chunk keeps live blocks, so none can go back whole.
-    let mut kept = Vec::new();
-    for (index, block) in blocks.into_iter().enumerate() {
-        if index % 10 == 0 {
-            kept.push((index, block));
-        } else {
-            // SAFETY: allocated above with this size, freed once.
-            unsafe { HEAP.deallocate(block, SIZE, 8) };
-        }
-    }
+    // Each chunk keeps live blocks, so none can go back whole.
+    let (kept, peak) = common::scatter(&HEAP, SIZE, COUNT, 10);
     let stats = HEAP.stats();
     assert_eq!(stats.heap.cached_chunks, 0, "every chunk should keep a live block: {stats}");
     let freed_kib = ((COUNT - kept.len()) * SIZE / 1024) as u64;
@@ -86,12 +68,5 @@ fn freed_pages_inside_partly_used_chunks_leave_the_resident_set_after_the_period
         "resident memory fell by {} KiB of {freed_kib} KiB freed",
         peak.saturating_sub(after)
     );
-    for (index, block) in kept {
-        // SAFETY: a live block of SIZE bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), SIZE) };
-        assert!(bytes.iter().all(|&byte| byte == index as u8 | 1), "a live block lost its bytes");
-        // SAFETY: allocated above with this size, freed once.
-        unsafe { HEAP.deallocate(block, SIZE, 8) };
-    }
-    HEAP.check_invariants().unwrap();
+    common::free_scattered(&HEAP, SIZE, kept);
 }

@@ -191,6 +191,54 @@ pub fn smaps_rollup_kib(field: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Blocks of `size` bytes scattered over a heap's chunks: `count` allocated, each filled with
+/// its own byte (`index as u8 | 1`), the process's resident memory taken, then all but every
+/// `keep_every`-th freed. Returns the kept blocks with their indices, and the resident KiB at
+/// the peak.
+pub fn scatter<P: PageProvider>(
+    heap: &Allocator<P, HostPlatform>,
+    size: usize,
+    count: usize,
+    keep_every: usize,
+) -> (Vec<(usize, NonNull<u8>)>, u64) {
+    let blocks: Vec<NonNull<u8>> = (0..count)
+        .map(|index| {
+            let block = heap.allocate(size, 8).expect("out of memory");
+            // SAFETY: a live block of `size` bytes.
+            unsafe { block.as_ptr().write_bytes(index as u8 | 1, size) };
+            block
+        })
+        .collect();
+    let peak = resident_kib();
+    let mut kept = Vec::new();
+    for (index, block) in blocks.into_iter().enumerate() {
+        if index % keep_every == 0 {
+            kept.push((index, block));
+        } else {
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { heap.deallocate(block, size, 8) };
+        }
+    }
+    (kept, peak)
+}
+
+/// Checks that each block [`scatter`] kept still holds its byte, frees it, and checks the
+/// heap.
+pub fn free_scattered<P: PageProvider>(
+    heap: &Allocator<P, HostPlatform>,
+    size: usize,
+    kept: Vec<(usize, NonNull<u8>)>,
+) {
+    for (index, block) in kept {
+        // SAFETY: a live block of `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), size) };
+        assert!(bytes.iter().all(|&byte| byte == index as u8 | 1), "a purge reached a live block");
+        // SAFETY: allocated by `scatter` with this size, freed once.
+        unsafe { heap.deallocate(block, size, 8) };
+    }
+    heap.check_invariants().unwrap();
+}
+
 /// The process's resident memory in KiB.
 pub fn resident_kib() -> u64 {
     smaps_rollup_kib("Rss:").expect("an Rss line in smaps_rollup")
