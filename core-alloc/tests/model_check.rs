@@ -29,6 +29,8 @@
 //! - `decay_and_purge_under_churn`: decay and purging on the clock.
 //! - `bulk_free_vs_remote_free`: bulk-free mode giving current slabs back (and purging the
 //!   drained chunk's free pages) while a remote free of one of their blocks is in flight.
+//! - `bulk_purge_vs_carve`: the bulk purge of a drained chunk racing another slot carving
+//!   new runs from its free pages.
 //! - `dense_chunk_hugify_vs_chunk_release`: the huge-page request for a dense chunk, made
 //!   outside the lock, racing frees and collects that give empty chunks back.
 //!
@@ -721,4 +723,56 @@ fn model_dense_chunk_hugify_vs_chunk_release() {
     COLLAPSED.store(0, Ordering::Relaxed);
     explore(dense_chunk_hugify_vs_chunk_release);
     assert!(COLLAPSED.load(Ordering::Relaxed) > 0, "no schedule made a chunk dense enough to collapse");
+}
+
+/// The interleaving that would break the bulk purge (`Heap::purge_drained`): another slot
+/// carving a run from the drained chunk's free pages while the purge runs. One slot frees
+/// 1 KiB blocks in bulk (its slabs go back and the chunk, kept in use by a 64-byte block,
+/// is purged: the simulated provider zeroes the pages), while another allocates 2 KiB
+/// blocks (new slabs carved from the same chunk, the fullest) and fills them. A purge that
+/// reached pages carved meanwhile (made outside the lock, or from a stale view of the free
+/// pages) zeroes a live block, which the checks at the end find.
+fn bulk_purge_vs_carve() {
+    const FREED: usize = 1024;
+    const CARVED: usize = 2048;
+    let heap = heap(8);
+    TestPlatform::enter(1);
+    let kept = allocate(&heap, 64);
+    let blocks: Vec<usize> = (0..8).map(|_| allocate(&heap, FREED)).collect();
+    let freer = spawn(&heap, 1, move |heap| {
+        for block in blocks {
+            free(heap, block);
+        }
+    });
+    let carver = spawn(&heap, 2, |heap| {
+        (0..6u8)
+            .map(|index| {
+                let block = allocate(heap, CARVED);
+                // SAFETY: a live block of CARVED bytes, this thread's.
+                unsafe { (block as *mut u8).write_bytes(index + 1, CARVED) };
+                (block, index + 1)
+            })
+            .collect::<Vec<_>>()
+    });
+    freer.join().unwrap();
+    let carved = carver.join().unwrap();
+    BULK_PURGE_VS_CARVE_PURGED.fetch_add(heap.provider().purged_bytes(), Ordering::Relaxed);
+    for &(block, fill) in &carved {
+        // SAFETY: a live block of CARVED bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block as *const u8, CARVED) };
+        assert!(bytes.iter().all(|&byte| byte == fill), "a purge zeroed a block carved meanwhile");
+    }
+    let mut live = vec![kept];
+    live.extend(carved.into_iter().map(|(block, _)| block));
+    free_all_and_check(&heap, live, &[]);
+}
+
+/// Bytes `bulk_purge_vs_carve` purged, over its schedules (the probe that it purges).
+static BULK_PURGE_VS_CARVE_PURGED: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn model_bulk_purge_vs_carve() {
+    BULK_PURGE_VS_CARVE_PURGED.store(0, Ordering::Relaxed);
+    explore(bulk_purge_vs_carve);
+    assert!(BULK_PURGE_VS_CARVE_PURGED.load(Ordering::Relaxed) > 0, "no schedule purged a drained chunk");
 }
