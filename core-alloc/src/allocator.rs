@@ -793,7 +793,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
 
     /// Gives a run back to the central heap, and what the heap lets go of to the provider.
     /// With `bulk` (the freeing arena is in bulk-free mode), a chunk the run's release leaves
-    /// mostly free has its free pages purged at once (see `Heap::purge_drained`).
+    /// mostly free has its free pages purged at once (see `Heap::free_run_in_bulk`).
     ///
     /// # Safety
     ///
@@ -805,17 +805,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return unsafe { self.release_slab_page(run) };
         }
         let clock = self.clock();
-        let mut heap = self.lock_heap();
-        // SAFETY: the caller's promise; the lock is held. The run's chunk is still a chunk of
-        // the heap's when the purge looks at it (its release waits for the lock to drop).
-        let release = unsafe {
-            let release = heap.free_run(run, &self.map, clock);
-            if bulk {
-                heap.purge_drained(chunk_of(run as usize), &self.provider);
-            }
-            release
-        };
-        drop(heap);
+        // SAFETY: the caller's promise; the lock is held.
+        let release =
+            unsafe { self.lock_heap().free_run_in_bulk(run, &self.map, clock, &self.provider, bulk) };
         self.give_back(release);
     }
 

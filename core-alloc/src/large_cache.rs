@@ -256,15 +256,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let clock = self.clock();
         let mut heap = self.lock_heap();
         for &run in runs {
-            // SAFETY: the caller's promise; the lock is held. A chunk given back by a free
-            // stays the heap's until the lock drops, so the purge may look at it.
-            let freed = unsafe {
-                let freed = heap.free_run(run, &self.map, clock);
-                if bulk {
-                    heap.purge_drained(crate::chunk::chunk_of(run as usize), &self.provider);
-                }
-                freed
-            };
+            // SAFETY: the caller's promise; the lock is held.
+            let freed = unsafe { heap.free_run_in_bulk(run, &self.map, clock, &self.provider, bulk) };
             release = release.and(freed);
         }
         drop(heap);

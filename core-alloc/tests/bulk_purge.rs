@@ -1,5 +1,5 @@
 //! A program that frees most of its small objects in bulk gets their pages purged as it
-//! frees, without a call and without waiting for the decay period (`Heap::purge_drained`):
+//! frees, without a call and without waiting for the decay period (`Heap::free_run_in_bulk`):
 //! every chunk keeps a few live blocks, so no chunk can go back whole, yet the resident set
 //! falls by most of what was freed at once. A purged chunk that had a huge page loses its
 //! huge-page request too (`PageProvider::unhugify`), so that khugepaged does not fill its

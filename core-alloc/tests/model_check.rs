@@ -632,7 +632,7 @@ fn model_decay_and_purge_under_churn() {
 /// from then on), and the last local free may find the current slab empty or not,
 /// depending on where the remote free is. A 64-byte block stays live in the same chunk, so
 /// the releases in bulk-free mode leave the chunk drained but in use, and its free pages are
-/// purged at once (`Heap::purge_drained`, zeroing them in the simulated provider): the live
+/// purged at once (`Heap::free_run_in_bulk`, zeroing them in the simulated provider): the live
 /// block's bytes must survive.
 fn bulk_free_vs_remote_free() {
     const SIZE: usize = 1024;
@@ -669,7 +669,7 @@ fn bulk_free_vs_remote_free() {
     free_all_and_check(&heap, vec![kept], &[]);
 }
 
-/// Bytes purged in bulk-free mode (`Heap::purge_drained`: the scenario's heap has no clock,
+/// Bytes purged in bulk-free mode (`Heap::free_run_in_bulk`: the scenario's heap has no clock,
 /// so no other purge runs), summed over the schedules: the probe that the purge of a
 /// drained chunk, under the lock while a remote free may be in flight, is reached.
 static BULK_PURGED: AtomicUsize = AtomicUsize::new(0);
@@ -725,7 +725,7 @@ fn model_dense_chunk_hugify_vs_chunk_release() {
     assert!(COLLAPSED.load(Ordering::Relaxed) > 0, "no schedule made a chunk dense enough to collapse");
 }
 
-/// The interleaving that would break the bulk purge (`Heap::purge_drained`): another slot
+/// The interleaving that would break the bulk purge (`Heap::free_run_in_bulk`): another slot
 /// carving a run from the drained chunk's free pages while the purge runs. One slot frees
 /// 1 KiB blocks in bulk (its slabs go back and the chunk, kept in use by a 64-byte block,
 /// is purged: the simulated provider zeroes the pages), while another allocates 2 KiB

@@ -13,6 +13,8 @@
 //! page backing it; the pass runs from the decay checks at most every quarter period, looks
 //! at the `PURGE_SCAN_CHUNKS` most-free chunks and makes at most `PURGE_CALLS` provider
 //! calls, under the lock (short system calls, rarely). A chunk is purged once per change.
+//! An arena freeing in bulk has a chunk it leaves three quarters free purged at once
+//! ([`Heap::free_run_in_bulk`]), without the decay period.
 //! Kernels' providers do not purge: they return memory in whole 2 MiB frames only.
 
 use core::ptr::{self, NonNull};
@@ -21,7 +23,7 @@ use page_provider::PageProvider;
 
 use super::placement::BUCKETS;
 use super::{Clock, Heap, Release};
-use crate::chunk::{ChunkHeader, HEADER_PAGES, USABLE_PAGES};
+use crate::chunk::{ChunkHeader, HEADER_PAGES, Run, USABLE_PAGES, chunk_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{
     BULK_PURGE_FREE, CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS, RETAIN_DIVISOR,
@@ -109,13 +111,10 @@ impl Heap {
     /// Purges the free dirty pages of mostly free slab chunks unchanged for the decay period
     /// (see the module documentation); at most every quarter period.
     pub(crate) fn purge_idle<P: PageProvider>(&mut self, clock: Clock, provider: &P) {
-        let capabilities = provider.capabilities();
-        if !capabilities.contains(page_provider::Capabilities::PURGE) || clock.now < self.next_purge {
+        let Some((granule, zeroes)) = purge_mode(provider).filter(|_| clock.now >= self.next_purge) else {
             return;
-        }
+        };
         self.next_purge = clock.now.saturating_add(clock.decay / 4);
-        let zeroes = capabilities.contains(page_provider::Capabilities::PURGE_ZEROES);
-        let granule = (provider.page_size() / PAGE).max(1);
         let (mut visited, mut calls) = (0, 0);
         for bucket in (1..BUCKETS).rev() {
             let mut chunk = self.buckets[bucket];
@@ -144,32 +143,41 @@ impl Heap {
         }
     }
 
-    /// Purges the free dirty pages of `chunk` at once if at least `BULK_PURGE_FREE` of its
-    /// pages are free and it was not purged since it last changed: a run just given back by an
-    /// arena freeing in bulk (`Arena::bulk_free`), whose program is unlikely to use the pages
-    /// again soon, so waiting for the decay period would only keep them resident (and an
-    /// idle program makes no call that would purge them later). At most `PURGE_CALLS`
-    /// provider calls; an empty chunk is left to the empty-chunk cache and its decay.
+    /// [`free_run`](Heap::free_run) for an arena freeing in bulk (`Arena::bulk_free`): a
+    /// chunk the run's release leaves with at least `BULK_PURGE_FREE` free pages, not purged
+    /// since it last changed, has its free dirty pages purged at once (at most `PURGE_CALLS`
+    /// provider calls), since that program is unlikely to use them again soon and, if it
+    /// idles, makes no call that would purge them after the decay period. An emptied chunk
+    /// is left to the empty-chunk cache and its decay. Without `bulk`, just `free_run`.
     ///
     /// # Safety
     ///
-    /// The lock is held and `chunk` is a formatted slab chunk of this heap (possibly empty
-    /// and about to be given back).
-    pub(crate) unsafe fn purge_drained<P: PageProvider>(&mut self, chunk: *mut ChunkHeader, provider: &P) {
-        let capabilities = provider.capabilities();
-        if !capabilities.contains(page_provider::Capabilities::PURGE) {
-            return;
-        }
-        // SAFETY: the caller's promise: the header is ours to read and update under the lock.
+    /// As for `free_run`; the lock is held (the purge runs under it, so no run is carved
+    /// from the pages meanwhile).
+    pub(crate) unsafe fn free_run_in_bulk<P: PageProvider>(
+        &mut self,
+        run: *mut Run,
+        map: &ChunkMap,
+        clock: Option<Clock>,
+        provider: &P,
+        bulk: bool,
+    ) -> Release {
+        let chunk = chunk_of(run as usize);
+        // SAFETY: the caller's promise. The chunk's header stays valid until the lock drops
+        // (an emptied chunk is given back only after that), and is ours to read under it.
         unsafe {
+            let release = self.free_run(run, map, clock);
             let free = (*chunk).free_count as usize;
-            if (*chunk).purged || free == USABLE_PAGES || free < BULK_PURGE_FREE {
-                return;
+            if bulk
+                && !(*chunk).purged
+                && free != USABLE_PAGES
+                && free >= BULK_PURGE_FREE
+                && let Some((granule, zeroes)) = purge_mode(provider)
+            {
+                let (_, finished) = self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS);
+                (*chunk).purged = finished;
             }
-            let zeroes = capabilities.contains(page_provider::Capabilities::PURGE_ZEROES);
-            let granule = (provider.page_size() / PAGE).max(1);
-            let (_, finished) = self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS);
-            (*chunk).purged = finished;
+            release
         }
     }
 
@@ -273,4 +281,14 @@ impl Heap {
         self.counters.cached_chunks -= 1;
         self.counters.chunks_returned += 1;
     }
+}
+
+/// How `provider` purges: `None` if it cannot, else the purge granule in our pages (its page
+/// size) and whether purged pages read as zero.
+fn purge_mode<P: PageProvider>(provider: &P) -> Option<(usize, bool)> {
+    let capabilities = provider.capabilities();
+    capabilities.contains(page_provider::Capabilities::PURGE).then(|| {
+        let zeroes = capabilities.contains(page_provider::Capabilities::PURGE_ZEROES);
+        ((provider.page_size() / PAGE).max(1), zeroes)
+    })
 }
