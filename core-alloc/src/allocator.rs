@@ -848,10 +848,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// Updates [`short_of_memory`](Self::short_of_memory) from the provider's supply, after
     /// the heap obtained or gave back chunks (providers without a bounded supply: never
     /// short, unless refused).
+    ///
+    /// The provider is asked inside the platform's critical section, like every other
+    /// provider call: a provider may take a lock here (the bare-metal `FrameProvider` takes
+    /// its frame lock), and an interrupt handler that allocates on this CPU while it is held
+    /// would spin on it for ever. Two callers (`take_run`, `give_back`) run outside any
+    /// critical section.
     fn note_supply(&self) {
         let short = self
-            .provider
-            .supply()
+            .critical(|| self.provider.supply())
             .is_some_and(|supply| supply.available.saturating_mul(TIGHT_SUPPLY_DIVISOR) < supply.total);
         self.short_of_memory.store(short, Ordering::Relaxed);
     }

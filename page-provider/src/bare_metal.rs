@@ -9,7 +9,10 @@
 //! always pointed at.
 //!
 //! Concurrency: one spin lock around the frame bitmap and the mapping calls; the allocator
-//! calls providers only on its slow paths, with interrupts masked on kernels.
+//! calls providers only on its slow paths, with interrupts masked on kernels. The count of
+//! free frames (`free_frames`, `supply`) is an atomic kept beside the bitmap, changed under
+//! the lock and read without it: a kernel that asks for it from code an allocating
+//! interrupt handler can interrupt (a statistics print) cannot deadlock on the lock.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +31,8 @@ pub struct FrameProvider<M, const WORDS: usize = 64> {
     virt_offset: usize,
     frames: spin::Mutex<ChunkBitmap<WORDS>>,
     total: AtomicUsize,
+    /// Frames in the bitmap, as it stands when its lock is let go.
+    free: AtomicUsize,
 }
 
 impl<M: HugeMapper, const WORDS: usize> FrameProvider<M, WORDS> {
@@ -42,6 +47,7 @@ impl<M: HugeMapper, const WORDS: usize> FrameProvider<M, WORDS> {
             virt_offset,
             frames: spin::Mutex::new(ChunkBitmap::new()),
             total: AtomicUsize::new(0),
+            free: AtomicUsize::new(0),
         }
     }
 
@@ -73,12 +79,13 @@ impl<M: HugeMapper, const WORDS: usize> FrameProvider<M, WORDS> {
             frame += chunk;
         }
         self.total.fetch_add(added, Ordering::Relaxed);
+        self.free.store(frames.available(), Ordering::Relaxed);
         added
     }
 
-    /// Frames not handed out.
+    /// Frames not handed out (without taking the lock).
     pub fn free_frames(&self) -> usize {
-        self.frames.lock().available()
+        self.free.load(Ordering::Relaxed)
     }
 
     /// Frames added with [`add_ram`](Self::add_ram).
@@ -134,6 +141,7 @@ unsafe impl<M: HugeMapper, const WORDS: usize> PageProvider for FrameProvider<M,
                 return None;
             }
         }
+        self.free.store(frames.available(), Ordering::Relaxed);
         Some(Chunks { base: NonNull::new(self.virt_of(index) as *mut u8)?, zeroed })
     }
 
@@ -147,6 +155,7 @@ unsafe impl<M: HugeMapper, const WORDS: usize> PageProvider for FrameProvider<M,
         }
         let accepted = frames.give_back(index, count);
         debug_assert!(accepted, "frames given back that were not handed out");
+        self.free.store(frames.available(), Ordering::Relaxed);
     }
 }
 

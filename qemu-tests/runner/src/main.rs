@@ -5,7 +5,7 @@
 //! 16 KiB granule on a GICv3, and with the 64 KiB granule; `qemu_runner::FEATURE_BUILDS`:
 //! each kernel built with `--features readme-heap`, whose global allocator is the README's
 //! kernel snippet over a small heap, running the suite's small-heap set; and the AArch64
-//! kernel built with outline atomics, booted on a CPU with LSE).
+//! kernel built with outline atomics, booted on a CPU with LSE and on an Armv8.0 one).
 //!
 //! `cargo run --release -p qemu-runner [-- x86_64|aarch64] [--quiet]`
 //!
