@@ -237,6 +237,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         P::MAY_CLAIM_SPAN && self.mode.compact()
     }
 
+    /// Whether the provider can purge pages (hosts).
+    pub(crate) fn can_purge(&self) -> bool {
+        self.provider.capabilities().contains(page_provider::Capabilities::PURGE)
+    }
+
     /// The page provider.
     pub fn provider(&self) -> &P {
         &self.provider
@@ -459,7 +464,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 Some((page_address(run, first) as *mut u8, clean))
             })
         } else {
-            self.platform.with_slot(|_| self.critical(|| self.alloc_huge(size.div_ceil(CHUNK_SIZE), align)))
+            self.platform.with_slot(|_| self.critical(|| self.alloc_huge(size, align)))
         };
         match found {
             Some((block, clean)) => {
@@ -586,7 +591,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
                 if !self.cache_large(slot, run) {
                     let arena = self.arena(slot);
-                    self.free_runs_centrally(&[run], !arena.is_null() && (*arena).bulk_free);
+                    self.free_runs_centrally(&[run], !arena.is_null() && (*arena).purges_in_bulk());
                 }
             }
         });
@@ -861,11 +866,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         self.short_of_memory.store(short, Ordering::Relaxed);
     }
 
-    /// A huge allocation of `count` chunks aligned to `align`: a cached chunk when one
-    /// chunk will do, else fresh chunks from the provider (obtained outside the lock).
-    /// Returns the first byte and whether it is zeroed. Call inside a slot closure and the
-    /// platform's critical section.
-    fn alloc_huge(&self, count: usize, align: usize) -> Option<(*mut u8, bool)> {
+    /// A huge allocation of `size` bytes (whole chunks) aligned to `align`: a cached chunk
+    /// when one chunk will do, else fresh chunks from the provider (obtained outside the
+    /// lock). Returns the first byte and whether it is zeroed. Call inside a slot closure and
+    /// the platform's critical section.
+    fn alloc_huge(&self, size: usize, align: usize) -> Option<(*mut u8, bool)> {
+        let count = size.div_ceil(CHUNK_SIZE);
         let align_chunks = align.div_ceil(CHUNK_SIZE).max(1);
         if count == 1
             && align_chunks == 1
@@ -894,11 +900,16 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         self.note_supply();
-        // A huge allocation is one block: backed by huge pages from the start.
-        // SAFETY: the chunks were just obtained and are ours alone.
-        unsafe {
-            self.provider.hugify(NonNull::new_unchecked(aligned as *mut u8), count * CHUNK_SIZE, false)
-        };
+        // The chunks the block fills are backed by huge pages from the start; not the last
+        // chunk a block fills in part (a 1.5 MiB buffer of which a program touches the start
+        // would cost 2 MiB at its first touch).
+        let filled = size / CHUNK_SIZE;
+        if filled > 0 {
+            // SAFETY: the chunks were just obtained and are ours alone.
+            unsafe {
+                self.provider.hugify(NonNull::new_unchecked(aligned as *mut u8), filled * CHUNK_SIZE, false)
+            };
+        }
         let recorded =
             self.lock_heap().record_huge(aligned, count, count + extra, extra, &self.provider, &self.map);
         if !recorded {

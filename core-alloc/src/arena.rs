@@ -51,9 +51,31 @@ use crate::config::ARENA_ALIGN;
 use crate::front_cache::CacheBin;
 use crate::heap::Clock;
 use crate::large_cache::LargeCache;
-use crate::size_class::{CLASS_COUNT, first_slab_pages, slab_pages};
+use crate::size_class::{CLASS_COUNT, class_index, class_size, first_slab_pages, slab_pages};
 use crate::slab::{self, RemoteFree};
 use crate::stats::{ArenaCounters, count_one};
+
+/// The first size class whose blocks span two pages: an arena freeing in bulk purges the
+/// pages inside such blocks as it frees them (`Heap::purge_freed_block`).
+const PURGED_BLOCK_CLASS: usize = class_index(2 * crate::config::PAGE);
+
+/// Small frees into a bulk free before it purges (the pages of freed blocks, chunks its
+/// releases leave mostly free: see `Arena::purges_in_bulk`): a short run of frees between
+/// allocations (a program churning, not shrinking) makes no system call and splits no huge
+/// page. The model checker's scenarios purge from the first, so that their few frees reach
+/// the purges.
+#[cfg(not(feature = "shuttle"))]
+const BULK_PURGE_AFTER_FREES: u32 = 64;
+#[cfg(feature = "shuttle")]
+const BULK_PURGE_AFTER_FREES: u32 = 0;
+
+/// Frees of uncached classes (above 4 KiB) with no allocation through a slow path between
+/// them that make a bulk free (see `Arena::uncached_frees`).
+const UNCACHED_BULK_FREES: u32 = 64;
+
+/// Small frees into one bulk free after which the heap's mostly free chunks are purged
+/// (see `Allocator::note_bulk_free`).
+const BULK_PASS_FREES: u32 = 1024;
 
 /// A bin's slabs of one size class.
 #[repr(C)]
@@ -122,6 +144,13 @@ pub(crate) struct Arena {
     /// back to the central heap at once rather than stay for allocations that are not
     /// coming, so that a program that frees everything holds no chunk for it.
     pub(crate) bulk_free: bool,
+    /// Small blocks freed since the bulk free began: at `BULK_PASS_FREES` the heap's mostly
+    /// free chunks are purged once (`Heap::purge_mostly_free`).
+    bulk_frees: u32,
+    /// Blocks of classes that are not cached (above 4 KiB) freed since the arena last
+    /// allocated through a slow path: at `UNCACHED_BULK_FREES` a bulk free begins (their
+    /// frees never flush a cache, which is how a bulk free of cached classes shows).
+    pub(crate) uncached_frees: u32,
     /// `activity` when `decay` last looked, and the clock's time then.
     idle_mark: u32,
     idle_since: u64,
@@ -132,6 +161,16 @@ pub(crate) struct Arena {
     pub(crate) large: LargeCache,
     pub(crate) counters: ArenaCounters,
     delayed: Delayed,
+}
+
+impl Arena {
+    /// Whether this arena's frees purge: it frees in bulk and has freed
+    /// `BULK_PURGE_AFTER_FREES` small blocks since the bulk free began. Its releases then
+    /// purge the chunks they leave mostly free (`Heap::free_run_in_bulk`) and its frees the
+    /// pages of freed blocks (`Heap::purge_freed_block`).
+    pub(crate) fn purges_in_bulk(&self) -> bool {
+        self.bulk_free && self.bulk_frees >= BULK_PURGE_AFTER_FREES
+    }
 }
 
 static_assertions::const_assert!(core::mem::align_of::<Arena>() <= ARENA_ALIGN);
@@ -229,6 +268,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             (*arena).refills = (*arena).refills.wrapping_add(1);
             (*arena).activity = (*arena).activity.wrapping_add(1);
             (*arena).bulk_free = false;
+            (*arena).uncached_frees = 0;
             (*arena).cache[class].restore();
             if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
                 self.release_idle_current(arena, class);
@@ -325,7 +365,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             if (*run).used == 0 {
                 (*bin).current = empty_run();
                 (*run).list = LIST_NONE;
-                self.release_run(run, (*arena).bulk_free);
+                self.release_run(run, (*arena).purges_in_bulk());
             }
         }
     }
@@ -417,6 +457,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             count_one(&(*arena).counters.frees[class]);
             let bin = ptr::addr_of_mut!((*arena).cache[class]);
             if (*bin).capacity() == 0 {
+                if !(*arena).bulk_free && (*bin).nominal() == 0 {
+                    (*arena).uncached_frees += 1;
+                    if (*arena).uncached_frees == UNCACHED_BULK_FREES {
+                        self.begin_bulk_free(slot, arena);
+                    }
+                }
+                if (*arena).bulk_free {
+                    self.note_bulk_free(arena, class, block);
+                }
                 self.free_into_slab(slot, arena, self.slab_of(block), block);
                 if (*arena).bulk_free {
                     self.release_current_if_empty(arena, class);
@@ -427,19 +476,64 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let emptied = (*arena).emptied_slabs;
                 self.flush_cache_bin(slot, arena, class, (*bin).capacity().div_ceil(2));
                 if (*arena).emptied_slabs != emptied {
-                    // A bulk free: stop caching until the program allocates again (each class
-                    // until its next refill), so that what it frees can go back, and give back
-                    // what waits for allocations that are not coming (empty current slabs,
-                    // cached large runs) now and as the frees go on.
-                    (*arena).bulk_free = true;
-                    self.drain_front_cache(slot, arena);
+                    self.begin_bulk_free(slot, arena);
                     self.free_into_slab(slot, arena, self.slab_of(block), block);
-                    self.release_idle_current(arena, CLASS_COUNT);
-                    self.release_large_cache(slot);
+                    self.release_current_if_empty(arena, class);
                     return;
                 }
                 let pushed = (*bin).push(block);
                 debug_assert!(pushed);
+            }
+        }
+    }
+
+    /// A bulk free begins: a flush of the front cache emptied a slab, or the arena freed
+    /// `UNCACHED_BULK_FREES` blocks of uncached classes without allocating. Caching stops
+    /// until the program allocates again (each class until its next refill), so that what it
+    /// frees can go back, and what waits for allocations that are not coming (empty current
+    /// slabs, cached large runs) goes back now and as the frees go on.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `slot`, whose arena is `arena`.
+    unsafe fn begin_bulk_free(&self, slot: usize, arena: *mut Arena) {
+        // SAFETY: the caller's promise; the slot holder owns the arena.
+        unsafe {
+            (*arena).bulk_free = true;
+            (*arena).bulk_frees = 0;
+            self.drain_front_cache(slot, arena);
+            self.release_idle_current(arena, CLASS_COUNT);
+            self.release_large_cache(slot);
+        }
+    }
+
+    /// A small block freed while the arena frees in bulk, before it goes to its slab: once the
+    /// bulk free purges (`Arena::purges_in_bulk`), a block with pages of its own has them
+    /// purged (`Heap::purge_freed_block`), and at the
+    /// `BULK_PASS_FREES`th free of this bulk free the heap's mostly free chunks are purged
+    /// (`Heap::purge_mostly_free`): a program freeing that much is likely to free a large
+    /// part of its heap, and chunks it left mostly free earlier (while it also allocated) see
+    /// no run released now, so nothing else would purge them if it then idles. A short run
+    /// of frees between allocations stays below the count and purges nothing of that kind.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the slot owning `arena`; `block` is a live block of class `class`
+    /// being freed by the caller (nobody else uses its bytes).
+    unsafe fn note_bulk_free(&self, arena: *mut Arena, class: usize, block: *mut u8) {
+        if !self.can_purge() || self.is_compact() {
+            return;
+        }
+        // SAFETY: the caller's promises; the slot holder owns the arena.
+        unsafe {
+            if class >= PURGED_BLOCK_CLASS && (*arena).purges_in_bulk() {
+                self.lock_heap().purge_freed_block(block as usize, class_size(class), &self.provider);
+            }
+            (*arena).bulk_frees += 1;
+            if (*arena).bulk_frees == BULK_PASS_FREES
+                && let Some(clock) = self.clock()
+            {
+                self.lock_heap().purge_mostly_free(clock, &self.provider);
             }
         }
     }
@@ -581,7 +675,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     ptr::addr_of_mut!((*bin).partial)
                 };
                 unlink(holder, run);
-                self.release_run(run, (*arena).bulk_free);
+                self.release_run(run, (*arena).purges_in_bulk());
             } else if list == LIST_FULL {
                 unlink(ptr::addr_of_mut!((*bin).full), run);
                 slab::unmark_full(run, (*run).owner.load(Ordering::Relaxed) as usize);

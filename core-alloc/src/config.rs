@@ -92,10 +92,16 @@ pub const PURGE_SCAN_CHUNKS: usize = 64;
 /// ... and makes at most this many provider calls.
 pub const PURGE_CALLS: usize = 64;
 
+/// The purge of mostly free chunks when an arena is well into a bulk free (once per bulk
+/// free; see `Heap::purge_mostly_free`) looks at this many chunks and makes this many provider
+/// calls at most: the program frees much and may then idle, so it goes further than the
+/// idle pass.
+pub const BULK_PURGE_LIMITS: (usize, usize) = (1024, 512);
+
 /// A chunk left with at least this many free pages by a run an arena gives back while
 /// freeing in bulk has them purged at once, without waiting for the decay period (three
 /// quarters of a chunk; see `Heap::free_run_in_bulk`).
-pub const BULK_PURGE_FREE: usize = PAGES_PER_CHUNK * 3 / 4;
+pub const BULK_PURGE_FREE: usize = PAGES_PER_CHUNK / 2;
 
 /// Bytes reserved for each arena's block of metadata; arenas start on this boundary too,
 /// which is at least a cache line on every machine we know (128 on some AArch64 servers).

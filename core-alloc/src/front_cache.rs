@@ -116,7 +116,12 @@ impl CacheBin {
         unsafe { *self.blocks.add(index) }
     }
 
-    /// The most blocks this bin holds now.
+    /// The most blocks this bin holds when caching (0: the class is not cached).
+    pub(crate) fn nominal(&self) -> usize {
+        self.nominal as usize
+    }
+
+    /// The most the stack holds now (0 while the arena frees in bulk).
     pub(crate) fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed) as usize
     }

@@ -128,6 +128,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         unsafe {
             (*arena).activity = (*arena).activity.wrapping_add(1);
             (*arena).bulk_free = false;
+            (*arena).uncached_frees = 0;
             let cache = &mut *ptr::addr_of_mut!((*arena).large);
             // Growth prefers the biggest run, plain requests the smallest; the tight mode
             // neither cuts a run down (which would leave a gap) nor keeps spare pages.

@@ -147,6 +147,14 @@ impl fmt::Display for Stats {
                 self.heap.purged_chunks,
             )?;
         }
+        if self.heap.block_purges > 0 {
+            writeln!(
+                f,
+                "purged: {:.2} MiB inside slab blocks freed in bulk ({} calls)",
+                self.heap.block_purged_bytes as f64 / MIB,
+                self.heap.block_purges,
+            )?;
+        }
         let region = &self.heap.region;
         if region.span_bytes > 0 {
             writeln!(

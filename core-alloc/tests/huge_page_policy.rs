@@ -1,14 +1,15 @@
 //! Huge pages as a policy (`core-alloc/src/heap/placement.rs`): a slab chunk is backed by
 //! small pages until `HUGIFY_PAGES` of its pages are in runs, then the heap asks the provider
 //! once for a huge page (`PageProvider::hugify`, counted at the provider boundary); a chunk
-//! given back leaves the count of huge-page chunks. Purges that split a chunk's huge page are
-//! counted in `tests/purge_rss.rs`.
+//! given back leaves the count of huge-page chunks. A huge allocation asks for huge pages
+//! over the chunks it fills, not over the last one it fills in part. Purges that split a
+//! chunk's huge page are counted in `tests/purge_rss.rs`.
 
 mod common;
 
 use std::ptr::NonNull;
 
-use core_alloc::config::{HUGIFY_PAGES, PAGE};
+use core_alloc::config::{CHUNK_SIZE, HUGIFY_PAGES, PAGE};
 
 #[test]
 fn a_chunk_asks_for_a_huge_page_once_it_is_dense() {
@@ -41,5 +42,25 @@ fn a_chunk_asks_for_a_huge_page_once_it_is_dense() {
     let stats = heap.stats();
     assert_eq!(stats.heap.slab_chunks + stats.heap.cached_chunks, 0, "{stats}");
     assert_eq!(stats.heap.huge_slab_chunks, 0, "a chunk given back still counts as a huge page: {stats}");
+    heap.check_invariants().unwrap();
+}
+
+#[test]
+fn a_huge_block_asks_for_huge_pages_only_where_it_fills_its_chunks() {
+    let heap = common::mmap_heap();
+    // 1.5 MiB: one chunk, filled in part. A program that touches the start of such a buffer
+    // (a vector with room reserved) would pay 2 MiB at its first touch with a huge page.
+    let partial = CHUNK_SIZE * 3 / 4;
+    let block = heap.allocate(partial, 8).unwrap();
+    assert_eq!(heap.provider().hugified_fresh(), 0, "a chunk filled in part asked for a huge page");
+    // 5 MiB: two chunks filled, a third in part.
+    let big = 2 * CHUNK_SIZE + CHUNK_SIZE / 2;
+    let other = heap.allocate(big, 8).unwrap();
+    assert_eq!(heap.provider().hugified_fresh(), 2);
+    // SAFETY: allocated above with these sizes, freed once.
+    unsafe {
+        heap.deallocate(block, partial, 8);
+        heap.deallocate(other, big, 8);
+    }
     heap.check_invariants().unwrap();
 }

@@ -31,6 +31,8 @@
 //!   drained chunk's free pages) while a remote free of one of their blocks is in flight.
 //! - `bulk_purge_vs_carve`: the bulk purge of a drained chunk racing another slot carving
 //!   new runs from its free pages.
+//! - `bulk_block_purge_vs_reuse`: the purge of a block's own pages as it is freed in bulk,
+//!   racing another slot carving new slabs from the pages its slab gives back.
 //! - `dense_chunk_hugify_vs_chunk_release`: the huge-page request for a dense chunk, made
 //!   outside the lock, racing frees and collects that give empty chunks back.
 //!
@@ -679,6 +681,62 @@ fn model_bulk_free_vs_remote_free() {
     BULK_PURGED.store(0, Ordering::Relaxed);
     explore(bulk_free_vs_remote_free);
     assert!(BULK_PURGED.load(Ordering::Relaxed) > 0, "no schedule purged a drained chunk");
+}
+
+/// The purge of a freed block's own pages in a bulk free (`Heap::purge_freed_block`), made
+/// before the block goes on a free list, while it is still the freer's alone. Slot 2 frees
+/// its 1 KiB blocks until its arena frees in bulk, then its 8 KiB blocks (the second page of
+/// each purged, the simulated provider zeroing it); the last of them empties their slab,
+/// which goes back to the chunk at once. Meanwhile slot 1 allocates 8 KiB blocks (new slabs
+/// carved from the same chunk, the fullest: possibly from the pages just given back) and
+/// fills them. A purge made after the free (once the slab can have gone back and been
+/// carved again) can zero a block slot 1 filled; the checks at the end find it (that
+/// mutation, the purge moved after the release of the emptied slab, fails at schedule 9107
+/// with `MODEL_CHECK_ITERATIONS=3000`: a narrow window, beyond CI's default count).
+fn bulk_block_purge_vs_reuse() {
+    const BIG: usize = 8192;
+    const SMALL: usize = 1024;
+    let heap = heap(8);
+    TestPlatform::enter(2);
+    // The 8 KiB slab first, so that its pages are the chunk's first free ones once it goes
+    // back: the next slab carved takes them.
+    let big: Vec<usize> = (0..4).map(|_| allocate(&heap, BIG)).collect();
+    let small: Vec<usize> = (0..8).map(|_| allocate(&heap, SMALL)).collect();
+    let freer = spawn(&heap, 2, move |heap| {
+        for block in small.into_iter().chain(big) {
+            free(heap, block);
+        }
+    });
+    let carver = spawn(&heap, 1, |heap| {
+        (0..6u8)
+            .map(|index| {
+                let block = allocate(heap, BIG);
+                // SAFETY: a live block of BIG bytes, this thread's.
+                unsafe { (block as *mut u8).write_bytes(index + 1, BIG) };
+                (block, index + 1)
+            })
+            .collect::<Vec<_>>()
+    });
+    freer.join().unwrap();
+    let filled = carver.join().unwrap();
+    BLOCK_PURGES.fetch_add(heap.stats().heap.block_purges, Ordering::Relaxed);
+    for &(block, fill) in &filled {
+        // SAFETY: a live block of BIG bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block as *const u8, BIG) };
+        assert!(bytes.iter().all(|&byte| byte == fill), "a block purge zeroed a block in use");
+    }
+    free_all_and_check(&heap, filled.into_iter().map(|(block, _)| block).collect(), &[]);
+}
+
+/// Block purges `bulk_block_purge_vs_reuse` made, over its schedules (the probe that its
+/// freer frees in bulk and purges).
+static BLOCK_PURGES: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn model_bulk_block_purge_vs_reuse() {
+    BLOCK_PURGES.store(0, Ordering::Relaxed);
+    explore(bulk_block_purge_vs_reuse);
+    assert!(BLOCK_PURGES.load(Ordering::Relaxed) > 0, "no schedule purged a block freed in bulk");
 }
 
 /// Dense chunks collapsed into huge pages (summed over schedules: the probe that the

@@ -67,6 +67,11 @@ pub struct HeapCounters {
     pub purged_bytes: usize,
     /// Chunks purged: each purge of a chunk splits the huge page backing it, where one did.
     pub purged_chunks: usize,
+    /// Purges of the pages inside slab blocks freed in bulk (provider calls; see
+    /// `Heap::purge_freed_block`): pages of partly used slabs.
+    pub block_purges: usize,
+    /// Bytes those purges covered.
+    pub block_purged_bytes: usize,
     /// Slab chunks that became dense enough to be backed by huge pages, since the start
     /// (each asked the provider once; see `HUGIFY_PAGES`).
     pub hugified_chunks: usize,
@@ -102,6 +107,19 @@ pub(crate) struct Release {
 impl Release {
     /// Nothing to give back.
     pub(crate) const NOTHING: Self = Self { chunks: ptr::null_mut() };
+
+    /// Whether `chunk` is among the chunks to give back.
+    pub(crate) fn holds(&self, chunk: *mut ChunkHeader) -> bool {
+        let mut next = self.chunks;
+        while !next.is_null() {
+            if next == chunk {
+                return true;
+            }
+            // SAFETY: released chunks are ours, linked through their headers' `next`.
+            next = unsafe { (*next).next };
+        }
+        false
+    }
 
     /// Both lists of chunks as one.
     pub(crate) fn and(self, other: Release) -> Release {
@@ -180,6 +198,8 @@ impl Heap {
                 purges: 0,
                 purged_bytes: 0,
                 purged_chunks: 0,
+                block_purges: 0,
+                block_purged_bytes: 0,
                 hugified_chunks: 0,
                 huge_page_splits: 0,
                 huge_slab_chunks: 0,

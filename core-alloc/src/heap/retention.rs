@@ -26,8 +26,8 @@ use super::{Clock, Heap, Release};
 use crate::chunk::{ChunkHeader, HEADER_PAGES, Run, USABLE_PAGES, chunk_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{
-    BULK_PURGE_FREE, CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS, RETAIN_DIVISOR,
-    RETAIN_MAX,
+    BULK_PURGE_FREE, BULK_PURGE_LIMITS, CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS,
+    RETAIN_DIVISOR, RETAIN_MAX,
 };
 
 impl Heap {
@@ -111,28 +111,44 @@ impl Heap {
     /// Purges the free dirty pages of mostly free slab chunks unchanged for the decay period
     /// (see the module documentation); at most every quarter period.
     pub(crate) fn purge_idle<P: PageProvider>(&mut self, clock: Clock, provider: &P) {
-        let Some((granule, zeroes)) = purge_mode(provider).filter(|_| clock.now >= self.next_purge) else {
-            return;
-        };
-        self.next_purge = clock.now.saturating_add(clock.decay / 4);
+        if clock.now >= self.next_purge {
+            self.next_purge = clock.now.saturating_add(clock.decay / 4);
+            self.purge_pass(clock, provider, false);
+        }
+    }
+
+    /// For an arena well into a bulk free (`Allocator::note_bulk_free`): purges the free
+    /// dirty pages of mostly free slab chunks at once, without waiting for the decay period.
+    /// Chunks that became mostly free before the bulk free
+    /// began may see no run released now, so [`free_run_in_bulk`](Self::free_run_in_bulk)
+    /// would not purge them, and a program that then idles makes no call that would.
+    pub(crate) fn purge_mostly_free<P: PageProvider>(&mut self, clock: Clock, provider: &P) {
+        self.purge_pass(clock, provider, true);
+    }
+
+    /// One pass of [`purge_idle`](Self::purge_idle) (`bulk` false: chunks unchanged for the
+    /// decay period) or [`purge_mostly_free`](Self::purge_mostly_free) (`bulk`: any).
+    fn purge_pass<P: PageProvider>(&mut self, clock: Clock, provider: &P, bulk: bool) {
+        let Some((granule, zeroes)) = purge_mode(provider) else { return };
+        let (scan, budget) = if bulk { BULK_PURGE_LIMITS } else { (PURGE_SCAN_CHUNKS, PURGE_CALLS) };
         let (mut visited, mut calls) = (0, 0);
         for bucket in (1..BUCKETS).rev() {
             let mut chunk = self.buckets[bucket];
-            while !chunk.is_null() && visited < PURGE_SCAN_CHUNKS && calls < PURGE_CALLS {
+            while !chunk.is_null() && visited < scan && calls < budget {
                 visited += 1;
                 // SAFETY: chunks in the buckets are formatted slab chunks of this heap, and
                 // the lock is held; free pages hold nothing anybody uses.
                 unsafe {
                     let next = (*chunk).next;
-                    if (*chunk).changed {
+                    if (*chunk).changed && !bulk {
                         (*chunk).changed = false;
                         (*chunk).unchanged_since = clock.now;
                     } else if !(*chunk).purged
-                        && clock.now.saturating_sub((*chunk).unchanged_since) >= clock.decay
+                        && (bulk || clock.now.saturating_sub((*chunk).unchanged_since) >= clock.decay)
                         && (*chunk).free_count as usize * 2 >= USABLE_PAGES
                     {
                         let (made, finished) =
-                            self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS - calls);
+                            self.purge_chunk(chunk, provider, granule, zeroes, budget - calls);
                         calls += made;
                         // Left unfinished by the call budget: the next pass goes on.
                         (*chunk).purged = finished;
@@ -147,8 +163,11 @@ impl Heap {
     /// chunk the run's release leaves with at least `BULK_PURGE_FREE` free pages, not purged
     /// since it last changed, has its free dirty pages purged at once (at most `PURGE_CALLS`
     /// provider calls), since that program is unlikely to use them again soon and, if it
-    /// idles, makes no call that would purge them after the decay period. An emptied chunk
-    /// is left to the empty-chunk cache and its decay. Without `bulk`, just `free_run`.
+    /// idles, makes no call that would purge them after the decay period. That includes a
+    /// chunk the release empties and the empty-chunk cache keeps: it stays cached (its
+    /// address range and header ready for reuse) but holds no memory (an idle program's
+    /// cached chunks were most of what it kept after freeing in bulk). Without `bulk`, just
+    /// `free_run`.
     ///
     /// # Safety
     ///
@@ -167,11 +186,10 @@ impl Heap {
         // (an emptied chunk is given back only after that), and is ours to read under it.
         unsafe {
             let release = self.free_run(run, map, clock);
-            let free = (*chunk).free_count as usize;
             if bulk
                 && !(*chunk).purged
-                && free != USABLE_PAGES
-                && free >= BULK_PURGE_FREE
+                && (*chunk).free_count as usize >= BULK_PURGE_FREE
+                && !release.holds(chunk)
                 && let Some((granule, zeroes)) = purge_mode(provider)
             {
                 let (_, finished) = self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS);
@@ -201,18 +219,25 @@ impl Heap {
         // SAFETY: the caller's promise: the header is ours to read and update, and free pages
         // are in no run, so nobody uses their bytes.
         unsafe {
+            // A huge page makes every page of the chunk resident, clean ones too: all free
+            // pages are purged then (a chunk backed by one from the start holds 2 MiB for
+            // its first slab).
+            let resident = (*chunk).hugified;
             loop {
                 // The next dirty range inside a free range, widened to whole provider pages
                 // without leaving the free range.
                 let Some(start) = (*chunk).free_pages.next_set(page) else { return (calls, true) };
                 let end = (*chunk).free_pages.next_clear(start).unwrap_or(PAGES_PER_CHUNK);
                 let (low, high) = (start.next_multiple_of(granule), end / granule * granule);
-                let dirty = (*chunk).dirty_pages.next_set(low).filter(|&dirty| dirty < high);
-                let Some(dirty) = dirty else {
+                let dirty = if resident { Some(low) } else { (*chunk).dirty_pages.next_set(low) };
+                let Some(dirty) = dirty.filter(|&dirty| dirty < high) else {
                     page = end;
                     continue;
                 };
-                let clean = (*chunk).dirty_pages.next_clear(dirty).map_or(high, |clean| clean.min(high));
+                let clean = match resident {
+                    true => high,
+                    false => (*chunk).dirty_pages.next_clear(dirty).map_or(high, |clean| clean.min(high)),
+                };
                 let (first, last) = (dirty / granule * granule, clean.next_multiple_of(granule).min(high));
                 page = if last >= high { end } else { last };
                 if calls == budget {
@@ -224,14 +249,7 @@ impl Heap {
                     if !purged {
                         self.counters.purged_chunks += 1;
                         purged = true;
-                        if (*chunk).hugified {
-                            // The purge splits the huge page; withdrawing the request keeps
-                            // the purged pages from being collapsed back in the background.
-                            (*chunk).hugified = false;
-                            self.counters.huge_page_splits += 1;
-                            self.counters.huge_slab_chunks -= 1;
-                            provider.unhugify(NonNull::new_unchecked(chunk.cast()), CHUNK_SIZE);
-                        }
+                        self.split_huge_page(chunk, provider);
                     }
                     self.counters.purges += 1;
                     self.counters.purged_bytes += (last - first) * PAGE;
@@ -241,6 +259,59 @@ impl Heap {
                 }
             }
         }
+    }
+
+    /// A purge in `chunk` splits the huge page backing it, if it has one: withdrawing the
+    /// request keeps the purged pages from being collapsed back in the background.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a formatted slab chunk of this heap; the lock is held.
+    unsafe fn split_huge_page<P: PageProvider>(&mut self, chunk: *mut ChunkHeader, provider: &P) {
+        // SAFETY: the caller's promise: the chunk is handed out, its header ours to update.
+        unsafe {
+            if (*chunk).hugified {
+                (*chunk).hugified = false;
+                self.counters.huge_page_splits += 1;
+                self.counters.huge_slab_chunks -= 1;
+                provider.unhugify(NonNull::new_unchecked(chunk.cast()), CHUNK_SIZE);
+            }
+        }
+    }
+
+    /// For an arena freeing in bulk: purges the whole provider pages inside a slab block
+    /// being freed, after its first page (which keeps the block's free-list link). A slab
+    /// with a live block or two holds the rest of its pages otherwise, and a block of two
+    /// pages or more has pages of its own. Returns whether anything was purged.
+    ///
+    /// # Safety
+    ///
+    /// The lock is held; `block` is a live block of `size` bytes of a slab in a slab chunk
+    /// of this heap, being freed by the caller (nobody uses its bytes, and it goes on a
+    /// free list only after this returns).
+    pub(crate) unsafe fn purge_freed_block<P: PageProvider>(
+        &mut self,
+        block: usize,
+        size: usize,
+        provider: &P,
+    ) -> bool {
+        let Some((granule, _)) = purge_mode(provider) else { return false };
+        let granule = granule * PAGE;
+        let (first, end) = ((block + 4).next_multiple_of(granule), (block + size) / granule * granule);
+        if end <= first {
+            return false;
+        }
+        // SAFETY: the caller's promises: the range lies in a live block nobody uses, in a
+        // chunk handed out.
+        unsafe {
+            if !provider.purge(NonNull::new_unchecked(first as *mut u8), end - first) {
+                return false;
+            }
+            self.split_huge_page(chunk_of(block), provider);
+        }
+        self.counters.block_purges += 1;
+        self.counters.block_purged_bytes += end - first;
+        true
     }
 
     /// A slab chunk leaves the heap's slab chunks (given back, or a huge allocation now):

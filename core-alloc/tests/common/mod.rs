@@ -21,6 +21,7 @@ pub struct Metered<P> {
     refused: AtomicUsize,
     remapped: AtomicUsize,
     hugified: AtomicUsize,
+    hugified_fresh: AtomicUsize,
     unhugified: AtomicUsize,
     limit: AtomicUsize,
 }
@@ -34,6 +35,7 @@ impl<P: PageProvider> Metered<P> {
             refused: AtomicUsize::new(0),
             remapped: AtomicUsize::new(0),
             hugified: AtomicUsize::new(0),
+            hugified_fresh: AtomicUsize::new(0),
             unhugified: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
         }
@@ -74,6 +76,12 @@ impl<P: PageProvider> Metered<P> {
     /// `populated`), whatever the wrapped provider did.
     pub fn hugified(&self) -> usize {
         self.hugified.load(Ordering::SeqCst)
+    }
+
+    /// Chunks the allocator asked to back with huge pages before touching them (`hugify`
+    /// without `populated`: new chunks of a big heap, huge allocations).
+    pub fn hugified_fresh(&self) -> usize {
+        self.hugified_fresh.load(Ordering::SeqCst)
     }
 
     /// Chunks whose huge-page request the allocator withdrew (`unhugify`: purged inside).
@@ -128,9 +136,8 @@ unsafe impl<P: PageProvider> PageProvider for Metered<P> {
     }
     unsafe fn hugify(&self, base: NonNull<u8>, len: usize, populated: bool) -> bool {
         assert_eq!(base.as_ptr() as usize % CHUNK_SIZE, 0, "misaligned hugify");
-        if populated {
-            self.hugified.fetch_add(len / CHUNK_SIZE, Ordering::SeqCst);
-        }
+        let count = if populated { &self.hugified } else { &self.hugified_fresh };
+        count.fetch_add(len / CHUNK_SIZE, Ordering::SeqCst);
         // SAFETY: forwarded promise.
         unsafe { self.inner.hugify(base, len, populated) }
     }
