@@ -95,8 +95,9 @@ pub const PURGE_CALLS: usize = 64;
 /// The purge of mostly free chunks when an arena is well into a bulk free (once per bulk
 /// free; see `Heap::purge_mostly_free`) looks at this many chunks and makes this many provider
 /// calls at most: the program frees much and may then idle, so it goes further than the
-/// idle pass.
-pub const BULK_PURGE_LIMITS: (usize, usize) = (1024, 512);
+/// idle pass, but the pass holds the central lock (a purge is a system call of a few
+/// microseconds: 128 of them keep other CPUs' slow paths waiting a millisecond or so).
+pub const BULK_PURGE_LIMITS: (usize, usize) = (256, 128);
 
 /// A chunk left with at least this many free pages by a run an arena gives back while
 /// freeing in bulk has them purged at once, without waiting for the decay period (three
