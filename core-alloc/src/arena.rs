@@ -21,7 +21,10 @@
 //! current slabs of other classes that are empty, and (with a platform clock) lets the
 //! central heap give back the empty chunks that stayed unused for the decay period. While
 //! the program frees in bulk (`Arena::bulk_free`: a flush of the front cache emptied a
-//! slab, and no refill since), current slabs go back as soon as they empty too.
+//! slab, or `UNCACHED_BULK_FREES` blocks of uncached classes were freed with no slow-path
+//! allocation between them; and no refill since), current slabs go back as soon as they
+//! empty too, and from its `BULK_PURGE_AFTER_FREES`th free on its frees purge
+//! (`Arena::purges_in_bulk`).
 //!
 //! When a slot is given up (`release_slot`, at thread exit on hosts), every slab of the arena
 //! is abandoned: empty ones go back to the heap, the others become ABANDONED and go back when

@@ -100,8 +100,8 @@ pub const PURGE_CALLS: usize = 64;
 pub const BULK_PURGE_LIMITS: (usize, usize) = (256, 128);
 
 /// A chunk left with at least this many free pages by a run an arena gives back while
-/// freeing in bulk has them purged at once, without waiting for the decay period (three
-/// quarters of a chunk; see `Heap::free_run_in_bulk`).
+/// freeing in bulk has them purged at once, without waiting for the decay period (half a
+/// chunk, the decay pass's threshold; see `Heap::free_run_in_bulk`).
 pub const BULK_PURGE_FREE: usize = PAGES_PER_CHUNK / 2;
 
 /// Bytes reserved for each arena's block of metadata; arenas start on this boundary too,

@@ -13,8 +13,11 @@
 //! page backing it; the pass runs from the decay checks at most every quarter period, looks
 //! at the `PURGE_SCAN_CHUNKS` most-free chunks and makes at most `PURGE_CALLS` provider
 //! calls, under the lock (short system calls, rarely). A chunk is purged once per change.
-//! An arena freeing in bulk has a chunk it leaves three quarters free purged at once
-//! ([`Heap::free_run_in_bulk`]), without the decay period.
+//! An arena well into a bulk free has a chunk it leaves half free purged at once
+//! ([`Heap::free_run_in_bulk`]), without the decay period, the pages inside the blocks it
+//! frees ([`Heap::purge_freed_block`]) and, once, every mostly free chunk
+//! ([`Heap::purge_mostly_free`]). A chunk backed by a huge page has every free page purged,
+//! clean ones too (the huge page made them resident).
 //! Kernels' providers do not purge: they return memory in whole 2 MiB frames only.
 
 use core::ptr::{self, NonNull};
