@@ -171,6 +171,10 @@ impl Arena {
     /// `BULK_PURGE_AFTER_FREES` small blocks since the bulk free began. Its releases then
     /// purge the chunks they leave mostly free (`Heap::free_run_in_bulk`) and its frees the
     /// pages of freed blocks (`Heap::purge_freed_block`).
+    #[allow(
+        clippy::absurd_extreme_comparisons,
+        reason = "the threshold is 0 under the model checker, whose scenarios purge from the first free"
+    )]
     pub(crate) fn purges_in_bulk(&self) -> bool {
         self.bulk_free && self.bulk_frees >= BULK_PURGE_AFTER_FREES
     }
@@ -461,7 +465,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             let bin = ptr::addr_of_mut!((*arena).cache[class]);
             if (*bin).capacity() == 0 {
                 if !(*arena).bulk_free && (*bin).nominal() == 0 {
-                    (*arena).uncached_frees += 1;
+                    (*arena).uncached_frees = (*arena).uncached_frees.saturating_add(1);
                     if (*arena).uncached_frees == UNCACHED_BULK_FREES {
                         self.begin_bulk_free(slot, arena);
                     }
@@ -532,7 +536,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             if class >= PURGED_BLOCK_CLASS && (*arena).purges_in_bulk() {
                 self.lock_heap().purge_freed_block(block as usize, class_size(class), &self.provider);
             }
-            (*arena).bulk_frees += 1;
+            (*arena).bulk_frees = (*arena).bulk_frees.saturating_add(1);
             if (*arena).bulk_frees == BULK_PASS_FREES
                 && let Some(clock) = self.clock()
             {
