@@ -159,6 +159,28 @@ fn free_all_and_check(heap: &Arc<Heap>, blocks: Vec<usize>, exited: &[usize]) {
     assert_eq!(stats.heap.huge_live + stats.heap.large_live, 0);
 }
 
+/// Allocates `count` blocks of `size` bytes and fills each with its own byte (1, 2, ...);
+/// returns them with their fills, for [`check_filled`].
+fn allocate_filled(heap: &Heap, size: usize, count: u8) -> Vec<(usize, u8)> {
+    (1..=count)
+        .map(|fill| {
+            let block = allocate(heap, size);
+            // SAFETY: a live block of `size` bytes, the caller's.
+            unsafe { (block as *mut u8).write_bytes(fill, size) };
+            (block, fill)
+        })
+        .collect()
+}
+
+/// Checks that every block of [`allocate_filled`] still holds its fill.
+fn check_filled(blocks: &[(usize, u8)], size: usize, failure: &str) {
+    for &(block, fill) in blocks {
+        // SAFETY: a live block of `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block as *const u8, size) };
+        assert!(bytes.iter().all(|&byte| byte == fill), "{failure}");
+    }
+}
+
 fn slab_blocks() -> usize {
     slab_capacity(class_for(BLOCK, 8).unwrap())
 }
@@ -691,7 +713,7 @@ fn model_bulk_free_vs_remote_free() {
 /// carved from the same chunk, the fullest: possibly from the pages just given back) and
 /// fills them. A purge made after the free (once the slab can have gone back and been
 /// carved again) can zero a block slot 1 filled; the checks at the end find it (that
-/// mutation, the purge moved after the release of the emptied slab, fails at schedule 9107
+/// mutation, the purge moved after the release of the emptied slab, fails at schedule 9087-9107
 /// with `MODEL_CHECK_ITERATIONS=3000`: a narrow window, beyond CI's default count).
 fn bulk_block_purge_vs_reuse() {
     const BIG: usize = 8192;
@@ -707,24 +729,11 @@ fn bulk_block_purge_vs_reuse() {
             free(heap, block);
         }
     });
-    let carver = spawn(&heap, 1, |heap| {
-        (0..6u8)
-            .map(|index| {
-                let block = allocate(heap, BIG);
-                // SAFETY: a live block of BIG bytes, this thread's.
-                unsafe { (block as *mut u8).write_bytes(index + 1, BIG) };
-                (block, index + 1)
-            })
-            .collect::<Vec<_>>()
-    });
+    let carver = spawn(&heap, 1, |heap| allocate_filled(heap, BIG, 6));
     freer.join().unwrap();
     let filled = carver.join().unwrap();
     BLOCK_PURGES.fetch_add(heap.stats().heap.block_purges, Ordering::Relaxed);
-    for &(block, fill) in &filled {
-        // SAFETY: a live block of BIG bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(block as *const u8, BIG) };
-        assert!(bytes.iter().all(|&byte| byte == fill), "a block purge zeroed a block in use");
-    }
+    check_filled(&filled, BIG, "a block purge zeroed a block in use");
     free_all_and_check(&heap, filled.into_iter().map(|(block, _)| block).collect(), &[]);
 }
 
@@ -802,24 +811,11 @@ fn bulk_purge_vs_carve() {
             free(heap, block);
         }
     });
-    let carver = spawn(&heap, 2, |heap| {
-        (0..6u8)
-            .map(|index| {
-                let block = allocate(heap, CARVED);
-                // SAFETY: a live block of CARVED bytes, this thread's.
-                unsafe { (block as *mut u8).write_bytes(index + 1, CARVED) };
-                (block, index + 1)
-            })
-            .collect::<Vec<_>>()
-    });
+    let carver = spawn(&heap, 2, |heap| allocate_filled(heap, CARVED, 6));
     freer.join().unwrap();
     let carved = carver.join().unwrap();
     BULK_PURGE_VS_CARVE_PURGED.fetch_add(heap.provider().purged_bytes(), Ordering::Relaxed);
-    for &(block, fill) in &carved {
-        // SAFETY: a live block of CARVED bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(block as *const u8, CARVED) };
-        assert!(bytes.iter().all(|&byte| byte == fill), "a purge zeroed a block carved meanwhile");
-    }
+    check_filled(&carved, CARVED, "a purge zeroed a block carved meanwhile");
     let mut live = vec![kept];
     live.extend(carved.into_iter().map(|(block, _)| block));
     free_all_and_check(&heap, live, &[]);
