@@ -155,6 +155,13 @@ impl fmt::Display for Stats {
                 self.heap.block_purges,
             )?;
         }
+        if self.heap.bulk_passes > 0 {
+            writeln!(
+                f,
+                "bulk frees: {} passes over mostly free chunks, purging {} chunks",
+                self.heap.bulk_passes, self.heap.bulk_pass_chunks,
+            )?;
+        }
         let region = &self.heap.region;
         if region.span_bytes > 0 {
             writeln!(

@@ -33,6 +33,8 @@
 //!   new runs from its free pages.
 //! - `bulk_block_purge_vs_reuse`: the purge of a block's own pages as it is freed in bulk,
 //!   racing another slot carving new slabs from the pages its slab gives back.
+//! - `bulk_pass_vs_carve`: the pass over mostly free chunks well into a bulk free racing
+//!   another slot carving new slabs from their free pages.
 //! - `dense_chunk_hugify_vs_chunk_release`: the huge-page request for a dense chunk, made
 //!   outside the lock, racing frees and collects that give empty chunks back.
 //!
@@ -829,4 +831,55 @@ fn model_bulk_purge_vs_carve() {
     BULK_PURGE_VS_CARVE_PURGED.store(0, Ordering::Relaxed);
     explore(bulk_purge_vs_carve);
     assert!(BULK_PURGE_VS_CARVE_PURGED.load(Ordering::Relaxed) > 0, "no schedule purged a drained chunk");
+}
+
+/// The pass over mostly free chunks that an arena well into a bulk free makes
+/// (`Heap::purge_mostly_free`, at the bulk free's `BULK_PASS_FREES`th free: the second under
+/// the model checker), racing another slot that carves new slabs from those chunks' free
+/// pages and fills them. Slot 1 keeps a 64-byte block and frees a 1 MiB run before the bulk
+/// free begins (a release outside a bulk free purges nothing: its chunk stays mostly free and
+/// unpurged, the pass's case), then frees its 1 KiB blocks in bulk. The pass purges under
+/// the central lock (the simulated provider zeroes the pages) while slot 2 allocates 8 KiB
+/// blocks from the same chunk, the fullest. A pass that purged pages carved meanwhile (made
+/// outside the lock, or from a stale view of the free pages) zeroes a live block; the checks
+/// at the end find it.
+fn bulk_pass_vs_carve() {
+    const FREED: usize = 1024;
+    const CARVED: usize = 8192;
+    // A clock, which the pass needs, with a decay period no schedule reaches: only the
+    // bulk free purges.
+    let heap: Arc<Heap> = Arc::new(
+        Allocator::new(SimProvider::new(8), TestPlatform::with_clock())
+            .with_decay(u64::MAX / 4)
+            .with_misuse_hook(panic_on_misuse)
+            .with_front_cache(front_cache()),
+    );
+    TestPlatform::enter(1);
+    let kept = allocate_filled(&heap, 64, 1);
+    let blocks: Vec<usize> = (0..8).map(|_| allocate(&heap, FREED)).collect();
+    free(&heap, allocate(&heap, 1 << 20));
+    let freer = spawn(&heap, 1, move |heap| {
+        for block in blocks {
+            free(heap, block);
+        }
+    });
+    let carver = spawn(&heap, 2, |heap| allocate_filled(heap, CARVED, 4));
+    freer.join().unwrap();
+    let carved = carver.join().unwrap();
+    BULK_PASS_CHUNKS.fetch_add(heap.stats().heap.bulk_pass_chunks, Ordering::Relaxed);
+    check_filled(&kept, 64, "a purge zeroed a block kept through the bulk free");
+    check_filled(&carved, CARVED, "a purge zeroed a block carved meanwhile");
+    let live = kept.into_iter().chain(carved).map(|(block, _)| block).collect();
+    free_all_and_check(&heap, live, &[]);
+}
+
+/// Chunks the passes of `bulk_pass_vs_carve` purged, over its schedules (the probe that it
+/// reaches the pass with a chunk to purge).
+static BULK_PASS_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn model_bulk_pass_vs_carve() {
+    BULK_PASS_CHUNKS.store(0, Ordering::Relaxed);
+    explore(bulk_pass_vs_carve);
+    assert!(BULK_PASS_CHUNKS.load(Ordering::Relaxed) > 0, "no bulk pass purged a mostly free chunk");
 }

@@ -72,6 +72,11 @@ pub struct HeapCounters {
     pub block_purges: usize,
     /// Bytes those purges covered.
     pub block_purged_bytes: usize,
+    /// Passes over the mostly free chunks made by arenas well into a bulk free (see
+    /// `Heap::purge_mostly_free`) ...
+    pub bulk_passes: usize,
+    /// ... and the chunks they purged (counted in `purged_chunks` too).
+    pub bulk_pass_chunks: usize,
     /// Slab chunks that became dense enough to be backed by huge pages, since the start
     /// (each asked the provider once; see `HUGIFY_PAGES`).
     pub hugified_chunks: usize,
@@ -200,6 +205,8 @@ impl Heap {
                 purged_chunks: 0,
                 block_purges: 0,
                 block_purged_bytes: 0,
+                bulk_passes: 0,
+                bulk_pass_chunks: 0,
                 hugified_chunks: 0,
                 huge_page_splits: 0,
                 huge_slab_chunks: 0,

@@ -135,6 +135,7 @@ impl Heap {
         let Some((granule, zeroes)) = purge_mode(provider) else { return };
         let (scan, budget) = if bulk { BULK_PURGE_LIMITS } else { (PURGE_SCAN_CHUNKS, PURGE_CALLS) };
         let (mut visited, mut calls) = (0, 0);
+        let purged_before = self.counters.purged_chunks;
         for bucket in (1..BUCKETS).rev() {
             let mut chunk = self.buckets[bucket];
             while !chunk.is_null() && visited < scan && calls < budget {
@@ -159,6 +160,10 @@ impl Heap {
                     chunk = next;
                 }
             }
+        }
+        if bulk {
+            self.counters.bulk_passes += 1;
+            self.counters.bulk_pass_chunks += self.counters.purged_chunks - purged_before;
         }
     }
 
