@@ -27,7 +27,7 @@ use crate::config::{
     TIGHT_SUPPLY_DIVISOR,
 };
 use crate::front_cache::{shrinks_in_place, sized_class};
-use crate::heap::{Clock, Heap, Release};
+use crate::heap::{Clock, Heap, Release, SlabFit};
 use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
 use crate::size_class::{CLASS_COUNT, class_for};
@@ -458,7 +458,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     }
                     return Some((page_address(run, first) as *mut u8, false));
                 }
-                let (run, clean) = self.take_run(pages, align_pages, RUN_LARGE)?;
+                let (run, clean) = self.take_run(pages, align_pages, RUN_LARGE, None)?;
                 // SAFETY: a fresh large run, ours alone.
                 let first = unsafe { (*run).first_page as usize };
                 Some((page_address(run, first) as *mut u8, clean))
@@ -738,12 +738,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Carves a page run from the central heap, getting a new chunk from the provider
-    /// (outside the lock) when no chunk the heap holds has room. Call inside a slot closure.
+    /// (outside the lock) when no chunk the heap holds has room. A slab may be shorter, as
+    /// `gap` allows, to fill a gap no whole slab fits (`Heap::alloc_slab_in_gap`). Call
+    /// inside a slot closure.
     pub(crate) fn take_run(
         &self,
         pages: usize,
         align_pages: usize,
         kind: RunKind,
+        gap: Option<SlabFit>,
     ) -> Option<(*mut Run, bool)> {
         if P::MAY_CLAIM_SPAN && self.mode.compact() {
             debug_assert!(kind == RUN_SLAB && pages >= 1);
@@ -751,10 +754,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         }
         let (carved, big) = {
             let mut heap = self.lock_heap();
-            let carved = heap.alloc_run(pages, align_pages, kind).map(|found| {
-                // SAFETY: a run the heap just carved lies in one of its slab chunks.
-                (found, unsafe { heap.becomes_dense(chunk_of(found.0 as usize)) })
-            });
+            let carved = gap
+                .and_then(|fit| heap.alloc_slab_in_gap(pages, fit))
+                .or_else(|| heap.alloc_run(pages, align_pages, kind))
+                .map(|found| {
+                    // SAFETY: a run the heap just carved lies in one of its slab chunks.
+                    (found, unsafe { heap.becomes_dense(chunk_of(found.0 as usize)) })
+                });
             (carved, heap.counters.slab_chunks >= HUGE_HEAP_CHUNKS)
         };
         if let Some((found, dense)) = carved {

@@ -52,7 +52,7 @@ use crate::allocator::Allocator;
 use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, ListTag, RUN_SLAB, Run};
 use crate::config::ARENA_ALIGN;
 use crate::front_cache::CacheBin;
-use crate::heap::Clock;
+use crate::heap::{Clock, SlabFit};
 use crate::large_cache::LargeCache;
 use crate::size_class::{CLASS_COUNT, class_index, class_size, first_slab_pages, slab_pages};
 use crate::slab::{self, RemoteFree};
@@ -318,12 +318,15 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 }
                 // The arena's first slab of a class is small: a program's footprint is a few
                 // pages per class it uses a little.
-                let pages = if (*arena).counters.allocations[class].load(Ordering::Relaxed) == 0 {
-                    first_slab_pages(class)
+                // Later ones may be shorter than the class's slab to fill a gap in a chunk
+                // (at least a quarter of it, and a first slab).
+                let (pages, gap) = if (*arena).counters.allocations[class].load(Ordering::Relaxed) == 0 {
+                    (first_slab_pages(class), None)
                 } else {
-                    slab_pages(class)
+                    let min_pages = first_slab_pages(class).max(slab_pages(class) / 4);
+                    (slab_pages(class), Some(SlabFit { min_pages, block_size: class_size(class) }))
                 };
-                let Some((run, _)) = self.take_run(pages, 1, RUN_SLAB) else {
+                let Some((run, _)) = self.take_run(pages, 1, RUN_SLAB, gap) else {
                     // Runs in the large cache are free memory, and blocks in the front cache
                     // may be what keeps slabs from emptying: give them back and try again.
                     if self.release_large_cache(slot) || self.release_front_cache(slot) {

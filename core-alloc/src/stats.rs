@@ -103,10 +103,11 @@ impl fmt::Display for Stats {
         const MIB: f64 = (1 << 20) as f64;
         writeln!(
             f,
-            "live: {} allocations, {:.2} MiB (small {:.2}, large {} runs {:.2}, huge {} {:.2})",
+            "live: {} allocations, {:.2} MiB (small {:.2} in {:.2} of slabs, large {} runs {:.2}, huge {} {:.2})",
             self.live_allocations(),
             self.live_bytes() as f64 / MIB,
             self.small_live_bytes() as f64 / MIB,
+            self.heap.slab_bytes as f64 / MIB,
             self.heap.large_live,
             self.heap.large_live_bytes as f64 / MIB,
             self.heap.huge_live,

@@ -178,6 +178,9 @@ fn an_allocation_about_to_fail_gets_the_cached_blocks_back_first() {
     // Both classes past their small first slabs: the 24-byte class then needs a whole slab.
     let first: Vec<usize> =
         take_first_slab(&heap, 24).into_iter().chain(take_first_slab(&heap, 64)).collect();
+    // Half the chunk in one large run, so that the 64-byte slabs filling the rest (a slab per
+    // 16 pages, and a shorter one in the gap left) are fewer than half the cache's blocks.
+    let half = allocate(&heap, 1 << 20);
     let mut blocks = Vec::new();
     while let Some(block) = heap.allocate(64, 8) {
         blocks.push(block.as_ptr() as usize);
@@ -193,6 +196,7 @@ fn an_allocation_about_to_fail_gets_the_cached_blocks_back_first() {
     assert!(cached(&heap, 64) as usize >= blocks.len() / per_slab);
     let other = heap.allocate(24, 8).expect("the cached blocks were not given back before failing");
     free(&heap, other.as_ptr() as usize, 24);
+    free(&heap, half, 1 << 20);
     for block in first {
         free_unsized(&heap, block);
     }

@@ -31,6 +31,7 @@ mod placement;
 mod retention;
 
 pub(crate) use huge::MAX_REMAP_CHUNKS;
+pub(crate) use placement::SlabFit;
 use placement::{BUCKETS, bucket_of};
 
 /// Counters kept by the central heap.
@@ -40,6 +41,9 @@ pub struct HeapCounters {
     pub large_live: usize,
     /// Bytes in live large runs (whole pages).
     pub large_live_bytes: usize,
+    /// Bytes in slabs (whole pages; their blocks, live, cached or free, are the small
+    /// allocations): what small blocks take from the chunks.
+    pub slab_bytes: usize,
     /// Huge allocations live.
     pub huge_live: usize,
     /// Bytes in live huge allocations (whole chunks).
@@ -190,6 +194,7 @@ impl Heap {
             counters: HeapCounters {
                 large_live: 0,
                 large_live_bytes: 0,
+                slab_bytes: 0,
                 huge_live: 0,
                 huge_live_bytes: 0,
                 slab_chunks: 0,

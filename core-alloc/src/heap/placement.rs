@@ -20,7 +20,7 @@ use core::ptr;
 use page_provider::PageProvider;
 
 use super::{Clock, Heap, Release};
-use crate::chunk::{ChunkHeader, RUN_LARGE, Run, RunKind, USABLE_PAGES, chunk_of};
+use crate::chunk::{ChunkHeader, RUN_LARGE, RUN_SLAB, Run, RunKind, USABLE_PAGES, chunk_of};
 use crate::chunk_map::{ChunkMap, KIND_SLAB, entry};
 use crate::config::{HUGIFY_PAGES, PAGE};
 
@@ -28,6 +28,15 @@ use crate::config::{HUGIFY_PAGES, PAGE};
 pub(super) const BUCKETS: usize = 10;
 /// Chunks looked at in the first bucket, whose runs may be a little short, before moving on.
 const SCAN_LIMIT: usize = 8;
+
+/// How short a slab may be carved to fill a gap (see [`Heap::alloc_slab_in_gap`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlabFit {
+    /// The fewest pages.
+    pub(crate) min_pages: usize,
+    /// The block size the slab's pages must tile.
+    pub(crate) block_size: usize,
+}
 
 /// The bucket of a chunk whose longest free run is `longest_free` pages.
 pub(super) fn bucket_of(longest_free: usize) -> usize {
@@ -121,6 +130,41 @@ impl Heap {
         unsafe { self.carve_from_empty(chunk, pages, align_pages, kind) }
     }
 
+    /// Carves a slab shorter than its class's nominal `pages` to fill a gap: the longest free
+    /// range of a chunk with none as long as `pages`, when it is at least `fit.min_pages`
+    /// long and tiles `fit.block_size` blocks with at most an eighth of it left over. Slabs
+    /// are 16 pages or more and a chunk has 511 usable pages, so without this each chunk
+    /// full of slabs keeps up to 15 pages nobody can use (a chunk backed by a huge page holds
+    /// them resident all the same). `None` when no chunk has such a gap (the caller then
+    /// carves a whole slab with [`alloc_run`](Self::alloc_run)).
+    pub(crate) fn alloc_slab_in_gap(&mut self, pages: usize, fit: SlabFit) -> Option<(*mut Run, bool)> {
+        if fit.min_pages >= pages {
+            return None;
+        }
+        for bucket in bucket_of(fit.min_pages)..=bucket_of(pages - 1) {
+            let mut chunk = self.buckets[bucket];
+            let mut scanned = 0;
+            while !chunk.is_null() && scanned < SCAN_LIMIT {
+                // SAFETY: chunks in buckets are formatted slab chunks; the lock is held.
+                unsafe {
+                    let gap = (*chunk).longest_free as usize;
+                    let bytes = gap * PAGE;
+                    if (fit.min_pages..pages).contains(&gap)
+                        && bytes % fit.block_size * 8 <= bytes
+                        && let Some(found) = ChunkHeader::carve(chunk, gap, 1, RUN_SLAB)
+                    {
+                        self.rebucket(chunk);
+                        self.count_carved(RUN_SLAB, gap);
+                        return Some(found);
+                    }
+                    chunk = (*chunk).next;
+                }
+                scanned += 1;
+            }
+        }
+        None
+    }
+
     /// Carves from an empty chunk just taken out of the cache (or adopted), and files it.
     ///
     /// # Safety
@@ -152,11 +196,14 @@ impl Heap {
         }
     }
 
-    /// Counts a run just carved: large runs are live allocations in the statistics.
+    /// Counts a run just carved: large runs are live allocations in the statistics, slabs
+    /// the bytes small blocks take.
     fn count_carved(&mut self, kind: RunKind, pages: usize) {
         if kind == RUN_LARGE {
             self.counters.large_live += 1;
             self.counters.large_live_bytes += pages * PAGE;
+        } else if kind == RUN_SLAB {
+            self.counters.slab_bytes += pages * PAGE;
         }
     }
 
@@ -234,6 +281,8 @@ impl Heap {
             if (*run).kind == RUN_LARGE {
                 self.counters.large_live -= 1;
                 self.counters.large_live_bytes -= ((*run).pages as usize) * PAGE;
+            } else if (*run).kind == RUN_SLAB {
+                self.counters.slab_bytes -= ((*run).pages as usize) * PAGE;
             }
             ChunkHeader::uncarve(run);
             self.rebucket(chunk);
