@@ -171,22 +171,26 @@ pub(crate) struct ChunkHeader {
     /// In the empty cache: the platform clock's time when the chunk went there (0 without a
     /// clock); the cache gives it back once it has stayed there for the decay period.
     pub empty_since: u64,
-    /// Purging (see `heap`): set whenever the chunk's runs change; the purge pass clears it
-    /// and notes the time in `unchanged_since`, and purges the chunk's free pages once it
-    /// has stayed unchanged (and mostly free) for the decay period, then sets `purged`
-    /// until the next change.
-    pub changed: bool,
-    /// Purged since the last change.
+    /// Purging on the clock (see `heap::retention`): the pages that were free when the purge
+    /// pass marked the chunk at `aged_at` and have stayed free since (a carve or a run's
+    /// growth clears the bits of the pages it takes, so this is always a subset of
+    /// `free_pages`). Once `aged_at` is a decay period old, the pass purges these pages
+    /// (they have been unused that long) and marks the chunk again.
+    pub aged: Bitmap<{ PAGES_PER_CHUNK / 64 }>,
+    /// When the pass last marked `aged`; [`NOT_MARKED`] for a chunk it has not seen yet.
+    pub aged_at: u64,
+    /// Purged since the last change of its runs.
     pub purged: bool,
     /// Asked to be backed by a huge page (see `heap::placement`), and not split by a purge
     /// since.
     pub hugified: bool,
-    /// When the purge pass last found `changed` set.
-    pub unchanged_since: u64,
     /// Checked builds: one bit per 8-byte granule, set where a live block starts.
     #[cfg(feature = "checked")]
     pub live_bits: *mut AtomicU64,
 }
+
+/// `ChunkHeader::aged_at` of a chunk the purge pass has not marked yet.
+pub(crate) const NOT_MARKED: u64 = u64::MAX;
 
 /// Checked builds: bytes of a chunk's side table of live-block bits.
 #[cfg(feature = "checked")]
@@ -274,7 +278,8 @@ impl ChunkHeader {
             (*chunk).bucket = u16::MAX;
             (*chunk).next = ptr::null_mut();
             (*chunk).prev = ptr::null_mut();
-            (*chunk).changed = true;
+            (*chunk).aged = Bitmap::new();
+            (*chunk).aged_at = NOT_MARKED;
             (*chunk).purged = false;
         }
     }
@@ -298,7 +303,8 @@ impl ChunkHeader {
             if (*chunk).free_runs == 0 || ((*chunk).longest_free as usize) < pages {
                 return None;
             }
-            let first = (*chunk).free_pages.find_set_run(pages, align_pages, PAGES_PER_CHUNK)?;
+            // Best fit inside the chunk too: the shortest free range that holds the run.
+            let first = (*chunk).free_pages.find_best_set_run(pages, align_pages, PAGES_PER_CHUNK)?;
             let index = (*chunk).free_runs.trailing_zeros() as usize;
             (*chunk).free_runs &= !(1u64 << index);
             (*chunk).free_pages.set_range(first, pages, false);
@@ -307,7 +313,7 @@ impl ChunkHeader {
             set_page_run(chunk, first, pages, index as u8);
             (*chunk).free_count -= pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
-            (*chunk).changed = true;
+            (*chunk).aged.set_range(first, pages, false);
             (*chunk).purged = false;
             let run = ptr::addr_of_mut!((*chunk).runs[index]);
             (*run).kind = kind;
@@ -335,7 +341,6 @@ impl ChunkHeader {
             (*chunk).free_count += pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
             (*chunk).free_runs |= 1u64 << run_index(run);
-            (*chunk).changed = true;
             (*chunk).purged = false;
         }
     }
@@ -360,6 +365,7 @@ impl ChunkHeader {
                     return false;
                 }
                 (*chunk).free_pages.set_range(first + current, extra, false);
+                (*chunk).aged.set_range(first + current, extra, false);
                 (*chunk).dirty_pages.set_range(first + current, extra, true);
                 set_page_run(chunk, first + current, extra, index);
                 (*chunk).free_count -= extra as u16;
@@ -370,7 +376,6 @@ impl ChunkHeader {
                 (*chunk).free_count += spare as u16;
             }
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
-            (*chunk).changed = true;
             (*chunk).purged = false;
             (*run).pages = pages as u16;
             true
@@ -405,6 +410,9 @@ impl ChunkHeader {
                 }
                 if !free && page >= HEADER_PAGES && index == 0 {
                     return Err("a used page is mapped to no run");
+                }
+                if !free && (*chunk).aged.get(page) {
+                    return Err("a page in a run is marked as aged free");
                 }
                 if index != 0 {
                     let run = ptr::addr_of!((*chunk).runs[index]);

@@ -239,3 +239,52 @@ fn purge_once(zeroes: bool) {
     free_all(&heap, busy);
     heap.check_invariants().unwrap();
 }
+
+/// Free pages are purged once they have stayed free for the decay period, also in a chunk
+/// whose runs keep changing (each page's own time, not the chunk's last change): the pass
+/// marks the free pages it finds, a carve unmarks the pages it takes, and a period after
+/// the mark the pages still marked are purged (a page freed after the mark waits for the
+/// next one). A chunk not backed by a huge page is purged so whether mostly free or not.
+#[test]
+fn pages_free_for_the_period_are_purged_while_their_chunk_changes() {
+    let heap = heap();
+    // Four blocks of 75 pages: 300 of the chunk's 510 usable pages, not dense enough for
+    // a huge page.
+    let mut blocks: Vec<NonNull<u8>> = (0..4).map(|_| heap.allocate(BLOCK, 8).unwrap()).collect();
+    for (value, block) in blocks.iter().enumerate() {
+        // SAFETY: live blocks of BLOCK bytes.
+        unsafe { block.as_ptr().write_bytes(value as u8 + 1, BLOCK) };
+    }
+    assert_eq!(heap.stats().heap.huge_slab_chunks, 0);
+    let purged = || heap.provider().purged_bytes();
+    free_all(&heap, vec![blocks.remove(0)]);
+    heap.decay(); // marks the chunk's free pages at 0: the first block's among them
+
+    // Half a period on, the chunk changes: a second block freed, and a run of 200 pages
+    // carved from the pages after the blocks (the only free range that holds it).
+    heap.platform().advance(DECAY / 2);
+    free_all(&heap, vec![blocks.remove(0)]);
+    let other = heap.allocate(200 * 4096, 8).unwrap();
+    heap.decay();
+    assert_eq!(purged(), 0, "purged before the period");
+
+    // A period after the mark: the first block's pages are purged (dirty, free since the
+    // mark), not the second's (freed after it) nor the free pages nothing ever used (clean).
+    heap.platform().advance(DECAY / 2 + DECAY / 4);
+    heap.decay();
+    assert_eq!(purged(), BLOCK, "{}", heap.stats());
+    // The second block's pages a period after the next mark.
+    heap.platform().advance(DECAY + DECAY / 4);
+    heap.decay();
+    assert_eq!(purged(), 2 * BLOCK, "{}", heap.stats());
+    for (value, block) in blocks.iter().enumerate() {
+        // SAFETY: live blocks of BLOCK bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), BLOCK) };
+        assert!(bytes.iter().all(|&byte| byte == value as u8 + 3), "a purge reached a live block");
+    }
+    heap.check_invariants().unwrap();
+    // SAFETY: allocated above with this size, freed once.
+    unsafe { heap.deallocate(other, 200 * 4096, 8) };
+    free_all(&heap, blocks);
+    heap.check_invariants().unwrap();
+}

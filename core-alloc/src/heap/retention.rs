@@ -7,12 +7,17 @@
 //! empties, on the arenas' periodic refill checks, and by `Allocator::decay`), so an idle
 //! heap ends up holding no empty chunk.
 //!
-//! Purging (with a clock, and a provider that can purge: hosts): a slab chunk that is at
-//! least half free and whose runs have not changed for the decay period has its free dirty
-//! pages purged (`PageProvider::purge`: `MADV_DONTNEED` on Linux), which splits the huge
-//! page backing it; the pass runs from the decay checks at most every quarter period, looks
-//! at the `PURGE_SCAN_CHUNKS` most-free chunks and makes at most `PURGE_CALLS` provider
-//! calls, under the lock (short system calls, rarely). A chunk is purged once per change.
+//! Purging (with a clock, and a provider that can purge: hosts): free pages that have
+//! stayed free for the decay period are purged (`PageProvider::purge`: `MADV_DONTNEED` on
+//! Linux), in chunks whose runs keep changing too. The pass marks each chunk's free pages
+//! (`ChunkHeader::aged`; a carve or a run's growth unmarks the pages it takes); a period
+//! later it purges the dirty pages still marked and marks the chunk again, so a page is
+//! purged between one and two periods after it was freed. In a chunk backed by a huge page
+//! that happens only while the chunk is at least half free (a purge splits the huge page,
+//! worth it only for a chunk mostly unused). The pass runs from the decay checks at most
+//! every quarter period, looks at the `PURGE_SCAN_CHUNKS` most-free chunks and makes at
+//! most `PURGE_CALLS` provider calls, under the lock (short system calls, rarely); a chunk
+//! purged through is left alone until its runs change.
 //! An arena well into a bulk free has a chunk it leaves half free purged at once
 //! ([`Heap::free_run_in_bulk`]), without the decay period, the pages inside the blocks it
 //! frees ([`Heap::purge_freed_block`]) and, once, every mostly free chunk
@@ -26,7 +31,7 @@ use page_provider::PageProvider;
 
 use super::placement::BUCKETS;
 use super::{Clock, Heap, Release};
-use crate::chunk::{ChunkHeader, HEADER_PAGES, Run, USABLE_PAGES, chunk_of};
+use crate::chunk::{ChunkHeader, HEADER_PAGES, NOT_MARKED, Run, USABLE_PAGES, chunk_of};
 use crate::chunk_map::ChunkMap;
 use crate::config::{
     BULK_PURGE_FREE, BULK_PURGE_LIMITS, CHUNK_SIZE, PAGE, PAGES_PER_CHUNK, PURGE_CALLS, PURGE_SCAN_CHUNKS,
@@ -111,8 +116,8 @@ impl Heap {
         release
     }
 
-    /// Purges the free dirty pages of mostly free slab chunks unchanged for the decay period
-    /// (see the module documentation); at most every quarter period.
+    /// Purges the free dirty pages that have stayed free for the decay period (see the
+    /// module documentation); at most every quarter period.
     pub(crate) fn purge_idle<P: PageProvider>(&mut self, clock: Clock, provider: &P) {
         if clock.now >= self.next_purge {
             self.next_purge = clock.now.saturating_add(clock.decay / 4);
@@ -129,8 +134,9 @@ impl Heap {
         self.purge_pass(clock, provider, true);
     }
 
-    /// One pass of [`purge_idle`](Self::purge_idle) (`bulk` false: chunks unchanged for the
-    /// decay period) or [`purge_mostly_free`](Self::purge_mostly_free) (`bulk`: any).
+    /// One pass of [`purge_idle`](Self::purge_idle) (`bulk` false: pages free for the decay
+    /// period) or [`purge_mostly_free`](Self::purge_mostly_free) (`bulk`: every free page of
+    /// a mostly free chunk).
     fn purge_pass<P: PageProvider>(&mut self, clock: Clock, provider: &P, bulk: bool) {
         let Some((granule, zeroes)) = purge_mode(provider) else { return };
         let (scan, budget) = if bulk { BULK_PURGE_LIMITS } else { (PURGE_SCAN_CHUNKS, PURGE_CALLS) };
@@ -144,18 +150,36 @@ impl Heap {
                 // the lock is held; free pages hold nothing anybody uses.
                 unsafe {
                     let next = (*chunk).next;
-                    if (*chunk).changed && !bulk {
-                        (*chunk).changed = false;
-                        (*chunk).unchanged_since = clock.now;
-                    } else if !(*chunk).purged
-                        && (bulk || clock.now.saturating_sub((*chunk).unchanged_since) >= clock.decay)
-                        && (*chunk).free_count as usize * 2 >= USABLE_PAGES
-                    {
-                        let (made, finished) =
-                            self.purge_chunk(chunk, provider, granule, zeroes, budget - calls);
-                        calls += made;
+                    let mostly_free = (*chunk).free_count as usize * 2 >= USABLE_PAGES;
+                    if bulk {
+                        if !(*chunk).purged && mostly_free {
+                            let (made, finished) =
+                                self.purge_chunk(chunk, provider, granule, zeroes, budget - calls, false);
+                            calls += made;
+                            // Left unfinished by the call budget: the next pass goes on.
+                            (*chunk).purged = finished;
+                        }
+                    } else if (*chunk).aged_at == NOT_MARKED {
+                        (*chunk).aged.clone_from(&(*chunk).free_pages);
+                        (*chunk).aged_at = clock.now;
+                    } else if clock.now.saturating_sub((*chunk).aged_at) >= clock.decay {
+                        // Pages free since the mark, a decay period ago: purged, unless that
+                        // would split the huge page of a chunk mostly in use, or nothing
+                        // changed since the last purge. Then the chunk is marked again.
+                        let mut finished = true;
+                        if !(*chunk).purged && (mostly_free || !(*chunk).hugified) {
+                            let made;
+                            (made, finished) =
+                                self.purge_chunk(chunk, provider, granule, zeroes, budget - calls, true);
+                            calls += made;
+                            // Purged through, if every free page was aged.
+                            (*chunk).purged = finished && (*chunk).aged == (*chunk).free_pages;
+                        }
                         // Left unfinished by the call budget: the next pass goes on.
-                        (*chunk).purged = finished;
+                        if finished {
+                            (*chunk).aged.clone_from(&(*chunk).free_pages);
+                            (*chunk).aged_at = clock.now;
+                        }
                     }
                     chunk = next;
                 }
@@ -200,16 +224,17 @@ impl Heap {
                 && !release.holds(chunk)
                 && let Some((granule, zeroes)) = purge_mode(provider)
             {
-                let (_, finished) = self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS);
+                let (_, finished) = self.purge_chunk(chunk, provider, granule, zeroes, PURGE_CALLS, false);
                 (*chunk).purged = finished;
             }
             release
         }
     }
 
-    /// Purges the free dirty pages of `chunk` in ranges of whole provider pages (`granule`
-    /// of ours), with at most `budget` calls; returns the calls made and whether it got
-    /// through the whole chunk.
+    /// Purges the free dirty pages of `chunk` (only its aged ones with `aged`: see
+    /// `ChunkHeader::aged`) in ranges of whole provider pages (`granule` of ours), with at
+    /// most `budget` calls; returns the calls made and whether it got through the whole
+    /// chunk.
     ///
     /// # Safety
     ///
@@ -221,6 +246,7 @@ impl Heap {
         granule: usize,
         zeroes: bool,
         budget: usize,
+        aged: bool,
     ) -> (usize, bool) {
         let (mut calls, mut purged) = (0, false);
         let mut page = HEADER_PAGES;
@@ -234,8 +260,9 @@ impl Heap {
             loop {
                 // The next dirty range inside a free range, widened to whole provider pages
                 // without leaving the free range.
-                let Some(start) = (*chunk).free_pages.next_set(page) else { return (calls, true) };
-                let end = (*chunk).free_pages.next_clear(start).unwrap_or(PAGES_PER_CHUNK);
+                let candidates = if aged { &(*chunk).aged } else { &(*chunk).free_pages };
+                let Some(start) = candidates.next_set(page) else { return (calls, true) };
+                let end = candidates.next_clear(start).unwrap_or(PAGES_PER_CHUNK);
                 let (low, high) = (start.next_multiple_of(granule), end / granule * granule);
                 let dirty = if resident { Some(low) } else { (*chunk).dirty_pages.next_set(low) };
                 let Some(dirty) = dirty.filter(|&dirty| dirty < high) else {

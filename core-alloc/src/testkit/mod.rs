@@ -23,6 +23,10 @@ use crate::Allocator;
 mod sim;
 pub use sim::{SimProvider, TEST_SLOTS, TestPlatform};
 
+/// Pages of a slab chunk that runs can use (after its header), for tests that fill chunks
+/// exactly.
+pub const USABLE_PAGES: usize = crate::chunk::USABLE_PAGES;
+
 /// The model checker the `shuttle` feature builds the allocator for (`tests/model_check.rs`).
 #[cfg(feature = "shuttle")]
 pub use shuttle;

@@ -119,6 +119,30 @@ impl<const WORDS: usize> Bitmap<WORDS> {
         None
     }
 
+    /// Like [`find_set_run`](Self::find_set_run), but in the shortest run of set bits that
+    /// holds `count` aligned ones (the lowest such run on a tie): best fit, which keeps long
+    /// runs for long requests.
+    pub fn find_best_set_run(&self, count: usize, align: usize, limit: usize) -> Option<usize> {
+        debug_assert!(count > 0 && align.is_power_of_two());
+        let limit = limit.min(Self::BITS);
+        let mut best: Option<(usize, usize)> = None;
+        let mut from = 0;
+        while from < limit {
+            let Some(set) = self.next_set(from).filter(|&set| set < limit) else { break };
+            let end = self.next_clear(set).unwrap_or(Self::BITS).min(limit);
+            let start = set.next_multiple_of(align);
+            let length = end - set;
+            if start + count <= end && best.is_none_or(|(_, shortest)| length < shortest) {
+                best = Some((start, length));
+                if length == count {
+                    break;
+                }
+            }
+            from = end.max(set + 1);
+        }
+        best.map(|(start, _)| start)
+    }
+
     /// The length of the longest run of set bits.
     pub fn longest_set_run(&self) -> usize {
         let mut longest = 0;

@@ -22,6 +22,26 @@ fn model_find(model: &[bool], count: usize, align: usize, limit: usize) -> Optio
         .find(|&start| start + count <= limit && model[start..start + count].iter().all(|&bit| bit))
 }
 
+/// Best fit: the shortest maximal run of set bits (cut at `limit`) holding `count` ones
+/// from a multiple of `align`, the lowest on a tie; the first such multiple in it.
+fn model_best(model: &[bool], count: usize, align: usize, limit: usize) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None;
+    let mut set = 0;
+    while set < limit {
+        if !model[set] {
+            set += 1;
+            continue;
+        }
+        let end = (set..limit).find(|&bit| !model[bit]).unwrap_or(limit);
+        let start = set.next_multiple_of(align);
+        if start + count <= end && best.is_none_or(|(_, length)| end - set < length) {
+            best = Some((start, end - set));
+        }
+        set = end;
+    }
+    best.map(|(start, _)| start)
+}
+
 #[test]
 fn range_updates_and_searches_match_a_model() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -38,6 +58,7 @@ fn range_updates_and_searches_match_a_model() {
         let align = 1 << rng.below(6);
         let limit = rng.below(257);
         assert_eq!(bitmap.find_set_run(count, align, limit), model_find(&model, count, align, limit));
+        assert_eq!(bitmap.find_best_set_run(count, align, limit), model_best(&model, count, align, limit));
         let from = rng.below(256);
         assert_eq!(bitmap.next_set(from), (from..256).find(|&i| model[i]));
         assert_eq!(bitmap.next_clear(from), (from..256).find(|&i| !model[i]));
