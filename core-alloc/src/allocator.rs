@@ -23,8 +23,8 @@ use crate::chunk::{
 };
 use crate::chunk_map::ChunkMap;
 use crate::config::{
-    CHUNK_MASK, CHUNK_SIZE, HUGE_HEAP_CHUNKS, LARGE_GROWTH_MIN, LARGE_SLACK, MAX_LARGE, PAGE, PAGE_SHIFT,
-    TIGHT_SUPPLY_DIVISOR,
+    CHUNK_MASK, CHUNK_SIZE, HUGE_HEAP_CHUNKS, LARGE_GROWTH_MIN, LARGE_GROWTH_SLACK, MAX_LARGE, PAGE,
+    PAGE_SHIFT, TIGHT_SUPPLY_DIVISOR,
 };
 use crate::front_cache::{shrinks_in_place, sized_class};
 use crate::heap::{Clock, Heap, Release, SlabFit};
@@ -428,14 +428,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Large and huge allocations; `growing` when reallocation grows a block (a cached run
-    /// up to `LARGE_SLACK` times the size may serve it, see `large_cache`).
+    /// up to `LARGE_GROWTH_SLACK` times the size may serve it, see `large_cache`).
     #[cold]
     fn alloc_big(&self, layout: Layout, zeroed: bool, growing: bool) -> *mut u8 {
         let (size, align) = (layout.size(), layout.align());
         let found = if size <= MAX_LARGE && align <= MAX_LARGE {
             let pages = size.div_ceil(PAGE).max(1);
             let align_pages = (align / PAGE).max(1);
-            // Growth may take a bigger cached run, cut down to LARGE_SLACK times its pages:
+            // Growth may take a bigger cached run, cut down to LARGE_GROWTH_SLACK times its pages:
             // the pages cut off follow the run, free for its next growth in place.
             self.platform.with_slot(|slot| {
                 // SAFETY: the slot closure gives exclusive use of the slot's arena; a run it
@@ -448,7 +448,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     let keep = if self.short_of_memory() {
                         pages
                     } else if growing {
-                        pages * LARGE_SLACK
+                        pages * LARGE_GROWTH_SLACK
                     } else {
                         have
                     };
@@ -645,6 +645,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub(crate) unsafe fn realloc_inner(&self, block: *mut u8, old_size: usize, layout: Layout) -> *mut u8 {
         let address = block as usize;
         let new_size = layout.size();
+        // The class of a slab block, once read: its free after a move needs no second look.
+        let mut slab_class = None;
         if P::MAY_CLAIM_SPAN && self.mode.compact() {
             // SAFETY: a live block of this allocator, the caller's.
             if unsafe { self.compact_resize(address, new_size, layout.align()) } {
@@ -688,6 +690,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     // In place when the new size's class is the block's, or when it shrinks a
                     // block of 4 KiB or more by at most half (see `shrinks_in_place`).
                     let class = (*run).class as usize;
+                    slab_class = Some(class);
                     if class_for(new_size, layout.align()) == Some(class)
                         && address.is_multiple_of(layout.align())
                     {
@@ -731,7 +734,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // SAFETY: both blocks are live and distinct; the copy stays inside both.
             unsafe {
                 ptr::copy_nonoverlapping(block, moved, old_size.min(new_size));
-                self.free_inner(block, None);
+                match slab_class {
+                    // Checked builds validate every free (in `free_general`).
+                    #[cfg(not(feature = "checked"))]
+                    // SAFETY: a block of a slab of that class, no longer used.
+                    Some(class) => self.platform.with_slot(move |slot| self.free_small(slot, class, block)),
+                    _ => self.free_inner(block, None),
+                }
             }
         }
         moved

@@ -18,7 +18,7 @@ use platform::Platform;
 use crate::allocator::{Allocator, Misuse};
 use crate::chunk::{RUN_LARGE, RUN_SLAB, chunk_of, page_address, run_of};
 use crate::chunk_map::{KIND_SLAB, kind_of};
-use crate::config::{CHUNK_MASK, LARGE_SLACK, MAX_LARGE, PAGE};
+use crate::config::{CHUNK_MASK, LARGE_GROWTH_SLACK, MAX_LARGE, PAGE};
 use crate::size_class::class_for;
 
 /// The word and bit of the live-block table for a block at `address` in a slab chunk.
@@ -93,11 +93,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 } else {
                     // Page runs also hold blocks of small sizes that reallocation grew (see
                     // LARGE_GROWTH_MIN), and a run from an arena's large cache may have up to
-                    // LARGE_SLACK times the pages the size needs (see `large_cache`).
+                    // LARGE_GROWTH_SLACK times the pages the size needs (see `large_cache`).
                     let (needed, pages) = (size.div_ceil(PAGE).max(1), (*run).pages as usize);
                     size <= MAX_LARGE
                         && needed <= pages
-                        && pages <= needed * LARGE_SLACK
+                        && pages <= needed * LARGE_GROWTH_SLACK
                         && start.is_multiple_of(align)
                 };
                 if !fits {

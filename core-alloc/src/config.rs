@@ -37,9 +37,16 @@ pub const LARGE_CACHE_PAGES: usize = 128;
 /// The largest run an arena caches, in pages (256 KiB); bigger ones go back to the central
 /// heap at once.
 pub const LARGE_CACHE_MAX_RUN: usize = 64;
-/// A large block's run has at most this many times the pages its size needs: a cached run
-/// serves reallocation growth up to this factor (plain allocations up to half of it).
+/// A plain large allocation takes a run from its arena's large cache with at most half
+/// this many times the pages it needs.
 pub const LARGE_SLACK: usize = 4;
+/// Reallocation growth that takes a run from the arena's large cache keeps up to this many
+/// times the pages its block needs (the rest is cut off, under the lock, and follows the
+/// run): a `Vec` grown from 4 KiB to 64 KiB, dropped and grown again finds the 64 KiB run it
+/// left and grows inside it without the central lock (it cut the run to 16 KiB and grew
+/// twice under the lock before). A large block's run has at most this many times the pages
+/// its size needs.
+pub const LARGE_GROWTH_SLACK: usize = 16;
 
 /// A provider with a bounded supply of chunks (a fixed region, a kernel's RAM; see
 /// `PageProvider::supply`) that has less than `1 / TIGHT_SUPPLY_DIVISOR` of it left puts the

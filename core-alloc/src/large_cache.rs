@@ -9,8 +9,8 @@
 //! Which run serves a request: a plain allocation takes the smallest cached run of at least
 //! the pages needed and at most twice them (a run taken bigger stays bigger while its block
 //! lives). Reallocation growth takes the biggest, cut down under the lock to at most
-//! `LARGE_SLACK` times the pages: a block that grew once is likely to grow again, in place
-//! now, first inside the run and then into the pages cut off after it. A
+//! `LARGE_GROWTH_SLACK` times the pages: a block that grew once is likely to grow again, in
+//! place now, first inside the run and then into the pages cut off after it. A
 //! reallocation keeps a block in place while its run has the pages (a shrink: while the
 //! size needs at least half of them). In the allocator's tight mode (a bounded provider
 //! running low: `Allocator::short_of_memory`) a cached run serves only requests of exactly

@@ -51,6 +51,7 @@ fn a_vec_grown_and_dropped_in_a_loop_stops_moving() {
         let mut size = 8;
         let mut block = heap.allocate(size, 8).unwrap();
         let mut moves = Vec::new();
+        let mut room_at_4_kib = 0;
         while size < 64 * 1024 {
             // SAFETY: a live block of `size` bytes, grown with alignment 8.
             unsafe {
@@ -59,21 +60,26 @@ fn a_vec_grown_and_dropped_in_a_loop_stops_moving() {
                 assert_eq!(*grown.as_ptr().add(size - 1), round, "growth lost a byte");
                 moves.push(grown != block);
                 block = grown;
+                if size * 2 == LARGE_GROWTH_MIN {
+                    room_at_4_kib = heap.usable_size(block);
+                }
             }
             size *= 2;
         }
-        addresses.push((block, moves));
+        addresses.push((block, moves, room_at_4_kib));
         free(heap, block, size);
     }
     // Steps 8 B -> 16 B ... 2 KiB -> 4 KiB move between size classes (the last into a page
     // run: LARGE_GROWTH_MIN); the first round grows from there in place as long as the pages
-    // after the run are free; later rounds take the cached 64 KiB run at 4 KiB, cut it down
-    // to 16 KiB and grow inside it and then into the pages cut off, never moving again.
+    // after the run are free; later rounds take the cached 64 KiB run at 4 KiB whole
+    // (LARGE_GROWTH_SLACK) and grow inside it, never moving again nor resizing the run under
+    // the central lock.
     let from_4_kib = (LARGE_GROWTH_MIN / 8).ilog2() as usize;
-    for (block, moves) in &addresses[1..] {
+    for (block, moves, room) in &addresses[1..] {
         assert_eq!(*block, addresses[0].0, "a later round did not reuse the cached run");
         assert!(moves[..from_4_kib].iter().all(|&moved| moved), "{moves:?}");
         assert!(!moves[from_4_kib..].iter().any(|&moved| moved), "growth from 4 KiB moved: {moves:?}");
+        assert_eq!(*room, 64 * 1024, "the cached run was cut at 4 KiB");
     }
     // SAFETY: a live block.
     unsafe { heap.free(keep) };
@@ -178,7 +184,7 @@ fn blocks_of_cached_runs_move_between_threads() {
 /// back. With the supply back, runs get room to grow again.
 #[test]
 fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
-    use core_alloc::config::{CHUNK_SIZE, LARGE_SLACK, TIGHT_SUPPLY_DIVISOR};
+    use core_alloc::config::{CHUNK_SIZE, LARGE_GROWTH_SLACK, TIGHT_SUPPLY_DIVISOR};
     use page_provider::PageProvider;
 
     let heap = common::region_heap(16);
@@ -197,14 +203,14 @@ fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
     let supply = || heap.provider().supply().unwrap();
     assert_eq!(supply().total, 16);
 
-    // Plenty left: growth to 10 pages takes the cached 49-page run, cut to LARGE_SLACK
-    // times the pages.
+    // Plenty left: growth to 3 pages takes the cached 49-page run, cut to LARGE_GROWTH_SLACK
+    // times the pages (48).
     let big = heap.allocate(200_000, 8).unwrap();
     free(big, 200_000);
-    let grown = grow(16, 40_000);
+    let grown = grow(16, 10_000);
     assert_eq!(grown, big, "growth did not take the cached run");
-    assert_eq!(usable(grown), 10 * LARGE_SLACK * PAGE);
-    free(grown, 40_000);
+    assert_eq!(usable(grown), 3 * LARGE_GROWTH_SLACK * PAGE);
+    free(grown, 10_000);
     assert_eq!(heap.stats().large_cached, 1);
 
     // Use up the supply with one-chunk huge blocks until the tight mode starts.
@@ -212,16 +218,16 @@ fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
     while supply().available * TIGHT_SUPPLY_DIVISOR >= supply().total {
         huge.push(heap.allocate(CHUNK_SIZE, 8).unwrap());
     }
-    let grown = grow(16, 40_000);
-    assert_ne!(grown, big, "growth took a 40-page cached run for 10 pages in the tight mode");
-    assert_eq!(usable(grown), 10 * PAGE);
-    let plain = heap.allocate(150_000, 8).unwrap();
-    assert_ne!(plain, big, "a 37-page request took a 40-page cached run in the tight mode");
-    assert_eq!(usable(plain), 37 * PAGE);
-    // A shrink to half the pages gives the other half back (it keeps them otherwise).
-    // SAFETY: a live block of 40 000 bytes.
-    let shrunk = unsafe { heap.reallocate(grown, 8, 20_000) }.unwrap();
-    assert_eq!((shrunk, usable(shrunk)), (grown, 5 * PAGE));
+    let grown = grow(16, 10_000);
+    assert_ne!(grown, big, "growth took a 48-page cached run for 3 pages in the tight mode");
+    assert_eq!(usable(grown), 3 * PAGE);
+    let plain = heap.allocate(180_000, 8).unwrap();
+    assert_ne!(plain, big, "a 44-page request took a 48-page cached run in the tight mode");
+    assert_eq!(usable(plain), 44 * PAGE);
+    // A shrink gives its spare pages back (it keeps them otherwise while it needs half).
+    // SAFETY: a live block of 10 000 bytes.
+    let shrunk = unsafe { heap.reallocate(grown, 8, 6_000) }.unwrap();
+    assert_eq!((shrunk, usable(shrunk)), (grown, 2 * PAGE));
     assert_eq!(heap.stats().large_cached, 1, "the cached run stayed cached");
     heap.check_invariants().unwrap();
 
@@ -229,9 +235,9 @@ fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
     for block in huge.drain(..) {
         free(block, CHUNK_SIZE);
     }
-    let grown_again = grow(16, 40_000);
-    assert_eq!((grown_again, usable(grown_again)), (big, 10 * LARGE_SLACK * PAGE));
-    for (block, size) in [(grown_again, 40_000), (plain, 150_000), (shrunk, 20_000)] {
+    let grown_again = grow(16, 10_000);
+    assert_eq!((grown_again, usable(grown_again)), (big, 3 * LARGE_GROWTH_SLACK * PAGE));
+    for (block, size) in [(grown_again, 10_000), (plain, 180_000), (shrunk, 6_000)] {
         free(block, size);
     }
     // SAFETY: a live block.
