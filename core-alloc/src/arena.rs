@@ -484,7 +484,18 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 if (*arena).bulk_free {
                     self.note_bulk_free(arena, class, block);
                 }
+                let emptied = (*arena).emptied_slabs;
                 self.free_into_slab(slot, arena, self.slab_of(block), block);
+                // A cached class whose cache an earlier bulk free turned off (it stays off
+                // until the class's next refill) while the mode ended by an allocation of
+                // another class: its frees reach the slabs directly, so a free that empties
+                // one is what a flush emptying one would be. (Without this, a program that
+                // allocated a little between two bulk frees freed the second one with no
+                // purge: W6's last tenth left 21 chunks of 2 MiB huge pages holding a slab
+                // or two each.)
+                if !(*arena).bulk_free && (*bin).nominal() > 0 && (*arena).emptied_slabs != emptied {
+                    self.begin_bulk_free(slot, arena);
+                }
                 if (*arena).bulk_free {
                     self.release_current_if_empty(arena, class);
                 }

@@ -273,3 +273,40 @@ fn a_bulk_free_drains_the_cache_so_that_emptied_slabs_go_back() {
     heap.collect();
     assert_eq!(heap.stats().live_allocations(), 0);
 }
+
+/// A bulk free turns a class's cache off until the class's next refill; an allocation of
+/// another class ends the bulk free. When the first class then frees again, its frees go
+/// straight to its slabs, and a free that empties one starts a bulk free again (as a flush
+/// that empties one does), with its purges: here the chunks its releases leave half free.
+/// Before, nothing restarted it: W6's last tenth, freed after the harness allocated a
+/// little, left 21 chunks of 2 MiB huge pages holding a slab or two each.
+#[test]
+fn a_bulk_free_resumed_after_another_class_allocated_purges_again() {
+    const SIZE: usize = 1024;
+    let heap = heap(8);
+    TestPlatform::enter(0);
+    // Eight chunks' worth of 1 KiB blocks (64 to a 64 KiB slab).
+    let blocks: Vec<usize> = (0..8 * 1024).map(|_| allocate(&heap, SIZE)).collect();
+    let (first, rest) = blocks.split_at(blocks.len() / 4);
+    for &block in first {
+        free(&heap, block, SIZE);
+    }
+    assert!(heap.provider().purged_bytes() > 0, "the first bulk free purged nothing");
+    // Another class allocates through its slow path: the bulk free ends.
+    let other = allocate(&heap, 64);
+    let purged = heap.provider().purged_bytes();
+    // The rest but one block in each chunk's worth.
+    let kept: Vec<usize> = rest.iter().copied().step_by(1024).collect();
+    for &block in rest.iter().filter(|block| !kept.contains(block)) {
+        free(&heap, block, SIZE);
+    }
+    let stats = heap.stats();
+    assert!(heap.provider().purged_bytes() > purged, "the second bulk free purged nothing: {stats}");
+    free(&heap, other, 64);
+    for block in kept {
+        free(&heap, block, SIZE);
+    }
+    heap.collect();
+    assert_eq!(heap.stats().live_allocations(), 0);
+    heap.check_invariants().unwrap();
+}
