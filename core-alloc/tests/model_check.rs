@@ -635,15 +635,24 @@ fn decay_and_purge_under_churn() {
     // SAFETY: a live block of LARGE bytes.
     let bytes = unsafe { std::slice::from_raw_parts(kept as *const u8, LARGE) };
     assert!(bytes.iter().all(|&byte| byte == 0x5A), "a purge reached a live block");
+    DECAY_PURGED.fetch_add(heap.provider().purged_bytes(), Ordering::Relaxed);
     heap.platform().advance(100);
     TestPlatform::enter(0);
     heap.decay();
     free_all_and_check(&heap, vec![kept], &[]);
 }
 
+/// Bytes `decay_and_purge_under_churn` purged while its threads ran, over its schedules:
+/// the probe that the pass purges pages that stayed free a period (`ChunkHeader::aged`)
+/// while the churner carves runs from the same chunks (nothing there frees in bulk, so
+/// every purge is the clock's).
+static DECAY_PURGED: AtomicUsize = AtomicUsize::new(0);
+
 #[test]
 fn model_decay_and_purge_under_churn() {
+    DECAY_PURGED.store(0, Ordering::Relaxed);
     explore(decay_and_purge_under_churn);
+    assert!(DECAY_PURGED.load(Ordering::Relaxed) > 0, "no schedule purged on the clock");
 }
 
 /// Bulk frees (`Arena::bulk_free`): with the tiny front cache, the owner's frees flush its

@@ -219,10 +219,8 @@ impl Heap {
                     let bytes = gap * PAGE;
                     if (fit.min_pages..pages).contains(&gap)
                         && bytes % fit.block_size * 8 <= bytes
-                        && let Some(found) = ChunkHeader::carve(chunk, gap, 1, RUN_SLAB)
+                        && let Some(found) = self.carve_in(chunk, gap, 1, RUN_SLAB)
                     {
-                        self.rebucket(chunk);
-                        self.count_carved(RUN_SLAB, gap);
                         return Some(found);
                     }
                     chunk = (*chunk).next;
