@@ -21,7 +21,8 @@
 //! current slabs of other classes that are empty, and (with a platform clock) lets the
 //! central heap give back the empty chunks that stayed unused for the decay period. While
 //! the program frees in bulk (`Arena::bulk_free`: a flush of the front cache emptied a
-//! slab, or `UNCACHED_BULK_FREES` blocks of uncached classes were freed with no slow-path
+//! slab, a free emptied one of a class whose cache an earlier bulk free turned off, or
+//! `UNCACHED_BULK_FREES` blocks of uncached classes were freed with no slow-path
 //! allocation between them; and no refill since), current slabs go back as soon as they
 //! empty too, and from its `BULK_PURGE_AFTER_FREES`th free on its frees purge
 //! (`Arena::purges_in_bulk`).
@@ -150,8 +151,8 @@ pub(crate) struct Arena {
     /// Slabs this arena's frees emptied and gave back (wrapping): a flush of the front cache
     /// that moves it is a bulk free (see `front_cache`).
     pub(crate) emptied_slabs: u32,
-    /// The program is freeing in bulk (a flush of the front cache emptied a slab) and has not
-    /// allocated through a slow path since: an emptied current slab and a freed large run go
+    /// The program is freeing in bulk (see the module documentation for what starts it) and
+    /// has not allocated through a slow path since: an emptied current slab and a freed large run go
     /// back to the central heap at once rather than stay for allocations that are not
     /// coming, so that a program that frees everything holds no chunk for it.
     pub(crate) bulk_free: bool,
