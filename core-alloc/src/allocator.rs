@@ -747,7 +747,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Carves a page run from the central heap, getting a new chunk from the provider
-    /// (outside the lock) when no chunk the heap holds has room. A slab may be shorter, as
+    /// (outside the lock) when no chunk the heap holds has room, and taking the room of the
+    /// chunks that hold metadata when the provider has no chunk left. A slab may be shorter, as
     /// `gap` allows, to fill a gap no whole slab fits (`Heap::alloc_slab_in_gap`). Call
     /// inside a slot closure.
     pub(crate) fn take_run(
@@ -764,8 +765,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let (carved, big) = {
             let mut heap = self.lock_heap();
             let carved = gap
-                .and_then(|fit| heap.alloc_slab_in_gap(pages, fit))
-                .or_else(|| heap.alloc_run(pages, align_pages, kind))
+                .and_then(|fit| heap.alloc_slab_in_gap(pages, fit, false))
+                .or_else(|| heap.alloc_run(pages, align_pages, kind, false))
                 .map(|found| {
                     // SAFETY: a run the heap just carved lies in one of its slab chunks.
                     (found, unsafe { heap.becomes_dense(chunk_of(found.0 as usize)) })
@@ -784,9 +785,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             return Some(found);
         }
         let Some(fresh) = self.critical(|| self.provider.alloc_chunks(1)) else {
-            self.lock_heap().counters.provider_refusals += 1;
+            // The last resort: the room of the chunks that hold metadata (a bounded heap's
+            // first chunk, say), kept for metadata while the provider had chunks.
             self.short_of_memory.store(true, Ordering::Relaxed);
-            return None;
+            let mut heap = self.lock_heap();
+            heap.counters.provider_refusals += 1;
+            return gap
+                .and_then(|fit| heap.alloc_slab_in_gap(pages, fit, true))
+                .or_else(|| heap.alloc_run(pages, align_pages, kind, true));
         };
         self.note_supply();
         // A big heap's chunks fill up (runs go to the fullest chunks): backed by huge pages
@@ -874,7 +880,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// its frame lock), and an interrupt handler that allocates on this CPU while it is held
     /// would spin on it for ever. Two callers (`take_run`, `give_back`) run outside any
     /// critical section.
-    fn note_supply(&self) {
+    pub(crate) fn note_supply(&self) {
         let short = self
             .critical(|| self.provider.supply())
             .is_some_and(|supply| supply.available.saturating_mul(TIGHT_SUPPLY_DIVISOR) < supply.total);
@@ -952,7 +958,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let mut heap = self.lock_heap();
         // The nodes the new records may need, set aside now: the move happens without the
         // lock, and other CPUs' metadata allocations must not take them meanwhile.
-        let mut reserve = heap.reserve_nodes(&self.provider)?;
+        let mut reserve = heap.reserve_nodes(&self.provider, &self.map)?;
         // SAFETY: a live huge allocation of `count` chunks, the caller's; it is recorded
         // again below, wherever it ends up.
         unsafe { heap.unrecord_huge(address, count, &self.map) };
@@ -1116,8 +1122,16 @@ mod tests {
         let block = heap.allocate(3 << 20, 8).unwrap();
         // SAFETY: a fresh block of 3 MiB.
         unsafe { block.as_ptr().write_bytes(0xA5, 3 << 20) };
-        heap.heap.lock().use_up_meta(64); // the metadata chunk is nearly full
+        heap.heap.lock().use_up_meta(64); // the metadata run is nearly full
         heap.provider().set_refuse(true);
+        // A new metadata run could come from the free pages of the slab chunk that holds
+        // the current one: fill them with 64 KiB runs (a metadata run needs more than the
+        // 15 pages that may be left).
+        let mut fillers = [None; 64];
+        for filler in &mut fillers {
+            *filler = heap.allocate(64 << 10, 8);
+        }
+        assert!(fillers.iter().any(Option::is_none), "the slab chunk was not filled");
         heap.provider().set_remap_far(true);
         // SAFETY: a live block of this heap.
         let grown = unsafe { heap.reallocate(block, 8, 5 << 20) };
@@ -1131,6 +1145,10 @@ mod tests {
         heap.check_invariants().unwrap();
         // Memory again: the block grows by remap, far away, and keeps its bytes.
         heap.provider().set_refuse(false);
+        for filler in fillers.into_iter().flatten() {
+            // SAFETY: a live block of this heap, freed once.
+            unsafe { heap.free(filler) };
+        }
         // SAFETY: a live block of this heap.
         let grown = unsafe { heap.reallocate(block, 8, 5 << 20) }.unwrap();
         assert_ne!(grown, block);
@@ -1142,6 +1160,58 @@ mod tests {
             heap.free(grown);
         }
         assert_eq!(heap.stats().heap.huge_live, 0);
+        heap.check_invariants().unwrap();
+    }
+
+    /// A record that needs new chunk-map nodes when the chunks holding metadata are full of
+    /// it takes a new chunk for a metadata run, and records that chunk before its own write:
+    /// nodes are stocked before every write. Made inside the write instead, the new chunk's
+    /// record would land in the very leaf the outer write was making (both lie past the
+    /// first 512 chunks), and the outer write would replace it: the chunk's blocks unknown
+    /// to the map.
+    #[test]
+    fn a_chunk_obtained_for_metadata_during_a_record_is_recorded_too() {
+        let heap = Allocator::new(SimProvider::new(1024), TestPlatform::new());
+        let small = heap.allocate(64, 8).unwrap();
+        // The chunk holding metadata full: its room taken by runs (the last resort while
+        // the provider refuses), its metadata run all but used up.
+        heap.provider().set_refuse(true);
+        let mut runs = [None; 64];
+        for run in &mut runs {
+            *run = heap.allocate(64 << 10, 8);
+        }
+        assert!(runs.iter().any(Option::is_none) && runs.iter().any(Option::is_some));
+        heap.heap.lock().use_up_meta(64);
+        heap.provider().set_refuse(false);
+        let meta_chunks = heap.stats().heap.meta_chunks;
+        // Chunks 3 to 602: its records run into the chunk map's second leaf, which the
+        // record of the new metadata chunk (the next free one, 603) needs too.
+        let huge = heap.allocate(600 * CHUNK_SIZE, 8).unwrap();
+        let stats = heap.stats();
+        assert_eq!(stats.heap.meta_chunks, meta_chunks + 1, "no chunk obtained for metadata: {stats}");
+        assert!(heap.owns(huge.as_ptr()));
+        // Blocks in the new chunk's room (the last resort again) are known to the map.
+        heap.provider().set_refuse(true);
+        let mut blocks = [None; 64];
+        for block in &mut blocks {
+            *block = heap.allocate(64 << 10, 8);
+            if let Some(block) = *block {
+                assert!(heap.owns(block.as_ptr()), "a block of the new metadata chunk is not in the map");
+            }
+        }
+        assert!(blocks.iter().any(Option::is_some), "no block in the new metadata chunk");
+        heap.check_invariants().unwrap();
+        heap.provider().set_refuse(false);
+        // SAFETY: every block is live and freed once.
+        unsafe {
+            for block in blocks.into_iter().chain(runs).flatten() {
+                heap.free(block);
+            }
+            heap.free(huge);
+            heap.free(small);
+        }
+        heap.collect();
+        assert!(heap.stats().holds_nothing_but_metadata(), "{}", heap.stats());
         heap.check_invariants().unwrap();
     }
 }

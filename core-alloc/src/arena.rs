@@ -411,8 +411,12 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         let memory = if P::MAY_CLAIM_SPAN && self.mode.compact() {
             self.compact_meta_alloc(size, storage_offset, ARENA_ALIGN)
         } else {
-            self.lock_heap().meta_alloc_zeroing(size, storage_offset, ARENA_ALIGN, &self.provider)
+            self.lock_heap().meta_alloc_zeroing(size, storage_offset, ARENA_ALIGN, &self.provider, &self.map)
         };
+        if !(P::MAY_CLAIM_SPAN && self.mode.compact()) {
+            // The metadata run may have come from a new chunk (the first arena's does).
+            self.note_supply();
+        }
         let Some(memory) = memory else {
             return ptr::null_mut();
         };

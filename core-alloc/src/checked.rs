@@ -16,7 +16,7 @@ use page_provider::PageProvider;
 use platform::Platform;
 
 use crate::allocator::{Allocator, Misuse};
-use crate::chunk::{RUN_LARGE, RUN_SLAB, chunk_of, page_address, run_of};
+use crate::chunk::{RUN_LARGE, RUN_META, RUN_SLAB, chunk_of, page_address, run_of};
 use crate::chunk_map::{KIND_SLAB, kind_of};
 use crate::config::{CHUNK_MASK, LARGE_GROWTH_SLACK, MAX_LARGE, PAGE};
 use crate::size_class::class_for;
@@ -75,7 +75,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 _ => false,
             };
             if !boundary {
-                let misuse = if kind == RUN_SLAB || kind == RUN_LARGE {
+                let misuse = if kind == RUN_SLAB || kind == RUN_LARGE || kind == RUN_META {
                     Misuse::ForeignPointer
                 } else {
                     Misuse::DoubleFree

@@ -41,6 +41,9 @@ pub(crate) const RUN_FREE: RunKind = RunKind(0);
 pub(crate) const RUN_SLAB: RunKind = RunKind(1);
 /// A large allocation: `pages` pages handed out whole.
 pub(crate) const RUN_LARGE: RunKind = RunKind(2);
+/// The heap's own metadata (arenas, chunk-map nodes, checked builds' live bits; see
+/// `heap::meta`): never freed, so its chunk stays a slab chunk for good.
+pub(crate) const RUN_META: RunKind = RunKind(3);
 
 /// Which list holds a slab (its owner's bin lists, or the central orphan lists).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -95,7 +98,7 @@ pub(crate) struct Run {
     pub block_size: u32,
     /// Slab: the size class.
     pub class: u8,
-    /// `RUN_FREE`, `RUN_SLAB` or `RUN_LARGE`.
+    /// `RUN_FREE`, `RUN_SLAB`, `RUN_LARGE` or `RUN_META`.
     pub kind: RunKind,
     /// Slab: which list of its owner holds it (`LIST_*`); owner-only.
     pub list: ListTag,
@@ -184,6 +187,8 @@ pub(crate) struct ChunkHeader {
     /// Asked to be backed by a huge page (see `heap::placement`), and not split by a purge
     /// since.
     pub hugified: bool,
+    /// Holds a metadata run (`RUN_META`): never empties.
+    pub holds_meta: bool,
     /// Checked builds: one bit per 8-byte granule, set where a live block starts.
     #[cfg(feature = "checked")]
     pub live_bits: *mut AtomicU64,
@@ -281,6 +286,7 @@ impl ChunkHeader {
             (*chunk).aged = Bitmap::new();
             (*chunk).aged_at = NOT_MARKED;
             (*chunk).purged = false;
+            (*chunk).holds_meta = false;
         }
     }
 
@@ -418,6 +424,9 @@ impl ChunkHeader {
                     let run = ptr::addr_of!((*chunk).runs[index]);
                     if (*chunk).free_runs & (1 << index) != 0 || (*run).kind == RUN_FREE {
                         return Err("a page is mapped to an unused descriptor");
+                    }
+                    if (*run).kind == RUN_META && !(*chunk).holds_meta {
+                        return Err("a metadata run in a chunk not marked as holding metadata");
                     }
                     let first = (*run).first_page as usize;
                     if page < first || page >= first + (*run).pages as usize {

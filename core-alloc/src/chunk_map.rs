@@ -18,7 +18,7 @@ use crate::config::CHUNK_SHIFT;
 /// Bits of chunk index resolved by each interior level and by the leaves.
 pub(crate) const LEVEL_BITS: u32 = 9;
 /// Levels of nodes below the root: three interior levels and the leaves.
-const NODE_LEVELS: u32 = 4;
+pub(crate) const NODE_LEVELS: u32 = 4;
 /// Entries in a node.
 const FANOUT: usize = 1 << LEVEL_BITS;
 /// Bits of chunk index resolved by the root (64 - 21 - 4 * 9 = 7).

@@ -86,10 +86,22 @@ impl Stats {
         small + (self.heap.large_live + self.heap.huge_live + self.heap.region.blocks_live) as u64
     }
 
-    /// Chunks the allocator holds from its provider: slab chunks, cached empty chunks,
-    /// huge allocations and metadata.
+    /// Chunks the allocator holds from its provider: slab chunks (metadata runs among
+    /// them), cached empty chunks and huge allocations.
     pub fn chunks_held(&self) -> usize {
         self.heap.chunks_obtained - self.heap.chunks_returned
+    }
+
+    /// Whether nothing is in use but the allocator's own metadata: no slab, no large run or
+    /// huge allocation, and no slab chunk but those holding metadata runs (empty chunks in
+    /// the cache aside). What a heap with nothing live comes to once its arenas let go of
+    /// what they keep (`Allocator::collect` on every CPU).
+    pub fn holds_nothing_but_metadata(&self) -> bool {
+        let heap = &self.heap;
+        heap.slab_bytes == 0
+            && heap.large_live == 0
+            && heap.huge_live == 0
+            && heap.slab_chunks + heap.live_bits_chunks == heap.meta_chunks
     }
 
     /// Bytes given back to the provider since the start.
@@ -115,11 +127,12 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "chunks: {} held ({} slab, {} cached empty, {} metadata), {} obtained, {} returned ({} after the decay period); {} arenas; {} orphan slabs; {} refusals; {} large runs cached ({} KiB)",
+            "chunks: {} held ({} slab, {} of them with metadata ({} KiB), {} cached empty), {} obtained, {} returned ({} after the decay period); {} arenas; {} orphan slabs; {} refusals; {} large runs cached ({} KiB)",
             self.chunks_held(),
             self.heap.slab_chunks,
+            self.heap.meta_chunks - self.heap.live_bits_chunks,
+            self.heap.meta_bytes / 1024,
             self.heap.cached_chunks,
-            self.heap.meta_chunks,
             self.heap.chunks_obtained,
             self.heap.chunks_returned,
             self.heap.decayed_chunks,

@@ -7,6 +7,7 @@ use std::ptr::NonNull;
 
 use core_alloc::config::PAGE;
 use core_alloc::size_class::{class_for, class_size, first_slab_pages};
+use core_alloc::testkit::LIVE_BITS_CHUNKS;
 use page_provider::CHUNK_SIZE;
 
 /// Allocates `size`-byte blocks until the heap says no; returns them.
@@ -84,7 +85,8 @@ fn a_provider_that_refuses_everything_gives_null_from_the_start() {
 
 #[test]
 fn a_fixed_region_runs_out_and_recovers() {
-    let heap = common::region_heap(4);
+    // Checked builds keep a chunk of the region for their live-bit tables.
+    let heap = common::region_heap(4 + LIVE_BITS_CHUNKS);
     let mut blocks = Vec::new();
     while let Some(block) = heap.allocate(1000, 8) {
         blocks.push(block);
@@ -107,11 +109,14 @@ fn a_fixed_region_runs_out_and_recovers() {
 #[test]
 fn cached_large_runs_serve_a_request_before_it_fails() {
     const BLOCK: usize = 200 * 1024; // 50 pages: cached when freed
+    const FILLER: usize = 36 * 1024; // 9 pages
     for request in [300 * 1024, 30_000] {
         let heap = common::mmap_heap();
         heap.provider().set_limit(3);
         let mut blocks = exhaust(heap, BLOCK, 8);
         assert!(blocks.len() >= 10, "only {} blocks fit", blocks.len());
+        // The gaps the blocks leave filled too (9 pages each, below a 32 KiB slab's 32).
+        let fillers = exhaust(heap, FILLER, 8);
         // Two neighbours freed: 100 free pages in one place, but held by the arena's cache.
         for block in blocks.drain(4..6) {
             // SAFETY: a live block of BLOCK bytes, freed once.
@@ -129,6 +134,9 @@ fn cached_large_runs_serve_a_request_before_it_fails() {
             heap.deallocate(served, request, 8);
             for block in blocks {
                 heap.deallocate(block, BLOCK, 8);
+            }
+            for block in fillers {
+                heap.deallocate(block, FILLER, 8);
             }
         }
         heap.check_invariants().unwrap();

@@ -61,10 +61,14 @@ impl Heap {
     /// Takes [`REMAP_NODES`] zeroed chunk-map nodes out of the heap for a caller that will
     /// record chunks after dropping and retaking the lock; `None` (taking nothing) when the
     /// provider refuses metadata memory.
-    pub(crate) fn reserve_nodes<P: PageProvider>(&mut self, provider: &P) -> Option<NodeReserve> {
+    pub(crate) fn reserve_nodes<P: PageProvider>(
+        &mut self,
+        provider: &P,
+        map: &ChunkMap,
+    ) -> Option<NodeReserve> {
         let mut reserve = NodeReserve { nodes: [ptr::null_mut(); REMAP_NODES], count: 0 };
         while reserve.count < REMAP_NODES {
-            let Some(node) = self.new_node(provider) else {
+            let Some(node) = self.new_node(provider, map) else {
                 self.return_nodes(reserve);
                 return None;
             };
@@ -77,10 +81,8 @@ impl Heap {
     /// Takes back the nodes of a reserve its holder did not use (still zeroed).
     pub(crate) fn return_nodes(&mut self, mut reserve: NodeReserve) {
         while let Some(node) = reserve.take() {
-            // SAFETY: a zeroed node of NODE_BYTES that nobody uses; its first word becomes
-            // the spare-list link.
-            unsafe { node.as_ptr().cast::<*mut u8>().write(self.spare_nodes) };
-            self.spare_nodes = node.as_ptr();
+            // SAFETY: a zeroed node of NODE_BYTES that nobody uses.
+            unsafe { self.push_spare_node(node.as_ptr()) };
         }
     }
 
@@ -120,7 +122,12 @@ impl Heap {
     ) -> bool {
         self.counters.chunks_obtained += obtained;
         self.counters.chunks_returned += returned;
-        let recorded = record_huge_entries(map, base, count, &mut || self.new_node(provider));
+        let recorded = (0..count)
+            .take_while(|&index| {
+                let value = if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) };
+                self.record(base + index * CHUNK_SIZE, value, provider, map)
+            })
+            .count();
         if recorded < count {
             self.forget_chunks(base, recorded, map);
             self.counters.chunks_returned += count;
@@ -170,7 +177,7 @@ impl Heap {
         clock: Option<Clock>,
     ) -> bool {
         // SAFETY: the caller's promise; the lock is held.
-        let recorded = unsafe { self.take_in_slab_chunk(chunk, provider, map) };
+        let recorded = unsafe { self.take_in_slab_chunk(chunk, false, provider, map) };
         if recorded {
             // SAFETY: formatted, recorded, in no list.
             unsafe { self.push_empty(chunk, clock.map_or(0, |clock| clock.now)) };

@@ -8,15 +8,16 @@
 //!   inside partly used chunks;
 //! - `orphans`: slabs with live blocks given up by their arena, waiting for adoption;
 //! - `huge`: whole-chunk allocations and their chunk-map records;
-//! - `meta`: metadata memory and the chunk-map records of the heap's chunks.
+//! - `meta`: metadata memory (runs carved from slab chunks) and the chunk-map records of
+//!   the heap's chunks.
 //!
 //! Concurrency: everything here runs under the one central lock, taken inside the
 //! platform's slot closure (interrupts masked on kernels), never while holding another
 //! allocator lock. The provider is called outside the lock wherever it can take long: new
 //! chunks are obtained and their headers first touched (a huge-page fault) by the caller
 //! before [`Heap::adopt`]; chunks let go come back as a [`Release`] to give back after the
-//! lock is dropped. Only metadata chunks are obtained under the lock (rarely: one per 2 MiB
-//! of arenas and chunk-map nodes).
+//! lock is dropped. Only a chunk for metadata is obtained under the lock, when no chunk has
+//! room for a metadata run (rarely: a run holds several arenas and chunk-map nodes).
 
 use core::ptr;
 
@@ -52,8 +53,15 @@ pub struct HeapCounters {
     pub slab_chunks: usize,
     /// Empty chunks kept for reuse.
     pub cached_chunks: usize,
-    /// Chunks of allocator metadata.
+    /// Chunks kept for the allocator's metadata: slab chunks holding metadata runs (arenas,
+    /// chunk-map nodes), which they keep for good, and in checked builds the chunks of
+    /// live-bit tables (`live_bits_chunks`).
     pub meta_chunks: usize,
+    /// Checked builds: chunks of live-bit tables (a table per slab chunk), among
+    /// `meta_chunks`.
+    pub live_bits_chunks: usize,
+    /// Bytes in those metadata runs (whole pages).
+    pub meta_bytes: usize,
     /// Abandoned slabs (of exited threads) with live blocks, waiting for adoption.
     pub orphan_slabs: usize,
     /// Chunks obtained from the provider since the start.
@@ -165,10 +173,25 @@ pub(crate) struct Heap {
     /// Zeroed chunk-map nodes a [`NodeReserve`] gave back, linked through their first word
     /// (cleared again when handed out).
     spare_nodes: *mut u8,
+    /// The number of nodes on `spare_nodes`.
+    spare_count: usize,
+    /// A chunk being taken in for a run ([`Heap::adopt`]), formatted and empty, which a new
+    /// metadata run may come from while the chunk is recorded (null otherwise).
+    adopting: *mut ChunkHeader,
+    /// The chunks holding metadata runs, newest last (the first `META_HOMES`), where a new
+    /// run goes if one has room, so that metadata gathers in few chunks.
+    meta_homes: [*mut ChunkHeader; meta::META_HOMES],
+    /// Pages of the next metadata run, at least (see `meta`).
+    meta_run_pages: usize,
     /// Checked builds: side tables of chunks given back, kept for reuse (linked through
     /// their first word).
     #[cfg(feature = "checked")]
     spare_live_bits: *mut u8,
+    /// Checked builds: where the next live-bit table goes, and the end of its chunk.
+    #[cfg(feature = "checked")]
+    bits_cursor: usize,
+    #[cfg(feature = "checked")]
+    bits_end: usize,
     pub(crate) counters: HeapCounters,
     /// Compact mode's span (see `region`).
     pub(crate) region: Option<crate::region::Region>,
@@ -189,8 +212,16 @@ impl Heap {
             meta_end: 0,
             meta_zeroed: false,
             spare_nodes: ptr::null_mut(),
+            spare_count: 0,
+            adopting: ptr::null_mut(),
+            meta_homes: [ptr::null_mut(); meta::META_HOMES],
+            meta_run_pages: meta::META_RUN_PAGES,
             #[cfg(feature = "checked")]
             spare_live_bits: ptr::null_mut(),
+            #[cfg(feature = "checked")]
+            bits_cursor: 0,
+            #[cfg(feature = "checked")]
+            bits_end: 0,
             counters: HeapCounters {
                 large_live: 0,
                 large_live_bytes: 0,
@@ -200,6 +231,8 @@ impl Heap {
                 slab_chunks: 0,
                 cached_chunks: 0,
                 meta_chunks: 0,
+                meta_bytes: 0,
+                live_bits_chunks: 0,
                 orphan_slabs: 0,
                 chunks_obtained: 0,
                 chunks_returned: 0,
@@ -242,6 +275,7 @@ impl Heap {
     /// of the first inconsistency.
     pub(crate) fn check_invariants(&self) -> Result<(), &'static str> {
         let mut slab_chunks = 0;
+        let mut meta_chunks = 0;
         for (bucket, &head) in self.buckets.iter().enumerate() {
             let mut chunk = head;
             let mut prev = ptr::null_mut();
@@ -260,6 +294,7 @@ impl Heap {
                     if (*chunk).free_count as usize == USABLE_PAGES {
                         return Err("an empty chunk is still in a bucket");
                     }
+                    meta_chunks += usize::from((*chunk).holds_meta);
                     prev = chunk;
                     chunk = (*chunk).next;
                 }
@@ -268,6 +303,17 @@ impl Heap {
         }
         if slab_chunks != self.counters.slab_chunks {
             return Err("slab chunk count disagrees with the buckets");
+        }
+        // Chunks holding metadata stay slab chunks, filed in buckets, for good (new metadata
+        // runs are carved in them by `carve_in`, which needs them filed).
+        if meta_chunks + self.counters.live_bits_chunks != self.counters.meta_chunks {
+            return Err("metadata chunk count disagrees with the buckets' chunks holding metadata");
+        }
+        for &home in self.meta_homes.iter().filter(|home| !home.is_null()) {
+            // SAFETY: homes are chunks holding metadata; the lock is held.
+            if !unsafe { (*home).holds_meta } {
+                return Err("a metadata home holds no metadata");
+            }
         }
         let mut cached = 0;
         let mut chunk = self.empty_head;

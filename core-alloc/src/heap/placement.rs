@@ -51,7 +51,7 @@ impl Heap {
     /// # Safety
     ///
     /// `chunk` is a formatted slab chunk in no list.
-    unsafe fn link(&mut self, chunk: *mut ChunkHeader) {
+    pub(super) unsafe fn link(&mut self, chunk: *mut ChunkHeader) {
         // SAFETY: the heap lock (held by `&mut self`) guards the list fields.
         unsafe {
             let bucket = bucket_of((*chunk).longest_free as usize);
@@ -105,14 +105,19 @@ impl Heap {
     /// chunk. Returns the descriptor (kind, first page and pages set) and whether its pages
     /// are all clean; `None` when no chunk the heap holds has room: the caller then makes a
     /// chunk outside the lock and calls [`adopt`](Self::adopt).
+    ///
+    /// Chunks holding metadata are left out unless `everywhere`: they keep their room for
+    /// metadata (which then gathers in one chunk, the way a chunk of its own kept it), and
+    /// other runs take it only when the provider has no chunk left (see `meta`).
     pub(crate) fn alloc_run(
         &mut self,
         pages: usize,
         align_pages: usize,
         kind: RunKind,
+        everywhere: bool,
     ) -> Option<(*mut Run, bool)> {
         debug_assert!((1..=USABLE_PAGES).contains(&pages) && align_pages.is_power_of_two());
-        let tightest = self.tightest_fit(pages);
+        let tightest = self.tightest_fit(pages, everywhere);
         if let Some(chunk) = tightest
             // SAFETY: a chunk from a bucket, a formatted slab chunk; the lock is held.
             && let Some(found) = unsafe { self.carve_in(chunk, pages, align_pages, kind) }
@@ -128,6 +133,7 @@ impl Heap {
                 unsafe {
                     let next = (*chunk).next;
                     if Some(chunk) != tightest
+                        && (everywhere || !(*chunk).holds_meta)
                         && let Some(found) = self.carve_in(chunk, pages, align_pages, kind)
                     {
                         return Some(found);
@@ -148,7 +154,7 @@ impl Heap {
     /// ranges stay for long runs (in workload 8's steady phases, with runs of 16-256 pages,
     /// the heap needed 64 chunks for 36 chunks' worth of runs with the first chunk of the
     /// lowest bucket that fits, 49 with this).
-    fn tightest_fit(&self, pages: usize) -> Option<*mut ChunkHeader> {
+    fn tightest_fit(&self, pages: usize, everywhere: bool) -> Option<*mut ChunkHeader> {
         let mut best: Option<*mut ChunkHeader> = None;
         let mut scanned = 0;
         for bucket in bucket_of(pages)..BUCKETS {
@@ -159,6 +165,7 @@ impl Heap {
                     let longest = (*chunk).longest_free;
                     if longest as usize >= pages
                         && (*chunk).free_runs != 0
+                        && (everywhere || !(*chunk).holds_meta)
                         && best.is_none_or(|best| longest < (*best).longest_free)
                     {
                         best = Some(chunk);
@@ -182,7 +189,7 @@ impl Heap {
     /// # Safety
     ///
     /// `chunk` is a formatted slab chunk in a bucket; the lock is held.
-    unsafe fn carve_in(
+    pub(super) unsafe fn carve_in(
         &mut self,
         chunk: *mut ChunkHeader,
         pages: usize,
@@ -205,7 +212,12 @@ impl Heap {
     /// full of slabs keeps up to 15 pages nobody can use (a chunk backed by a huge page holds
     /// them resident all the same). `None` when no chunk has such a gap (the caller then
     /// carves a whole slab with [`alloc_run`](Self::alloc_run)).
-    pub(crate) fn alloc_slab_in_gap(&mut self, pages: usize, fit: SlabFit) -> Option<(*mut Run, bool)> {
+    pub(crate) fn alloc_slab_in_gap(
+        &mut self,
+        pages: usize,
+        fit: SlabFit,
+        everywhere: bool,
+    ) -> Option<(*mut Run, bool)> {
         if fit.min_pages >= pages {
             return None;
         }
@@ -219,6 +231,7 @@ impl Heap {
                     let bytes = gap * PAGE;
                     if (fit.min_pages..pages).contains(&gap)
                         && bytes % fit.block_size * 8 <= bytes
+                        && (everywhere || !(*chunk).holds_meta)
                         && let Some(found) = self.carve_in(chunk, gap, 1, RUN_SLAB)
                     {
                         return Some(found);
@@ -251,6 +264,13 @@ impl Heap {
                     self.link(chunk);
                     self.count_carved(kind, pages);
                     Some(found)
+                }
+                None if (*chunk).holds_meta => {
+                    // A request the rest of a chunk that lent a metadata run cannot hold
+                    // (none can: the largest run, 256 pages aligned to 256, fits beside it).
+                    self.counters.slab_chunks += 1;
+                    self.link(chunk);
+                    None
                 }
                 None => {
                     // A request no chunk can hold (alignment beyond what fits): keep the chunk
@@ -294,7 +314,7 @@ impl Heap {
     ) -> Result<Option<(*mut Run, bool)>, ()> {
         self.counters.chunks_obtained += 1;
         // SAFETY: the caller's promise; the lock is held.
-        if !unsafe { self.take_in_slab_chunk(chunk, provider, map) } {
+        if !unsafe { self.take_in_slab_chunk(chunk, true, provider, map) } {
             return Err(());
         }
         // SAFETY: the caller's promise.
@@ -307,8 +327,11 @@ impl Heap {
     }
 
     /// Makes a formatted chunk one of the heap's slab chunks: its checked-build bits and its
-    /// chunk-map record. Returns false, undoing both and counting the chunk as given back,
-    /// when out of metadata memory: the caller then gives it back to the provider.
+    /// chunk-map record. With `lend`, a new metadata run the record needs may come from the
+    /// chunk itself (when no other chunk has room: a heap's first chunk, or a bounded
+    /// region's last), which it then keeps for good. Returns false, undoing both and
+    /// counting the chunk as given back, when out of metadata memory: the caller then gives
+    /// it back to the provider (the chunk holds no metadata then).
     ///
     /// # Safety
     ///
@@ -316,17 +339,27 @@ impl Heap {
     pub(super) unsafe fn take_in_slab_chunk<P: PageProvider>(
         &mut self,
         chunk: *mut ChunkHeader,
+        lend: bool,
         provider: &P,
         map: &ChunkMap,
     ) -> bool {
+        if lend {
+            self.adopting = chunk;
+        }
         // SAFETY: the caller's promise; the lock is held.
-        if unsafe { self.attach_live_bits(chunk, provider) } {
-            if self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map) {
-                return true;
-            }
+        let attached = unsafe { self.attach_live_bits(chunk, provider, map) };
+        let recorded = attached && self.record(chunk as usize, entry(KIND_SLAB, 0), provider, map);
+        self.adopting = ptr::null_mut();
+        if recorded {
+            return true;
+        }
+        if attached {
             // SAFETY: attached just above; the chunk holds nothing.
             unsafe { self.detach_live_bits(chunk) };
         }
+        // A chunk that lent a metadata run has room for the record's nodes: it cannot fail.
+        // SAFETY: the caller's chunk.
+        debug_assert!(!unsafe { (*chunk).holds_meta });
         self.counters.chunks_returned += 1;
         false
     }

@@ -26,6 +26,10 @@ pub use sim::{SimProvider, TEST_SLOTS, TestPlatform};
 /// Pages of a slab chunk that runs can use (after its header), for tests that fill chunks
 /// exactly.
 pub const USABLE_PAGES: usize = crate::chunk::USABLE_PAGES;
+/// Chunks a heap keeps for checked builds' live-bit tables before its first slab chunk (a
+/// table per slab chunk, from chunks of their own): a test heap of N slab chunks needs this
+/// many more from its provider.
+pub const LIVE_BITS_CHUNKS: usize = if cfg!(feature = "checked") { 1 } else { 0 };
 
 /// The model checker the `shuttle` feature builds the allocator for (`tests/model_check.rs`).
 #[cfg(feature = "shuttle")]
