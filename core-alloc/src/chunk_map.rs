@@ -98,6 +98,21 @@ impl ChunkMap {
         unsafe { (*node.cast::<Leaf>())[e].load(Ordering::Acquire) }
     }
 
+    /// The nodes a [`set`](Self::set) of the entry of `address` would make: the levels of
+    /// its path not made yet.
+    pub(crate) fn nodes_missing(&self, address: usize) -> usize {
+        let [a, b, c, d, _] = Self::path(address);
+        let mut node = self.root[a].load(Ordering::Acquire);
+        for (level, index) in [b, c, d].into_iter().enumerate() {
+            if node.is_null() {
+                return NODE_LEVELS as usize - level;
+            }
+            // SAFETY: as in `get`.
+            node = unsafe { (*node.cast::<Interior>())[index].load(Ordering::Acquire) };
+        }
+        usize::from(node.is_null())
+    }
+
     /// Sets the entry of the chunk containing `address`; returns false if a node was
     /// needed and `new_node` could not provide one (nothing is changed then).
     ///
@@ -167,5 +182,28 @@ mod tests {
         // SAFETY: as above; the refusing allocator changes nothing.
         assert!(!unsafe { map.set(0x1234_5600_0000_0000, 7, &mut refuse) });
         assert_eq!(map.get(0x1234_5600_0000_0000), 0);
+    }
+
+    /// `nodes_missing` counts exactly the nodes a `set` makes (the metadata stocks that many
+    /// before each write).
+    #[test]
+    fn nodes_missing_counts_the_nodes_a_set_makes() {
+        let map = ChunkMap::new();
+        let made = core::cell::Cell::new(0);
+        let mut counting = || {
+            made.set(made.get() + 1);
+            node()
+        };
+        let leaf_span = CHUNK_SIZE << LEVEL_BITS;
+        for address in [CHUNK_SIZE, 2 * CHUNK_SIZE, leaf_span, leaf_span << LEVEL_BITS, usize::MAX - 5] {
+            let missing = map.nodes_missing(address);
+            made.set(0);
+            // SAFETY: single-threaded test; the nodes are zeroed and leaked.
+            assert!(unsafe { map.set(address, 1, &mut counting) });
+            assert_eq!(made.get(), missing, "{address:#x}");
+            assert_eq!(map.nodes_missing(address), 0);
+        }
+        assert_eq!(map.nodes_missing(3 * CHUNK_SIZE), 0);
+        assert_eq!(map.nodes_missing(2 * leaf_span), 1);
     }
 }

@@ -138,7 +138,7 @@ impl Heap {
         // The nodes the write may need, stocked before it: a node made inside the write may
         // not need a new chunk, whose record would be a write inside this one (both could
         // make the same node, and the later would replace the other's).
-        while self.spare_count < NODES_PER_RECORD {
+        while self.spare_count < map.nodes_missing(address) {
             let Some(node) = self.meta_alloc(NODE_BYTES, PAGE, provider, map) else {
                 return false;
             };
