@@ -9,8 +9,15 @@
 //!
 //! Concurrency: entries and node pointers are atomics. Writers hold the central heap lock
 //! (so node creation never races); readers take no lock and load with acquire ordering.
+//!
+//! Shortcuts: the first `HOT_LEAVES` leaves made are also reachable in one step, by the
+//! address bits above a leaf's span (a process's chunks usually lie in one or two GiB), so
+//! that most lookups (every free of the C library checks its pointer here) load two words
+//! instead of walking five dependent levels. Each shortcut is written once, its leaf
+//! pointer before its key (release), and never changed; a reader that sees the key (acquire)
+//! sees the leaf.
 
-use crate::sync::{AtomicPtr, AtomicU64, Ordering};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use core::ptr::{self, NonNull};
 
 use crate::config::CHUNK_SHIFT;
@@ -55,14 +62,44 @@ pub(crate) const fn count_of(entry: u64) -> usize {
 type Interior = [AtomicPtr<()>; FANOUT];
 type Leaf = [AtomicU64; FANOUT];
 
+/// Leaves reachable through a shortcut (see the module documentation).
+const HOT_LEAVES: usize = 2;
+/// Address bits below those that pick a leaf.
+const LEAF_SHIFT: u32 = CHUNK_SHIFT + LEVEL_BITS;
+
+/// A shortcut to a leaf: its key is `(address >> LEAF_SHIFT) + 1` for the addresses it
+/// covers (0 while unset).
+struct HotLeaf {
+    key: AtomicUsize,
+    leaf: AtomicPtr<()>,
+}
+
 /// The radix tree; see the module documentation.
 pub(crate) struct ChunkMap {
+    hot: [HotLeaf; HOT_LEAVES],
     root: [AtomicPtr<()>; 1 << ROOT_BITS],
 }
 
 impl ChunkMap {
     pub(crate) const fn new() -> Self {
-        Self { root: [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS] }
+        Self {
+            hot: [const { HotLeaf { key: AtomicUsize::new(0), leaf: AtomicPtr::new(ptr::null_mut()) } };
+                HOT_LEAVES],
+            root: [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS],
+        }
+    }
+
+    /// The leaf a shortcut gives for `address`, or null.
+    #[inline]
+    fn hot_leaf(&self, address: usize) -> *mut () {
+        let key = (address >> LEAF_SHIFT) + 1;
+        for hot in &self.hot {
+            // Acquire: the leaf pointer, written before the key, is visible.
+            if hot.key.load(Ordering::Acquire) == key {
+                return hot.leaf.load(Ordering::Relaxed);
+            }
+        }
+        ptr::null_mut()
     }
 
     /// The path through the tree for `address`: root, three interior and one leaf index.
@@ -82,6 +119,11 @@ impl ChunkMap {
     #[inline]
     pub(crate) fn get(&self, address: usize) -> u64 {
         let [a, b, c, d, e] = Self::path(address);
+        let hot = self.hot_leaf(address);
+        if !hot.is_null() {
+            // SAFETY: a shortcut's leaf is a leaf of this map, never freed.
+            return unsafe { (*hot.cast::<Leaf>())[e].load(Ordering::Acquire) };
+        }
         let mut node = self.root[a].load(Ordering::Acquire);
         for index in [b, c, d] {
             if node.is_null() {
@@ -101,6 +143,9 @@ impl ChunkMap {
     /// The nodes a [`set`](Self::set) of the entry of `address` would make: the levels of
     /// its path not made yet.
     pub(crate) fn nodes_missing(&self, address: usize) -> usize {
+        if !self.hot_leaf(address).is_null() {
+            return 0;
+        }
         let [a, b, c, d, _] = Self::path(address);
         let mut node = self.root[a].load(Ordering::Acquire);
         for (level, index) in [b, c, d].into_iter().enumerate() {
@@ -144,6 +189,11 @@ impl ChunkMap {
             let Some(fresh) = new_node() else { return false };
             leaf = fresh.as_ptr().cast();
             slot.store(leaf, Ordering::Release);
+            if let Some(hot) = self.hot.iter().find(|hot| hot.key.load(Ordering::Relaxed) == 0) {
+                // Written once (writers hold the lock): the leaf, then the key (release).
+                hot.leaf.store(leaf, Ordering::Relaxed);
+                hot.key.store((address >> LEAF_SHIFT) + 1, Ordering::Release);
+            }
         }
         // SAFETY: `leaf` is a leaf node, never freed.
         unsafe { (*leaf.cast::<Leaf>())[e].store(value, Ordering::Release) };
@@ -205,5 +255,51 @@ mod tests {
         }
         assert_eq!(map.nodes_missing(3 * CHUNK_SIZE), 0);
         assert_eq!(map.nodes_missing(2 * leaf_span), 1);
+    }
+}
+
+/// The shortcuts under the model checker (`cargo test -p core-alloc --features shuttle --lib
+/// chunk_map::model`): a reader racing with the writes that make a leaf and its shortcut
+/// finds an entry or nothing, never a stale or half-made one, and the walk and the shortcut
+/// agree.
+#[cfg(all(test, feature = "shuttle"))]
+mod model {
+    extern crate std;
+    use super::*;
+    use crate::config::CHUNK_SIZE;
+    use std::alloc::{Layout, alloc_zeroed};
+    use std::boxed::Box;
+
+    fn node() -> Option<NonNull<u8>> {
+        // SAFETY: a non-zero-sized layout; the node is leaked, as the map requires.
+        NonNull::new(unsafe { alloc_zeroed(Layout::from_size_align(NODE_BYTES, 4096).unwrap()) })
+    }
+
+    #[test]
+    fn readers_racing_with_a_new_leaf_and_its_shortcut() {
+        shuttle::check_random(
+            || {
+                let map: &'static ChunkMap = Box::leak(Box::new(ChunkMap::new()));
+                // Three leaves: two get shortcuts, the third is found by the walk.
+                let addresses = [5usize << 30, (5 << 30) + CHUNK_SIZE, 9 << 30, 13 << 30];
+                let reader = shuttle::thread::spawn(move || {
+                    for (index, &address) in addresses.iter().enumerate().rev() {
+                        let found = map.get(address);
+                        assert!(found == 0 || found == entry(KIND_SLAB, index), "{found:#x} at {address:#x}");
+                    }
+                });
+                for (index, &address) in addresses.iter().enumerate() {
+                    // SAFETY: the only writer; nodes are zeroed and leaked.
+                    assert!(unsafe { map.set(address, entry(KIND_SLAB, index), &mut node) });
+                }
+                reader.join().unwrap();
+                for (index, &address) in addresses.iter().enumerate() {
+                    assert_eq!(map.get(address), entry(KIND_SLAB, index));
+                }
+                assert_eq!(map.hot_leaf(13 << 30), ptr::null_mut());
+                assert!(!map.hot_leaf(9 << 30).is_null());
+            },
+            2000,
+        );
     }
 }
