@@ -37,6 +37,9 @@
 //!   another slot carving new slabs from their free pages.
 //! - `dense_chunk_hugify_vs_chunk_release`: the huge-page request for a dense chunk, made
 //!   outside the lock, racing frees and collects that give empty chunks back.
+//! - `metadata_vs_last_resort`: new arenas' metadata runs carved in the chunk that holds
+//!   metadata while another slot, the provider's chunks all taken, carves large runs there
+//!   as the last resort.
 //!
 //! Every scenario runs twice: without front caches (frees go straight into the slab
 //! protocols) and with tiny ones (frees reach the slabs from the cache: on overflow, and as
@@ -891,4 +894,58 @@ fn model_bulk_pass_vs_carve() {
     BULK_PASS_CHUNKS.store(0, Ordering::Relaxed);
     explore(bulk_pass_vs_carve);
     assert!(BULK_PASS_CHUNKS.load(Ordering::Relaxed) > 0, "no bulk pass purged a mostly free chunk");
+}
+
+/// Six slots make their arenas (the last ones need a new metadata run, carved in the chunk
+/// holding the metadata) while a seventh, the provider's two chunks taken, fills the other
+/// chunk with large runs and then takes the metadata chunk's room as the last resort. No
+/// block may overlap an arena or another block (each keeps its fill) and the metadata stays
+/// in its one chunk.
+fn metadata_vs_last_resort() {
+    const RUN: usize = 256 * 1024;
+    // Full-sized front caches (in both of `explore`'s modes): arenas of about 10 KiB, so
+    // that seven of them need a second metadata run.
+    let heap = Arc::new(
+        Allocator::new(SimProvider::new(2), TestPlatform::new())
+            .with_misuse_hook(panic_on_misuse)
+            .with_front_cache(core_alloc::config::FRONT_CACHE_BLOCKS),
+    );
+    TestPlatform::enter(0);
+    let first = allocate_filled(&heap, BLOCK, 1);
+    let arenas: Vec<_> = (1..=6)
+        .map(|slot| spawn(&heap, slot, move |heap| allocate_filled(heap, BLOCK, slot as u8)))
+        .collect();
+    let large = spawn(&heap, 7, |heap| {
+        let mut runs = Vec::new();
+        while let Some(block) = heap.allocate(RUN, 8) {
+            let fill = 100 + runs.len() as u8;
+            // SAFETY: a live block of RUN bytes, this thread's.
+            unsafe { block.as_ptr().write_bytes(fill, RUN) };
+            runs.push((block.as_ptr() as usize, fill));
+        }
+        runs
+    });
+    let small: Vec<Vec<(usize, u8)>> = arenas.into_iter().map(|arena| arena.join().unwrap()).collect();
+    let runs = large.join().unwrap();
+    check_filled(&first, BLOCK, "a block of slot 0 was overwritten");
+    for blocks in &small {
+        check_filled(blocks, BLOCK, "a small block was overwritten");
+    }
+    check_filled(&runs, RUN, "a large run was overwritten");
+    let stats = heap.stats();
+    assert_eq!(stats.arenas, 7, "{stats}");
+    assert!(stats.heap.meta_bytes > 64 * 1024, "no second metadata run: {stats}");
+    assert_eq!(stats.heap.meta_chunks, 1, "metadata left its chunk: {stats}");
+    assert!(runs.len() > USABLE_RUNS, "the metadata chunk's room was not used: {} runs", runs.len());
+    let blocks =
+        first.into_iter().chain(small.into_iter().flatten()).chain(runs).map(|(block, _)| block).collect();
+    free_all_and_check(&heap, blocks, &[]);
+}
+
+/// Runs of `metadata_vs_last_resort` that one chunk without metadata holds.
+const USABLE_RUNS: usize = core_alloc::testkit::USABLE_PAGES / 64;
+
+#[test]
+fn model_metadata_vs_last_resort() {
+    explore(metadata_vs_last_resort);
 }
