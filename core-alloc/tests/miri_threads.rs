@@ -6,7 +6,8 @@
 //! and handed over by `collect`; a thread giving its slot up with live blocks, which other
 //! threads then free (abandoned slabs) and adopt by allocating the same size class; huge
 //! blocks grown with `reallocate` (remapped by the simulation provider) and freed by another
-//! thread. Every block carries a pattern, written by its owner and checked by whoever frees
+//! thread; the chunk map's shortcut to its first leaf published while another thread looks
+//! addresses up. Every block carries a pattern, written by its owner and checked by whoever frees
 //! it, so the allocator must order the handover of memory between threads.
 
 use std::ptr::NonNull;
@@ -367,4 +368,69 @@ fn statistics_read_while_caches_change() {
     reader.join().expect("the reading thread panicked");
     assert_eq!(heap.stats().classes.iter().map(|class| class.cached).sum::<u64>(), 0);
     finish(heap, Vec::new(), &[1, 2, 3]);
+}
+
+/// The chunk map's shortcut to its first leaf, made by one thread's first allocation while
+/// another looks addresses up (as `owns`, the C library's `free` and huge frees do). The
+/// span is not zeroed, so the leaf is zeroed by plain writes from metadata memory; the reader
+/// reaches the leaf only through the shortcut's key (acquire), which must order those
+/// writes before its loads of the leaf's entries: with a relaxed key, Miri's data-race
+/// detector reports the zeroing against the reader's load.
+#[test]
+fn a_lookup_races_the_first_leaf_and_its_shortcut() {
+    // Several heaps: each schedule gets several chances at the reader reaching the leaf
+    // through the shortcut while its key is new.
+    for _ in 0..4 {
+        lookup_races_the_first_leaf();
+    }
+}
+
+fn lookup_races_the_first_leaf() {
+    use page_provider::fixed::FixedRegion;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Enough whole chunks to run on chunks (not compact mode), and one for alignment.
+    let chunks = core_alloc::COMPACT_CHUNKS + 1;
+    let span = vec![0xA5u8; (chunks + 1) * CHUNK_SIZE].leak();
+    let base = (span.as_mut_ptr() as usize).next_multiple_of(CHUNK_SIZE);
+    // SAFETY: the leaked span is used by this heap alone; its bytes are not zero.
+    let region: FixedRegion = unsafe { FixedRegion::new(base as *mut u8, chunks * CHUNK_SIZE, false) };
+    let heap: &'static Allocator<FixedRegion, TestPlatform> =
+        Box::leak(Box::new(Allocator::new(region, TestPlatform::new())));
+    // The block's address, handed over without ordering: the map must provide it.
+    let published: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    let reader = spawn_in(2, move || {
+        // Lookups until the block is seen, then one of it (which may still find nothing:
+        // the relaxed handover orders nothing); the map's own orderings are what is checked.
+        let mut round = 0;
+        loop {
+            let block = published.load(Ordering::Relaxed);
+            if block != 0 {
+                // Its chunk's entry (written with release), then entries of the same leaf
+                // that only the leaf's zeroing wrote (the shortcut's key must order that).
+                let mut found = heap.owns(block as *const u8);
+                for bit in 23..30 {
+                    thread::yield_now();
+                    found |= heap.owns((block ^ 1 << bit) as *const u8);
+                }
+                return found;
+            }
+            let _ = heap.owns((base + (round % chunks) * CHUNK_SIZE + 4096) as *const u8);
+            round += 1;
+            thread::yield_now();
+        }
+    });
+    let block = run_in(1, move || {
+        let block = heap.allocate(64, 8).expect("a fresh heap's first block").as_ptr() as usize;
+        published.store(block, Ordering::Relaxed);
+        block
+    });
+    reader.join().expect("the reader panicked");
+    assert!(!heap.is_compact());
+    assert!(heap.owns(block as *const u8));
+    run_in(1, move || {
+        // SAFETY: the block is live, freed once.
+        unsafe { heap.deallocate(NonNull::new(block as *mut u8).unwrap(), 64, 8) };
+        heap.collect();
+    });
+    assert!(heap.stats().holds_nothing_but_metadata(), "{}", heap.stats());
 }
