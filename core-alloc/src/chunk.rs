@@ -41,8 +41,8 @@ pub(crate) const RUN_FREE: RunKind = RunKind(0);
 pub(crate) const RUN_SLAB: RunKind = RunKind(1);
 /// A large allocation: `pages` pages handed out whole.
 pub(crate) const RUN_LARGE: RunKind = RunKind(2);
-/// The heap's own metadata (arenas, chunk-map nodes, checked builds' live bits; see
-/// `heap::meta`): never freed, so its chunk stays a slab chunk for good.
+/// The heap's own metadata (arenas, chunk-map nodes; see `heap::meta`): never freed, so
+/// its chunk stays a slab chunk for good.
 pub(crate) const RUN_META: RunKind = RunKind(3);
 
 /// Which list holds a slab (its owner's bin lists, or the central orphan lists).

@@ -208,7 +208,8 @@ mod tests {
     use crate::config::CHUNK_SIZE;
     use std::alloc::{Layout, alloc_zeroed};
 
-    fn node() -> Option<NonNull<u8>> {
+    /// A zeroed, leaked node (the model test's too).
+    pub(super) fn node() -> Option<NonNull<u8>> {
         // SAFETY: a non-zero-sized layout; the node is leaked, as the map requires.
         NonNull::new(unsafe { alloc_zeroed(Layout::from_size_align(NODE_BYTES, 4096).unwrap()) })
     }
@@ -265,15 +266,10 @@ mod tests {
 #[cfg(all(test, feature = "shuttle"))]
 mod model {
     extern crate std;
+    use super::tests::node;
     use super::*;
     use crate::config::CHUNK_SIZE;
-    use std::alloc::{Layout, alloc_zeroed};
     use std::boxed::Box;
-
-    fn node() -> Option<NonNull<u8>> {
-        // SAFETY: a non-zero-sized layout; the node is leaked, as the map requires.
-        NonNull::new(unsafe { alloc_zeroed(Layout::from_size_align(NODE_BYTES, 4096).unwrap()) })
-    }
 
     #[test]
     fn readers_racing_with_a_new_leaf_and_its_shortcut() {

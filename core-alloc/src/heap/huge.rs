@@ -38,6 +38,11 @@ impl NodeReserve {
     }
 }
 
+/// The chunk-map entry of the chunk at `index` of a huge allocation of `count` chunks.
+fn huge_entry(count: usize, index: usize) -> u64 {
+    if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) }
+}
+
 /// Records the chunk-map entries of a huge allocation of `count` chunks at `base`, with
 /// nodes from `new_node` where the map needs them; returns how many it recorded (all of
 /// them, or the first ones until `new_node` had none). Call with the central lock held;
@@ -50,9 +55,8 @@ pub(super) fn record_huge_entries(
 ) -> usize {
     (0..count)
         .take_while(|&index| {
-            let value = if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) };
             // SAFETY: the caller holds the lock; `new_node` gives zeroed, never-freed nodes.
-            unsafe { map.set(base + index * CHUNK_SIZE, value, new_node) }
+            unsafe { map.set(base + index * CHUNK_SIZE, huge_entry(count, index), new_node) }
         })
         .count()
 }
@@ -124,8 +128,7 @@ impl Heap {
         self.counters.chunks_returned += returned;
         let recorded = (0..count)
             .take_while(|&index| {
-                let value = if index == 0 { entry(KIND_HUGE, count) } else { entry(KIND_HUGE_TAIL, index) };
-                self.record(base + index * CHUNK_SIZE, value, provider, map)
+                self.record(base + index * CHUNK_SIZE, huge_entry(count, index), provider, map)
             })
             .count();
         if recorded < count {

@@ -309,6 +309,16 @@ impl Heap {
         if meta_chunks + self.counters.live_bits_chunks != self.counters.meta_chunks {
             return Err("metadata chunk count disagrees with the buckets' chunks holding metadata");
         }
+        let mut spares = 0;
+        let mut node = self.spare_nodes;
+        while !node.is_null() {
+            // SAFETY: spare nodes are linked through their first word; the lock is held.
+            node = unsafe { node.cast::<*mut u8>().read() };
+            spares += 1;
+        }
+        if spares != self.spare_count {
+            return Err("spare node count disagrees with the spare list");
+        }
         for &home in self.meta_homes.iter().filter(|home| !home.is_null()) {
             // SAFETY: homes are chunks holding metadata; the lock is held.
             if !unsafe { (*home).holds_meta } {

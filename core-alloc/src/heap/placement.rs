@@ -40,6 +40,17 @@ pub(crate) struct SlabFit {
     pub(crate) block_size: usize,
 }
 
+/// Whether runs other than metadata may go to `chunk` now: a chunk holding metadata keeps
+/// its room for metadata unless `everywhere` (the provider has no chunk left; see `meta`).
+///
+/// # Safety
+///
+/// `chunk` is a formatted slab chunk; the lock is held.
+unsafe fn open_to_runs(chunk: *const ChunkHeader, everywhere: bool) -> bool {
+    // SAFETY: the caller's promise.
+    everywhere || !unsafe { (*chunk).holds_meta }
+}
+
 /// The bucket of a chunk whose longest free run is `longest_free` pages.
 pub(super) fn bucket_of(longest_free: usize) -> usize {
     if longest_free == 0 { 0 } else { (1 + longest_free.ilog2() as usize).min(BUCKETS - 1) }
@@ -133,7 +144,7 @@ impl Heap {
                 unsafe {
                     let next = (*chunk).next;
                     if Some(chunk) != tightest
-                        && (everywhere || !(*chunk).holds_meta)
+                        && open_to_runs(chunk, everywhere)
                         && let Some(found) = self.carve_in(chunk, pages, align_pages, kind)
                     {
                         return Some(found);
@@ -165,7 +176,7 @@ impl Heap {
                     let longest = (*chunk).longest_free;
                     if longest as usize >= pages
                         && (*chunk).free_runs != 0
-                        && (everywhere || !(*chunk).holds_meta)
+                        && open_to_runs(chunk, everywhere)
                         && best.is_none_or(|best| longest < (*best).longest_free)
                     {
                         best = Some(chunk);
@@ -231,7 +242,7 @@ impl Heap {
                     let bytes = gap * PAGE;
                     if (fit.min_pages..pages).contains(&gap)
                         && bytes % fit.block_size * 8 <= bytes
-                        && (everywhere || !(*chunk).holds_meta)
+                        && open_to_runs(chunk, everywhere)
                         && let Some(found) = self.carve_in(chunk, gap, 1, RUN_SLAB)
                     {
                         return Some(found);
