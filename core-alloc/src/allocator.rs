@@ -24,7 +24,7 @@ use crate::chunk::{
 use crate::chunk_map::ChunkMap;
 use crate::config::{
     CHUNK_MASK, CHUNK_SIZE, HUGE_HEAP_CHUNKS, LARGE_GROWTH_MIN, LARGE_GROWTH_SLACK, MAX_LARGE, PAGE,
-    PAGE_SHIFT, TIGHT_SUPPLY_DIVISOR,
+    PAGE_SHIFT, tight_supply,
 };
 use crate::front_cache::{shrinks_in_place, sized_class};
 use crate::heap::{Clock, Heap, Release, SlabFit};
@@ -858,13 +858,13 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Whether the large path is in its tight mode: the provider's supply of chunks is
-    /// running low (a bounded region or a kernel's RAM with less than
-    /// `1 / TIGHT_SUPPLY_DIVISOR` of it left), or it refused memory since the heap last
-    /// obtained or gave back chunks. Large runs then get exactly the pages their blocks need:
-    /// no room to grow into from the arenas' caches, a shrink gives its spare pages back at
-    /// once, and a cached run serves only a request of its own size (a bigger one cut down
-    /// would leave a gap where it lay), so that the heap fills up before it fails rather than
-    /// keeping room for growth that may never come. A hint read without the lock: a stale
+    /// running low (a bounded region or a kernel's RAM with more than
+    /// `1 / TIGHT_SUPPLY_DIVISOR` of it in use: [`tight_supply`]), or it refused memory since
+    /// the heap last obtained or gave back chunks. Large runs then get exactly the pages their
+    /// blocks need: no room to grow into from the arenas' caches, a shrink gives its spare
+    /// pages back at once, and a cached run serves only a request of its own size (a bigger
+    /// one cut down would leave a gap where it lay). The heap so fills up before it fails
+    /// rather than keeping room for growth that may never come. A hint read without the lock: a stale
     /// answer changes only how much room a run keeps.
     #[inline]
     fn short_of_memory(&self) -> bool {
@@ -883,7 +883,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     pub(crate) fn note_supply(&self) {
         let short = self
             .critical(|| self.provider.supply())
-            .is_some_and(|supply| supply.available.saturating_mul(TIGHT_SUPPLY_DIVISOR) < supply.total);
+            .is_some_and(|supply| tight_supply(supply.available, supply.total));
         self.short_of_memory.store(short, Ordering::Relaxed);
     }
 

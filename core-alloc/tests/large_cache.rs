@@ -178,13 +178,13 @@ fn blocks_of_cached_runs_move_between_threads() {
     assert_eq!(stats.heap.large_live, 0, "{stats}");
 }
 
-/// A bounded provider running low (less than `1 / TIGHT_SUPPLY_DIVISOR` of its chunks left)
+/// A bounded provider running low (more than `1 / TIGHT_SUPPLY_DIVISOR` of its chunks in use)
 /// puts the large path in its tight mode: growth gets no room from a bigger cached run, a
 /// cached run serves only a request of its own size, and a shrink gives its spare pages
 /// back. With the supply back, runs get room to grow again.
 #[test]
 fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
-    use core_alloc::config::{CHUNK_SIZE, LARGE_GROWTH_SLACK, TIGHT_SUPPLY_DIVISOR};
+    use core_alloc::config::{CHUNK_SIZE, LARGE_GROWTH_SLACK, tight_supply};
     use page_provider::PageProvider;
 
     let heap = common::region_heap(16);
@@ -215,7 +215,7 @@ fn a_bounded_provider_running_low_gets_runs_of_exactly_the_pages_needed() {
 
     // Use up the supply with one-chunk huge blocks until the tight mode starts.
     let mut huge = Vec::new();
-    while supply().available * TIGHT_SUPPLY_DIVISOR >= supply().total {
+    while !tight_supply(supply().available, supply().total) {
         huge.push(heap.allocate(CHUNK_SIZE, 8).unwrap());
     }
     let grown = grow(16, 10_000);
