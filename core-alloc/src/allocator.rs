@@ -723,13 +723,23 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         // Growth to LARGE_GROWTH_MIN and beyond moves to a page run, which can grow in place
-        // next time (in compact mode the fit heap grows blocks in place already).
-        let grows_large = new_size > old_size
-            && (LARGE_GROWTH_MIN..=MAX_LARGE).contains(&new_size)
-            && layout.align() <= PAGE
-            && !(P::MAY_CLAIM_SPAN && self.mode.compact());
-        let moved =
-            if grows_large { self.alloc_big(layout, false, true) } else { self.alloc_inner(layout, false) };
+        // next time; in compact mode, growth to a fit block moves where it has room to grow
+        // in place (see `Fit::alloc_with_room`).
+        let compact = P::MAY_CLAIM_SPAN && self.mode.compact();
+        let moved = if new_size <= old_size {
+            self.alloc_inner(layout, false)
+        } else if compact {
+            let roomy = if Mode::slab_request(new_size, layout.align()) {
+                ptr::null_mut()
+            } else {
+                self.alloc_compact_growing(new_size, layout.align())
+            };
+            if roomy.is_null() { self.alloc_inner(layout, false) } else { roomy }
+        } else if (LARGE_GROWTH_MIN..=MAX_LARGE).contains(&new_size) && layout.align() <= PAGE {
+            self.alloc_big(layout, false, true)
+        } else {
+            self.alloc_inner(layout, false)
+        };
         if !moved.is_null() {
             // SAFETY: both blocks are live and distinct; the copy stays inside both.
             unsafe {

@@ -46,6 +46,11 @@ pub const COMPACT_CHUNKS: usize = 8;
 pub const COMPACT_SLAB_MAX: usize = 256;
 /// The largest size class with slabs in compact mode.
 const COMPACT_MAX_CLASS: usize = class_index(COMPACT_SLAB_MAX);
+/// Reallocation growth in compact mode moves a block to where this many times its bytes
+/// are free, when the span has such a piece (see `Fit::alloc_with_room`): a doubling `Vec`
+/// then grows in place four times before it could need to move again. (With 4, a `Vec`
+/// doubling from 512 bytes still moved at 4 KiB: the 4 KiB holes between slab pages took it.)
+const FIT_GROWTH_ROOM: usize = 16;
 /// Bytes at the start of a compact slab page that hold its run descriptor.
 const SLAB_HEAD: usize = core::mem::size_of::<Run>();
 
@@ -296,7 +301,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 return self.alloc_inner(layout, zeroed);
             }
         }
-        let block = self.platform.with_slot(|_| self.fit_block(size, align));
+        let block = self.platform.with_slot(|_| self.fit_block(size, align, 1));
         match block {
             Some(block) => {
                 if zeroed {
@@ -320,15 +325,22 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
 
     /// A block of `class` as a fit block, when no slab page can be had for it.
     pub(crate) fn alloc_compact_fallback(&self, class: usize) -> *mut u8 {
-        self.fit_block(class_size(class), class_align(class).min(PAGE)).unwrap_or(ptr::null_mut())
+        self.fit_block(class_size(class), class_align(class).min(PAGE), 1).unwrap_or(ptr::null_mut())
     }
 
-    /// A fit block handed to a caller, counted in the region's live blocks. Call inside a
-    /// slot closure.
-    fn fit_block(&self, size: usize, align: usize) -> Option<*mut u8> {
+    /// Reallocation growth in compact mode that moves the block to a fit block: one with
+    /// room after it to grow in place (see `Fit::alloc_with_room`). Null when the span has no
+    /// room (the caller reports the failure).
+    pub(crate) fn alloc_compact_growing(&self, size: usize, align: usize) -> *mut u8 {
+        self.platform.with_slot(|_| self.fit_block(size, align, FIT_GROWTH_ROOM)).unwrap_or(ptr::null_mut())
+    }
+
+    /// A fit block handed to a caller, counted in the region's live blocks, taken with
+    /// `room` (see `Fit::alloc_with_room`). Call inside a slot closure.
+    fn fit_block(&self, size: usize, align: usize, room: usize) -> Option<*mut u8> {
         let mut heap = self.lock_heap();
         let region = heap.region.as_mut()?;
-        let block = region.fit().alloc(size, align)?;
+        let block = region.fit().alloc_with_room(size, align, room)?;
         let usable = region.fit().used_size(block).unwrap_or(0);
         heap.counters.region.blocks_live += 1;
         heap.counters.region.blocks_live_bytes += usable;
