@@ -1000,10 +1000,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             if !arena.is_null() {
                 // SAFETY: arenas are never freed; their counters and cache counts are atomics.
                 unsafe {
-                    (*arena).counters.add_to(&mut stats);
-                    for (class, bin) in stats.classes.iter_mut().zip(&(*arena).cache) {
-                        class.cached += bin.len() as u64;
-                    }
+                    let bins = &(*arena).cache;
+                    (*arena).counters.add_to(&mut stats, |class| bins[class].len() as u64);
                 }
                 stats.arenas += 1;
             }

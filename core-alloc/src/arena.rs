@@ -247,7 +247,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let cache = (*arena).cache.get_unchecked(class);
                 let cached = cache.len();
                 if cached != 0 {
-                    count_one((*arena).counters.allocations.get_unchecked(class));
+                    // Not counted: the statistics derive it (see `ArenaCounters`).
                     return cache.take(cached);
                 }
                 let block = slab::pop((*arena).bins.get_unchecked(class).current);
@@ -489,6 +489,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 if (*arena).bulk_free {
                     self.note_bulk_free(arena, class, block);
                 }
+                count_one(&(*arena).counters.frees_to_slabs[class]);
                 let emptied = (*arena).emptied_slabs;
                 self.free_into_slab(slot, arena, self.slab_of(block), block);
                 // A cached class whose cache an earlier bulk free turned off (it stays off
@@ -511,6 +512,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 self.flush_cache_bin(slot, arena, class, (*bin).capacity().div_ceil(2));
                 if (*arena).emptied_slabs != emptied {
                     self.begin_bulk_free(slot, arena);
+                    count_one(&(*arena).counters.frees_to_slabs[class]);
                     self.free_into_slab(slot, arena, self.slab_of(block), block);
                     self.release_current_if_empty(arena, class);
                     return;

@@ -242,6 +242,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
             ptr::copy(bin.blocks.add(count), bin.blocks, cached - count);
             bin.count.store((cached - count) as u32, Ordering::Relaxed);
+            let flushed = &(*arena).counters.flushed[class];
+            flushed.store(flushed.load(Ordering::Relaxed) + count as u64, Ordering::Relaxed);
         }
     }
 
