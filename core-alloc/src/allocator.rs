@@ -30,9 +30,9 @@ use crate::front_cache::{shrinks_in_place, sized_class};
 use crate::heap::{Clock, Heap, Release, SlabFit};
 use crate::large_cache::LARGE_FREED;
 use crate::region::{CHUNKS, COMPACT, FailureHook, Mode, ignore_failure};
-use crate::size_class::{CLASS_COUNT, class_for};
 #[cfg(not(feature = "checked"))]
-use crate::size_class::{LOOKUP_LIMIT, table_class};
+use crate::size_class::LOOKUP_LIMIT;
+use crate::size_class::{CLASS_COUNT, class_for, table_class};
 use crate::stats::Stats;
 
 /// A misuse of the allocator that it noticed.
@@ -408,8 +408,17 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 return self.alloc_compact(layout, zeroed);
             }
         }
-        let Some(class) = class_for(layout.size(), layout.align()) else {
-            return self.alloc_big(layout, zeroed, false);
+        // The common request (at most LOOKUP_LIMIT bytes, aligned to at most 16) takes its
+        // class from the table behind one test, straight on; the rest is out of line.
+        let class = match table_class(layout.size(), layout.align()) {
+            Some(class) => class,
+            None => {
+                core::hint::cold_path();
+                match class_for(layout.size(), layout.align()) {
+                    Some(class) => class,
+                    None => return self.alloc_big(layout, zeroed, false),
+                }
+            }
         };
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
         let block = self.platform.with_slot(

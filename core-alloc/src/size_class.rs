@@ -87,7 +87,6 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
 /// The class of a request of at most [`LOOKUP_LIMIT`] bytes aligned to at most 16 (the
 /// common case, one table load), or `None` for any other request.
 #[inline(always)]
-#[cfg_attr(feature = "checked", allow(dead_code))] // checked builds validate every free first
 pub(crate) fn table_class(size: usize, align: usize) -> Option<usize> {
     if size <= LOOKUP_LIMIT && align <= 16 {
         Some(ALIGNED_CLASS[(align >> 3) & 3][size.div_ceil(4)] as usize)
