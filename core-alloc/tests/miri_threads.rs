@@ -330,14 +330,27 @@ fn huge_blocks_grown_by_reallocate_and_freed_by_another_thread() {
 /// slot's slabs (cached, then flushed as remote frees).
 #[test]
 fn statistics_read_while_caches_change() {
+    use std::sync::atomic::{AtomicU64, Ordering};
     const SIZE: usize = 4096;
+    // Allocations of SIZE begun and done by the churner: the snapshot's count, which is
+    // derived for blocks a front cache served, lies between them but for the blocks of the
+    // operations in flight (a push or a pop: one; a flush: half a stack) in each arena
+    // changing meanwhile (the churner's and the other's).
+    static BEGUN: AtomicU64 = AtomicU64::new(0);
+    static DONE: AtomicU64 = AtomicU64::new(0);
     let rounds = if cfg!(miri) { 3 } else { 200 };
     let heap = heap(8);
     let (to_other, from_first) = channel::<Vec<Block>>();
     let churner = spawn_in(1, move || {
         for round in 0..rounds {
-            let mut blocks: Vec<Block> =
-                (0..40).map(|index| Block::new(heap, SIZE, 8, (round * 40 + index) as u8)).collect();
+            let mut blocks: Vec<Block> = (0..40)
+                .map(|index| {
+                    BEGUN.fetch_add(1, Ordering::SeqCst);
+                    let block = Block::new(heap, SIZE, 8, (round * 40 + index) as u8);
+                    DONE.fetch_add(1, Ordering::SeqCst);
+                    block
+                })
+                .collect();
             let theirs = blocks.split_off(30);
             for block in blocks {
                 block.free(heap);
@@ -356,8 +369,18 @@ fn statistics_read_while_caches_change() {
     });
     let reader = spawn_in(3, move || {
         let limit = core_alloc::config::FRONT_CACHE_BLOCKS as u64;
+        let class = class_for(SIZE, 8).unwrap();
+        let stack = (core_alloc::config::FRONT_CACHE_BYTES / SIZE).min(limit as usize) as u64;
+        let slack = 2 * (stack.div_ceil(2) + 1);
         for _ in 0..rounds {
+            let done = DONE.load(Ordering::SeqCst);
             let stats = heap.stats();
+            let begun = BEGUN.load(Ordering::SeqCst);
+            let allocations = stats.classes[class].allocations;
+            assert!(
+                allocations + slack >= done && allocations <= begun + slack,
+                "{allocations} allocations counted, {done}-{begun} made: {stats}"
+            );
             let cached: u64 = stats.classes.iter().map(|class| class.cached).sum();
             assert!(stats.classes.iter().all(|class| class.cached <= limit), "{stats}");
             assert!(cached <= 2 * limit * stats.classes.len() as u64);
