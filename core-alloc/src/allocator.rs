@@ -883,8 +883,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// blocks need: no room to grow into from the arenas' caches, a shrink gives its spare
     /// pages back at once, and a cached run serves only a request of its own size (a bigger
     /// one cut down would leave a gap where it lay). The heap so fills up before it fails
-    /// rather than keeping room for growth that may never come. A hint read without the lock: a stale
-    /// answer changes only how much room a run keeps.
+    /// rather than keeping room for growth that may never come. A hint read without the lock:
+    /// a stale answer changes only how much room a run keeps.
     #[inline]
     fn short_of_memory(&self) -> bool {
         self.short_of_memory.load(Ordering::Relaxed)

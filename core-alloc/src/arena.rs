@@ -971,17 +971,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                         return Err("a front cache holds a block twice");
                     }
                 }
-                // The statistics derive the allocations the stack served from these counts
-                // (see `ArenaCounters`): the blocks it took in, less those it gave to slabs,
-                // cover the blocks on it.
-                let counters = &(*arena).counters;
-                let kept = counters.frees[class]
-                    .load(Ordering::Relaxed)
-                    .checked_sub(counters.frees_to_slabs[class].load(Ordering::Relaxed))
-                    .and_then(|taken_in| {
-                        taken_in.checked_sub(counters.flushed[class].load(Ordering::Relaxed))
-                    });
-                if kept.is_none_or(|kept| kept < bin.len() as u64) {
+                // The statistics derive the allocations the stack served from its counts.
+                if (*arena).counters.served_by_cache(class, bin.len() as u64).is_none() {
                     return Err("a front cache holds blocks its counters do not account for");
                 }
             }

@@ -236,8 +236,8 @@ pub(crate) struct ArenaCounters {
     pub allocations: [AtomicU64; CLASS_COUNT],
     /// Every free, pushed on the front cache or not.
     pub frees: [AtomicU64; CLASS_COUNT],
-    /// Frees that did not end on the front cache (the class not cached, or a flush that
-    /// began a bulk free).
+    /// Frees that did not end on the front cache (its stack for the class absent or turned
+    /// off, or a flush that began a bulk free).
     pub frees_to_slabs: [AtomicU64; CLASS_COUNT],
     /// Blocks the front cache gave to their slabs (flushes).
     pub flushed: [AtomicU64; CLASS_COUNT],
@@ -248,22 +248,33 @@ pub(crate) struct ArenaCounters {
 
 impl ArenaCounters {
     /// Adds this arena's counts to a snapshot; `cached(class)` is the blocks on the class's
-    /// stack now. Read while the holder works, the counts may be off by its operations in
-    /// flight (never below zero).
+    /// stack now. Read while the holder works (relaxed loads of counts it stores one after
+    /// another), a class's derived allocations may be off by the blocks of its operation in
+    /// flight: one for a push or a pop, up to half a stack for a flush whose new length is
+    /// seen before its `flushed` count; never below zero (`miri_threads`,
+    /// `statistics_read_while_caches_change`, checks the bound).
     pub(crate) fn add_to(&self, stats: &mut Stats, cached: impl Fn(usize) -> u64) {
         for (index, class) in stats.classes.iter_mut().enumerate() {
             let cached = cached(index);
-            let frees = self.frees[index].load(Ordering::Relaxed);
-            let served = frees
-                .saturating_sub(self.frees_to_slabs[index].load(Ordering::Relaxed))
-                .saturating_sub(self.flushed[index].load(Ordering::Relaxed))
-                .saturating_sub(cached);
+            let served = self.served_by_cache(index, cached).unwrap_or(0);
             class.allocations += self.allocations[index].load(Ordering::Relaxed) + served;
-            class.frees += frees;
+            class.frees += self.frees[index].load(Ordering::Relaxed);
             class.cached += cached;
         }
         stats.large_cached += self.large_cached.load(Ordering::Relaxed);
         stats.large_cached_bytes += self.large_cached_pages.load(Ordering::Relaxed) * crate::config::PAGE;
+    }
+
+    /// The allocations of `class` the front cache served, with `cached` blocks on its stack
+    /// now: the blocks it took in (frees but those that went to slabs), less those it gave to
+    /// slabs and those on it. `None` when the counts do not cover the stack, which
+    /// `check_invariants` reports (a snapshot racing the holder reads 0 instead).
+    pub(crate) fn served_by_cache(&self, class: usize, cached: u64) -> Option<u64> {
+        self.frees[class]
+            .load(Ordering::Relaxed)
+            .checked_sub(self.frees_to_slabs[class].load(Ordering::Relaxed))?
+            .checked_sub(self.flushed[class].load(Ordering::Relaxed))?
+            .checked_sub(cached)
     }
 
     /// Records what the arena's large cache holds now (owner only).
