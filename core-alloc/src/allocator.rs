@@ -315,9 +315,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let run = run_of(ptr.as_ptr() as usize);
                 if (*run).kind == RUN_SLAB {
                     let class = (*run).class as usize;
-                    return self.platform.with_slot(
+                    return self.platform.with_slot_exit(
                         #[inline(always)]
-                        move |slot| self.free_small(slot, class, ptr.as_ptr()),
+                        move |slot, exit| self.free_small(slot, class, ptr.as_ptr(), exit),
                     );
                 }
             }
@@ -421,9 +421,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         };
         // SAFETY: the slot closure gives exclusive use of the slot's arena.
-        let block = self.platform.with_slot(
+        let block = self.platform.with_slot_exit(
             #[inline(always)]
-            move |slot| unsafe { self.alloc_small(slot, class) },
+            move |slot, exit| unsafe { self.alloc_small(slot, class, exit) },
         );
         #[cfg(feature = "checked")]
         if !block.is_null() {
@@ -520,9 +520,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             const { assert!(LOOKUP_LIMIT < LARGE_GROWTH_MIN) };
             // SAFETY: a block allocated with a size below LARGE_GROWTH_MIN is a block of a
             // slab of its size's class (see `front_cache::sized_class`).
-            return self.platform.with_slot(
+            return self.platform.with_slot_exit(
                 #[inline(always)]
-                move |slot| unsafe { self.free_small(slot, class, block) },
+                move |slot, exit| unsafe { self.free_small(slot, class, block, exit) },
             );
         }
         // The layout goes as two words in registers (an alignment of 0 saying there is none):
@@ -557,14 +557,16 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
         // A size that only a slab block can have gives the class without reading the chunk.
         if let Some(class) = layout.and_then(|(size, align)| sized_class(size, align)) {
             // SAFETY: a live block of a slab of that class (caller).
-            return self.platform.with_slot(move |slot| unsafe { self.free_small(slot, class, block) });
+            return self
+                .platform
+                .with_slot_exit(move |slot, exit| unsafe { self.free_small(slot, class, block, exit) });
         }
         // SAFETY: a live block: its chunk is a slab chunk and a run covers it.
         unsafe {
             let run = run_of(address);
             if (*run).kind == RUN_SLAB {
                 let class = (*run).class as usize;
-                self.platform.with_slot(move |slot| self.free_small(slot, class, block));
+                self.platform.with_slot_exit(move |slot, exit| self.free_small(slot, class, block, exit));
             } else {
                 self.free_large(run, address);
             }
@@ -757,7 +759,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     // Checked builds validate every free (in `free_general`).
                     #[cfg(not(feature = "checked"))]
                     // SAFETY: a block of a slab of that class, no longer used.
-                    Some(class) => self.platform.with_slot(move |slot| self.free_small(slot, class, block)),
+                    Some(class) => self
+                        .platform
+                        .with_slot_exit(move |slot, exit| self.free_small(slot, class, block, exit)),
                     _ => self.free_inner(block, None),
                 }
             }

@@ -47,7 +47,7 @@ use crate::sync::{AtomicPtr, Ordering};
 use core::ptr;
 
 use page_provider::PageProvider;
-use platform::Platform;
+use platform::{Platform, SlotExit};
 
 use crate::allocator::Allocator;
 use crate::chunk::{LIST_CURRENT, LIST_FULL, LIST_NONE, LIST_PARTIAL, ListTag, RUN_SLAB, Run};
@@ -142,6 +142,8 @@ fn delayed_closed() -> *mut u8 {
 pub(crate) struct Arena {
     /// Freed blocks per class, served before the slabs (see `front_cache`).
     pub(crate) cache: [CacheBin; CLASS_COUNT],
+    /// The most blocks each class's stack holds when caching (0: the class is not cached).
+    pub(crate) cache_nominal: [u32; CLASS_COUNT],
     bins: [Bin; CLASS_COUNT],
     /// Slow-path refills so far; paces the release of idle empty slabs.
     refills: u32,
@@ -231,13 +233,14 @@ unsafe fn unlink(list: *mut *mut Run, run: *mut Run) {
 }
 
 impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
-    /// Allocates a block of `class` from `slot`'s arena.
+    /// Allocates a block of `class` from `slot`'s arena, and gives the slot up (`exit`): on
+    /// the slow path the function it calls last does, so that the call is a tail call.
     ///
     /// # Safety
     ///
-    /// The caller holds `slot` (inside the platform's slot closure).
+    /// The caller holds `slot` (inside the platform's slot closure), until `exit` drops.
     #[inline(always)]
-    pub(crate) unsafe fn alloc_small(&self, slot: usize, class: usize) -> *mut u8 {
+    pub(crate) unsafe fn alloc_small(&self, slot: usize, class: usize, exit: SlotExit<'_, Pl>) -> *mut u8 {
         debug_assert!(class < CLASS_COUNT);
         let arena = self.arenas[slot].load(Ordering::Relaxed);
         if !arena.is_null() {
@@ -248,17 +251,34 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let cached = cache.len();
                 if cached != 0 {
                     // Not counted: the statistics derive it (see `ArenaCounters`).
-                    return cache.take(cached);
+                    let block = cache.take(cached);
+                    exit.leave();
+                    return block;
                 }
                 let block = slab::pop((*arena).bins.get_unchecked(class).current);
                 if !block.is_null() {
                     count_one((*arena).counters.allocations.get_unchecked(class));
+                    exit.leave();
                     return block;
                 }
             }
         }
         // SAFETY: forwarded slot ownership.
-        unsafe { self.alloc_small_slow(slot, class) }
+        unsafe { self.alloc_small_slow_exit(slot, class, exit) }
+    }
+
+    /// [`alloc_small_slow`](Self::alloc_small_slow), then gives the slot up.
+    ///
+    /// # Safety
+    ///
+    /// As for [`alloc_small`](Self::alloc_small).
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_small_slow_exit(&self, slot: usize, class: usize, exit: SlotExit<'_, Pl>) -> *mut u8 {
+        // SAFETY: forwarded; the slot is given up (`exit` drops) after the refill.
+        let block = unsafe { self.alloc_small_slow(slot, class) };
+        exit.leave();
+        block
     }
 
     /// Refills the bin and allocates, making the arena first if needed. Null when out of
@@ -285,7 +305,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             (*arena).activity = (*arena).activity.wrapping_add(1);
             (*arena).bulk_free = false;
             (*arena).uncached_frees = 0;
-            (*arena).cache[class].restore();
+            (*arena).cache[class].restore((*arena).cache_nominal[class]);
             if (*arena).refills % IDLE_CHECK_INTERVAL == 0 {
                 self.release_idle_current(arena, class);
                 if let Some(clock) = self.clock() {
@@ -436,13 +456,21 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     }
 
     /// Frees a small block of `class`, from `slot`: a push on the slot's front cache (see
-    /// `front_cache`), which reads neither the slab nor the chunk.
+    /// `front_cache`), which reads neither the slab nor the chunk. Gives the slot up (`exit`)
+    /// as [`alloc_small`](Self::alloc_small) does.
     ///
     /// # Safety
     ///
-    /// The caller holds `slot`; `block` is a live block of a slab of `class`.
+    /// The caller holds `slot` until `exit` drops; `block` is a live block of a slab of
+    /// `class`.
     #[inline(always)]
-    pub(crate) unsafe fn free_small(&self, slot: usize, class: usize, block: *mut u8) {
+    pub(crate) unsafe fn free_small(
+        &self,
+        slot: usize,
+        class: usize,
+        block: *mut u8,
+        exit: SlotExit<'_, Pl>,
+    ) {
         debug_assert!(class < CLASS_COUNT);
         let arena = self.arenas[slot].load(Ordering::Relaxed);
         if !arena.is_null() {
@@ -451,23 +479,26 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             unsafe {
                 if (*arena).cache.get_unchecked(class).push(block) {
                     count_one((*arena).counters.frees.get_unchecked(class));
+                    exit.leave();
                     return;
                 }
             }
         }
         // SAFETY: forwarded.
-        unsafe { self.free_small_slow(slot, class, block) }
+        unsafe { self.free_small_slow(slot, class, block, exit) }
     }
 
     /// The rest of [`free_small`](Self::free_small): makes the arena, frees the older half
-    /// of a full stack into the slabs, or frees a block of a class that is not cached.
+    /// of a full stack into the slabs, or frees a block of a class that is not cached; then
+    /// gives the slot up (`exit` drops on return).
     ///
     /// # Safety
     ///
     /// As for [`free_small`](Self::free_small).
     #[cold]
     #[inline(never)]
-    unsafe fn free_small_slow(&self, slot: usize, class: usize, block: *mut u8) {
+    unsafe fn free_small_slow(&self, slot: usize, class: usize, block: *mut u8, exit: SlotExit<'_, Pl>) {
+        let _exit = exit;
         // SAFETY: the caller's promises; the arena is the slot holder's.
         unsafe {
             let arena = self.arena(slot);
@@ -480,7 +511,7 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             count_one(&(*arena).counters.frees[class]);
             let bin = ptr::addr_of_mut!((*arena).cache[class]);
             if (*bin).capacity() == 0 {
-                if !(*arena).bulk_free && (*bin).nominal() == 0 {
+                if !(*arena).bulk_free && (*arena).cache_nominal[class] == 0 {
                     (*arena).uncached_frees = (*arena).uncached_frees.saturating_add(1);
                     if (*arena).uncached_frees == UNCACHED_BULK_FREES {
                         self.begin_bulk_free(slot, arena);
@@ -499,7 +530,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 // allocated a little between two bulk frees freed the second one with no
                 // purge: W6's last tenth left 21 chunks of 2 MiB huge pages holding a slab
                 // or two each.)
-                if !(*arena).bulk_free && (*bin).nominal() > 0 && (*arena).emptied_slabs != emptied {
+                if !(*arena).bulk_free
+                    && (*arena).cache_nominal[class] > 0
+                    && (*arena).emptied_slabs != emptied
+                {
                     self.begin_bulk_free(slot, arena);
                 }
                 if (*arena).bulk_free {

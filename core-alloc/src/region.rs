@@ -433,8 +433,9 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 let _ = layout;
                 // SAFETY: a live block of the slab page `run` (caller), whose class is below
                 // CLASS_COUNT.
-                self.platform
-                    .with_slot(move |slot| unsafe { self.free_small(slot, (*run).class as usize, block) });
+                self.platform.with_slot_exit(move |slot, exit| unsafe {
+                    self.free_small(slot, (*run).class as usize, block, exit)
+                });
             }
             // SAFETY: forwarded caller promise.
             Found::Fit => unsafe { self.free_fit(address, layout) },

@@ -41,7 +41,12 @@ pub const MAX_SLOTS: usize = 256;
 ///   interrupts for the closure's duration);
 /// - the end of one closure for an index happens-before the start of the next closure for
 ///   that index (on another CPU this needs release/acquire ordering, which interrupt masking
-///   on one CPU gets for free);
+///   on one CPU gets for free); a [`with_slot_exit`](Platform::with_slot_exit) closure's
+///   hold on its index ends when its [`SlotExit`] drops, if `f` has not returned by then
+///   (the core uses the slot only before the exit drops);
+/// - `exit_slot` gives up what `with_slot_exit` took, for the values that made the exit; a
+///   platform overrides both or neither (the default exit does nothing, and the default
+///   `with_slot_exit` holds the slot through `with_slot`);
 /// - between [`enter_critical`](Platform::enter_critical) and the matching
 ///   [`leave_critical`](Platform::leave_critical), nothing else runs on the calling CPU that
 ///   calls into the allocator (no interrupt handler, no other thread): the core takes its
@@ -58,6 +63,40 @@ pub unsafe trait Platform: Sync {
     /// The core never calls this from inside another `with_slot` closure of the same
     /// platform, so an implementation may use a non-reentrant lock.
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R;
+
+    /// Runs `f` with exclusive use of the current slot, as [`with_slot`](Platform::with_slot),
+    /// and hands it the slot's [`SlotExit`]: the slot is `f`'s until the exit drops or `f`
+    /// returns, whichever comes later. So `f` can pass the exit on to a function that
+    /// finishes the work and gives the slot up itself, and keep nothing to do after that
+    /// call (a tail call: the fast path then saves no register for after it).
+    ///
+    /// The default holds the slot for all of `f` through `with_slot` (its exit does nothing);
+    /// a platform that gives a slot up with a step of its own overrides this together with
+    /// [`exit_slot`](Platform::exit_slot).
+    #[inline(always)]
+    fn with_slot_exit<R>(&self, f: impl for<'a> FnOnce(usize, SlotExit<'a, Self>) -> R) -> R
+    where
+        Self: Sized,
+    {
+        // SAFETY: `exit_slot` is the default, which does nothing: `with_slot` holds the slot
+        // until `f` returns.
+        self.with_slot(|slot| f(slot, unsafe { SlotExit::new(0, 0) }))
+    }
+
+    /// Gives up the slot of a [`with_slot_exit`](Platform::with_slot_exit) closure: called
+    /// once, when its exit drops. The default does nothing.
+    ///
+    /// # Safety
+    ///
+    /// `word` and `value` are those the platform's `with_slot_exit` made the exit with, on
+    /// this CPU, and the exit's closure holds the slot until this call.
+    #[inline(always)]
+    unsafe fn exit_slot(word: usize, value: usize)
+    where
+        Self: Sized,
+    {
+        let _ = (word, value);
+    }
 
     /// Runs `f` with exclusive use of slot `slot` if nobody holds it now, as when the thread
     /// that owned it has exited; returns `None` otherwise. The core uses it to collect memory
@@ -116,6 +155,23 @@ unsafe impl<P: Platform> Platform for &P {
         (**self).with_slot(f)
     }
 
+    #[inline(always)]
+    fn with_slot_exit<R>(&self, f: impl for<'a> FnOnce(usize, SlotExit<'a, Self>) -> R) -> R
+    where
+        P: Sized,
+    {
+        (**self).with_slot_exit(|slot, exit| f(slot, exit.forwarded()))
+    }
+
+    #[inline(always)]
+    unsafe fn exit_slot(word: usize, value: usize)
+    where
+        P: Sized,
+    {
+        // SAFETY: the caller's promise, made for the referenced platform's exit.
+        unsafe { P::exit_slot(word, value) }
+    }
+
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {
         (**self).try_with_idle_slot(slot, f)
     }
@@ -137,6 +193,59 @@ unsafe impl<P: Platform> Platform for &P {
     unsafe fn leave_critical(&self, token: usize) {
         // SAFETY: the caller's promise, which is the referenced platform's precondition.
         unsafe { (**self).leave_critical(token) }
+    }
+}
+
+/// A [`Platform::with_slot_exit`] closure's hold on its slot: dropping it gives the slot up
+/// ([`Platform::exit_slot`]). The closure may pass it on (to a function that finishes the
+/// work), but not out of the closure: its lifetime is the closure's call.
+#[must_use = "dropping the exit gives the slot up"]
+pub struct SlotExit<'a, P: Platform> {
+    /// What the platform needs to give the slot up: where its state is, and what to put back.
+    word: usize,
+    value: usize,
+    /// The closure's call, which the exit must not outlive.
+    _closure: core::marker::PhantomData<&'a ()>,
+    _platform: core::marker::PhantomData<fn() -> P>,
+}
+
+impl<'a, P: Platform> SlotExit<'a, P> {
+    /// An exit that calls `P::exit_slot(word, value)` when it drops.
+    ///
+    /// # Safety
+    ///
+    /// Made only by `P`'s `with_slot_exit` for its closure, with values for which
+    /// `P::exit_slot` gives that closure's slot up.
+    #[inline(always)]
+    pub unsafe fn new(word: usize, value: usize) -> Self {
+        Self { word, value, _closure: core::marker::PhantomData, _platform: core::marker::PhantomData }
+    }
+
+    /// Gives the slot up now: what dropping the exit does, always inline (a drop in cold
+    /// code may become a call, which costs the caller a stack frame).
+    #[inline(always)]
+    pub fn leave(self) {
+        let (word, value) = (self.word, self.value);
+        core::mem::forget(self);
+        // SAFETY: as for the drop, which the `forget` replaces.
+        unsafe { P::exit_slot(word, value) }
+    }
+
+    /// The same exit for a platform that forwards to `P` (the `&P` implementation).
+    #[inline(always)]
+    fn forwarded<Q: Platform>(self) -> SlotExit<'a, Q> {
+        let (word, value) = (self.word, self.value);
+        core::mem::forget(self);
+        SlotExit { word, value, _closure: core::marker::PhantomData, _platform: core::marker::PhantomData }
+    }
+}
+
+impl<P: Platform> Drop for SlotExit<'_, P> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: `new`'s caller made the exit for this call of `exit_slot`, which runs once
+        // (the exit drops once; `forwarded` forgets the original).
+        unsafe { P::exit_slot(self.word, self.value) }
     }
 }
 

@@ -78,6 +78,40 @@ pub(crate) fn with_level<W: LevelWord, G, R>(
     f(value)
 }
 
+/// [`with_level`] with the end of the closure left to `f`, which gets the value read and
+/// whether it runs on the masked path. Once done with the slot (on every path, also when it
+/// unwinds: the platform's `SlotExit` does it on drop), possibly in a function it hands
+/// them to, `f` must call [`restore`] with the value if not masked, and undo what `mask()`
+/// did if masked: here `mask` masks interrupts and leaves them so (no guard), so that `f`
+/// keeps nothing to do after a tail call on either path.
+#[inline(always)]
+pub(crate) fn with_level_exit<W: LevelWord, R>(
+    word: W,
+    last: usize,
+    step: usize,
+    mask: impl FnOnce(),
+    f: impl FnOnce(usize, bool) -> R,
+) -> R {
+    let value = word.load();
+    if value >= last {
+        core::hint::cold_path();
+        mask();
+        // Capped as in `with_level`.
+        return f(value.min(last + step - 1), true);
+    }
+    word.store(value + step);
+    compiler_fence(Ordering::SeqCst);
+    f(value, false)
+}
+
+/// Puts back the word's `value` at the end of a closure of [`with_level_exit`], after the
+/// closure's accesses (a compiler fence keeps them before the store).
+#[inline(always)]
+pub(crate) fn restore<W: LevelWord>(word: W, value: usize) {
+    compiler_fence(Ordering::SeqCst);
+    word.store(value);
+}
+
 /// A raised word, restored to `value` on drop (even if the closure unwinds).
 struct Raised<W: LevelWord> {
     word: W,
@@ -87,8 +121,7 @@ struct Raised<W: LevelWord> {
 impl<W: LevelWord> Drop for Raised<W> {
     #[inline(always)]
     fn drop(&mut self) {
-        compiler_fence(Ordering::SeqCst);
-        self.word.store(self.value);
+        restore(&self.word, self.value);
     }
 }
 

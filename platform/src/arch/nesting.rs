@@ -93,14 +93,25 @@ impl<R: MaskRegister> NestedGuard<R> {
         R::depth().enter(state);
         Self { _not_send: PhantomData, _register: PhantomData }
     }
+
+    /// Does what dropping a guard does, for a guard that `mem::forget` dropped without it.
+    ///
+    /// # Safety
+    ///
+    /// One call per forgotten guard, on the CPU that made it, in the order guards drop.
+    #[inline(always)]
+    pub(crate) unsafe fn drop_forgotten() {
+        if let Some(state) = R::depth().exit() {
+            R::restore(state);
+        }
+    }
 }
 
 impl<R: MaskRegister> Drop for NestedGuard<R> {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Some(state) = R::depth().exit() {
-            R::restore(state);
-        }
+        // SAFETY: this guard's `new` raised the count; it drops once.
+        unsafe { Self::drop_forgotten() }
     }
 }
 

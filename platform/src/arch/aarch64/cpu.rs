@@ -10,8 +10,8 @@
 use core::arch::asm;
 
 use super::InterruptGuard;
-use crate::Platform;
 use crate::arch::nesting::MaskDepth;
+use crate::{Platform, SlotExit};
 
 /// CPUs a [`KernelPlatform`] can index: every index given to [`init_cpu`] is below it.
 pub const MAX_CPUS: usize = 64;
@@ -270,6 +270,7 @@ impl KernelPlatform {
 }
 
 /// A CPU's level word (see `arch/levels.rs` for the rule).
+#[derive(Clone, Copy)]
 struct CpuLevel(&'static core::sync::atomic::AtomicUsize);
 
 impl crate::arch::levels::LevelWord for CpuLevel {
@@ -316,6 +317,43 @@ unsafe impl Platform for KernelPlatform {
             #[inline(always)]
             move |level| f(index + level * MAX_CPUS),
         )
+    }
+
+    /// The exit puts back the level read into the level word at `word`, or on the masked
+    /// path (`word` 0) drops the interrupt guard taken there.
+    #[inline(always)]
+    fn with_slot_exit<R>(&self, f: impl for<'a> FnOnce(usize, SlotExit<'a, Self>) -> R) -> R {
+        let index = current_cpu_racy();
+        assert!(index < MAX_CPUS, "this CPU never called init_cpu");
+        let word = &LEVEL_BY_CPU[index].0;
+        crate::arch::levels::with_level_exit(
+            CpuLevel(word),
+            LEVELS - 1,
+            1,
+            || core::mem::forget(InterruptGuard::new()),
+            #[inline(always)]
+            move |level, masked| {
+                let word = if masked { 0 } else { word as *const _ as usize };
+                // SAFETY: `exit_slot` puts back the level read into this CPU's word, or drops
+                // the guard forgotten on the masked path: what `with_level_exit` asks of its
+                // closure once done.
+                let exit = unsafe { SlotExit::new(word, level) };
+                f(index + level * MAX_CPUS, exit)
+            },
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn exit_slot(word: usize, level: usize) {
+        if word == 0 {
+            // SAFETY: the guard `with_slot_exit` forgot for this closure, on this CPU.
+            unsafe { InterruptGuard::drop_forgotten() };
+        } else {
+            // SAFETY: `word` is the address of a CPU's entry of LEVEL_BY_CPU, a static
+            // (made by `with_slot_exit`, the caller's promise).
+            let word = unsafe { &*(word as *const core::sync::atomic::AtomicUsize) };
+            crate::arch::levels::restore(CpuLevel(word), level);
+        }
     }
 
     fn try_with_idle_slot<R>(&self, slot: usize, f: impl FnOnce() -> R) -> Option<R> {

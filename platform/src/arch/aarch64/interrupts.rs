@@ -101,6 +101,18 @@ impl InterruptGuard {
     pub fn new() -> Self {
         Self { _nested: NestedGuard::new() }
     }
+
+    /// Does what dropping a guard does, for a guard that `mem::forget` dropped without it
+    /// (inline, where a drop in cold code may become a call).
+    ///
+    /// # Safety
+    ///
+    /// One call per forgotten guard, on the CPU that made it, in the order guards drop.
+    #[inline(always)]
+    pub(crate) unsafe fn drop_forgotten() {
+        // SAFETY: the caller's promise.
+        unsafe { NestedGuard::<Daif>::drop_forgotten() }
+    }
 }
 
 impl Default for InterruptGuard {

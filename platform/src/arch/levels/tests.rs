@@ -4,14 +4,16 @@
 //! again; the masked last level takes no interrupt. Every open closure must hold a level no
 //! other open closure holds, and the word must be back where it started at the end. The
 //! word encodes levels as the platforms do: level L at `base + L * step`, with the x86-64
-//! encoding (the slot: CPU 3 of 8) and the AArch64 one (the bare level).
+//! encoding (the slot: CPU 3 of 8) and the AArch64 one (the bare level); each with
+//! `with_level` and with `with_level_exit`, whose closure ends the level itself (restores
+//! the word, or unmasks on the masked path) as the platforms' `SlotExit` does.
 
 extern crate std;
 
 use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
-use super::{LevelWord, with_level};
+use super::{LevelWord, restore, with_level, with_level_exit};
 
 const LEVELS: usize = 4;
 /// Word encodings `(base, step)`: level L is `base + L * step`.
@@ -28,6 +30,10 @@ struct Cpu {
     held: RefCell<[bool; LEVELS]>,
     /// Interrupts masked (the last level's closure).
     masked: Cell<bool>,
+    /// Closures use `with_level_exit` (and end their level themselves).
+    exit: bool,
+    /// The mask state the masked path of `with_level_exit` found, for its closure's end.
+    mask_before: Cell<Option<bool>>,
     /// The arrival points so far, and where interrupts fire.
     point: Cell<usize>,
     fire: Vec<usize>,
@@ -50,6 +56,28 @@ impl Cpu {
     /// One allocation: a slot closure with arrival points inside it.
     fn allocate(&self) {
         let last = self.base + (LEVELS - 1) * self.step;
+        if self.exit {
+            with_level_exit(
+                self,
+                last,
+                self.step,
+                || {
+                    let before = self.masked.replace(true);
+                    assert!(self.mask_before.replace(Some(before)).is_none(), "masked paths nest");
+                },
+                |value, masked| {
+                    assert_eq!(value % self.step, self.base % self.step, "word {value} is not this CPU's");
+                    self.hold((value - self.base) / self.step);
+                    // The closure's end, as a platform's exit does it.
+                    if masked {
+                        self.masked.set(self.mask_before.take().expect("the masked path saved the mask"));
+                    } else {
+                        restore(self, value);
+                    }
+                },
+            );
+            return;
+        }
         with_level(
             self,
             last,
@@ -104,8 +132,10 @@ impl LevelWord for Cpu {
     }
 }
 
-fn run(fire: &[usize], (base, step): (usize, usize)) -> (usize, [usize; LEVELS]) {
+fn run(fire: &[usize], (base, step): (usize, usize), exit: bool) -> (usize, [usize; LEVELS]) {
     let cpu = Cpu {
+        exit,
+        mask_before: Cell::new(None),
         word: Cell::new(base),
         base,
         step,
@@ -118,6 +148,7 @@ fn run(fire: &[usize], (base, step): (usize, usize)) -> (usize, [usize; LEVELS])
     };
     cpu.allocate();
     assert_eq!(cpu.word.get(), base, "the level word was not restored (schedule {fire:?})");
+    assert!(!cpu.masked.get(), "interrupts left masked (schedule {fire:?})");
     assert!(cpu.point.get() < POINTS, "a run has more arrival points than the schedules cover");
     let runs = *cpu.runs.borrow();
     (cpu.fired.get(), runs)
@@ -126,7 +157,7 @@ fn run(fire: &[usize], (base, step): (usize, usize)) -> (usize, [usize; LEVELS])
 #[test]
 #[cfg_attr(miri, ignore = "45,760 schedules take many minutes interpreted; the logic is safe code")]
 fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
-    for encoding in ENCODINGS {
+    for (encoding, exit) in ENCODINGS.into_iter().flat_map(|encoding| [(encoding, false), (encoding, true)]) {
         let mut schedules = 0;
         let mut reached = [0usize; LEVELS];
         let mut masked_runs = 0;
@@ -134,7 +165,7 @@ fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
             for b in a..POINTS {
                 for c in b..POINTS {
                     let fire: Vec<usize> = [a, b, c].into_iter().collect();
-                    let (fired, runs) = run(&fire, encoding);
+                    let (fired, runs) = run(&fire, encoding, exit);
                     schedules += 1;
                     for (level, &count) in runs.iter().enumerate() {
                         reached[level] += usize::from(count > 0);
@@ -155,12 +186,12 @@ fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
 fn an_interrupt_between_the_read_and_the_raise_completes_at_the_same_level_first() {
     // Point 0 is the load of the word: the handler's closure takes level 0 and restores 0
     // before the interrupted closure raises the word and takes level 0 in turn.
-    for encoding in ENCODINGS {
-        let (fired, runs) = run(&[0], encoding);
+    for (encoding, exit) in ENCODINGS.into_iter().flat_map(|encoding| [(encoding, false), (encoding, true)]) {
+        let (fired, runs) = run(&[0], encoding, exit);
         assert_eq!(fired, 1);
         assert_eq!(runs, [2, 0, 0, 0]);
         // Inside the closure (after the raise): the handler takes level 1.
-        let (_, runs) = run(&[3], encoding);
+        let (_, runs) = run(&[3], encoding, exit);
         assert_eq!(runs, [1, 1, 0, 0]);
     }
 }

@@ -24,7 +24,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::interrupts::InterruptGuard;
-use crate::{MAX_SLOTS, Platform};
+use crate::{MAX_SLOTS, Platform, SlotExit};
 
 /// The most CPUs the kernel platform supports; CPU indices are below it.
 pub const MAX_CPUS: usize = 64;
@@ -260,6 +260,7 @@ impl KernelPlatform {
 }
 
 /// The calling CPU's level word, through `gs:` (see `arch/levels.rs` for the rule).
+#[derive(Clone, Copy)]
 struct GsLevel;
 
 impl crate::arch::levels::LevelWord for GsLevel {
@@ -307,6 +308,32 @@ unsafe impl Platform for KernelPlatform {
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         crate::arch::levels::with_level(GsLevel, (LEVELS - 1) * MAX_CPUS, MAX_CPUS, mask_last_level, f)
+    }
+
+    /// The exit puts back the slot word read, or on the masked path (`word` 1) drops the
+    /// interrupt guard taken there.
+    #[inline(always)]
+    fn with_slot_exit<R>(&self, f: impl for<'a> FnOnce(usize, SlotExit<'a, Self>) -> R) -> R {
+        crate::arch::levels::with_level_exit(
+            GsLevel,
+            (LEVELS - 1) * MAX_CPUS,
+            MAX_CPUS,
+            || core::mem::forget(mask_last_level()),
+            #[inline(always)]
+            // SAFETY: `exit_slot` puts back the word read, or drops the guard forgotten on
+            // the masked path: what `with_level_exit` asks of its closure once done.
+            |slot, masked| f(slot, unsafe { SlotExit::new(usize::from(masked), slot) }),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn exit_slot(masked: usize, slot: usize) {
+        if masked != 0 {
+            // SAFETY: the guard `with_slot_exit` forgot for this closure, on this CPU.
+            unsafe { InterruptGuard::drop_forgotten() };
+        } else {
+            crate::arch::levels::restore(GsLevel, slot);
+        }
     }
 
     /// Lends a slot of this CPU's interrupt levels that no open closure holds (levels at or

@@ -72,22 +72,20 @@ impl InterruptGuard {
         }
         Self { _not_send: PhantomData }
     }
-}
 
-impl Default for InterruptGuard {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for InterruptGuard {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: as in `new`, `gs:` reaches this CPU's record, and this guard's `new` raised
-        // the count, so lowering it keeps it balanced. The saved flags are read before the
-        // count drops: once it is 0 a nested handler may overwrite them. Interrupts are
-        // enabled only when the count reaches 0 and the outermost guard found them
-        // enabled. Not `nomem`: a compiler barrier, so the critical section's accesses
+    /// Does what dropping a guard does, for a guard that `mem::forget` dropped without it
+    /// (inline, where a drop in cold code may become a call).
+    ///
+    /// # Safety
+    ///
+    /// One call per forgotten guard, on the CPU that made it, in the order guards drop.
+    #[inline(always)]
+    pub(crate) unsafe fn drop_forgotten() {
+        // SAFETY: as in `new`, `gs:` reaches this CPU's record, and the forgotten guard's
+        // `new` raised the count (the caller's promise), so lowering it keeps it balanced.
+        // The saved flags are read before the count drops: once it is 0 a nested handler may
+        // overwrite them. Interrupts are enabled only when the count reaches 0 and the
+        // outermost guard found them enabled. Not `nomem`: a compiler barrier, so the critical section's accesses
         // cannot sink below the `sti`. No stack use (nostack); `sub`/`test` change the
         // status flags.
         unsafe {
@@ -107,5 +105,19 @@ impl Drop for InterruptGuard {
                 options(nostack),
             );
         }
+    }
+}
+
+impl Default for InterruptGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InterruptGuard {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: this guard's `new` raised the count; it drops once.
+        unsafe { Self::drop_forgotten() }
     }
 }
