@@ -6,13 +6,15 @@
 //! the read and the raise runs to completion at level L first and leaves the word at L. At
 //! the last level the caller masks interrupts instead (nothing can then interrupt it).
 //!
-//! The word encodes level L as `base + L * step`. x86-64 keeps the slot itself in it
+//! The word encodes level L as `base + L * step`. Both platforms keep the slot itself in it
 //! (`base` the CPU index, `step` `MAX_CPUS`), so a closure uses the value it read as its slot
 //! with no arithmetic: one load, a compare and one store in, one store out; a CPU that never
-//! ran `init_cpu` reads a word at or past `last` and so reaches the masked path, where the
-//! platform checks the CPU: the fast path pays nothing for that check. AArch64 keeps the bare
-//! level (`base` 0, `step` 1) and adds the CPU index itself: the same pair measured about 10%
-//! slower under QEMU with the slot in the word (fewer instructions; the cause was not found).
+//! ran `init_cpu` reads a word at or past `last` (its platform's record of no CPU) and so
+//! reaches the masked path, where the platform checks the CPU: the fast path pays nothing
+//! for that check. (AArch64 kept the bare level, `base` 0 and `step` 1, and added the CPU
+//! index itself until its pair was measured again: with the slot in the word it takes 78
+//! instructions rather than 83 and 69-71 ns rather than 71-75 under QEMU; an earlier
+//! measurement had found it 10% slower.)
 //!
 //! Concurrency: a CPU's word is touched only by that CPU, with single loads and stores; the
 //! compiler fences keep the closure's accesses between the raise and the restore (the CPU
@@ -20,7 +22,7 @@
 //! at every load, store and point inside closures, nested up to past the last level, and
 //! check that no two open closures ever hold one level.
 //!
-//! x86-64 reaches its word through `gs:`, AArch64 through an array indexed by TPIDR_EL1.
+//! x86-64 reaches its word through `gs:`, AArch64 through a table offset by TPIDR_EL1.
 
 use core::sync::atomic::{Ordering, compiler_fence};
 

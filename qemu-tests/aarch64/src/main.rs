@@ -125,12 +125,15 @@ extern "C" fn boot_main() -> ! {
         let under_test = qemu_suite::HeapUnderTest { allocator: &heap::HEAP, free_frames: &free_frames };
         qemu_suite::run_with(&machine, &under_test, |test| {
             test("second_heap_over_aarch64_paging", paged::test(&machine, second_heap));
+            test("a_cpu_without_init_cpu_is_detected", smp::uninitialized_cpu_is_detected());
         })
     };
     // The set that fits a 2 MiB heap; the second heap's tests keep hundreds of MiB in flight
     // (and their bookkeeping would not fit the global heap).
     #[cfg(feature = "readme-heap")]
-    let summary = qemu_suite::run_small_global(&machine, heap);
+    let summary = qemu_suite::run_small_global_with(&machine, heap, |test| {
+        test("a_cpu_without_init_cpu_is_detected", smp::uninitialized_cpu_is_detected());
+    });
     semihosting::exit(if summary.failed == 0 { 0 } else { 1 })
 }
 

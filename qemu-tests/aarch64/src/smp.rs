@@ -241,3 +241,51 @@ fn wait_for_interrupt() {
         asm!("wfi", options(nostack, preserves_flags));
     }
 }
+
+/// With TPIDR_EL1 at 0 for a moment (its value at reset under QEMU, as on a CPU that never
+/// ran `init_cpu`), and then at a garbage value, the platform reaches a record of no CPU
+/// instead of faulting or taking another CPU's: the CPU index reads `usize::MAX` (so
+/// `KernelPlatform`, sent to its masked path by the record's slot word, panics naming
+/// `init_cpu`), `allocator_depth()` reads 0, and a guard masks interrupts and does not
+/// unmask them. Boot CPU, interrupts masked.
+pub(crate) fn uninitialized_cpu_is_detected() -> qemu_suite::Outcome {
+    use platform::arch::aarch64::{InterruptGuard, allocator_depth, cpu_initialized, current_cpu_racy};
+    let _outer = InterruptGuard::new();
+    let read = || {
+        let value: usize;
+        // SAFETY: reading TPIDR_EL1 has no side effects.
+        unsafe {
+            core::arch::asm!("mrs {v}, tpidr_el1", v = out(reg) value, options(nomem, nostack, preserves_flags))
+        };
+        value
+    };
+    let write = |value: usize| {
+        // SAFETY: interrupts are masked and nothing on this CPU reads TPIDR_EL1 until it is
+        // restored below but the calls under test; the platform masks any value it reads.
+        unsafe {
+            core::arch::asm!("msr tpidr_el1, {v}", v = in(reg) value, options(nomem, nostack, preserves_flags))
+        };
+    };
+    let saved = read();
+    // 0, and a value whose bits under the platform's mask name the last record (no CPU's, even
+    // with 64).
+    for value in [0, 0x1234_5678_9abc_ff80] {
+        write(value);
+        let index = current_cpu_racy();
+        let initialized = cpu_initialized();
+        let depth = allocator_depth();
+        drop(InterruptGuard::new());
+        let masked = platform::arch::aarch64::interrupts_masked();
+        write(saved);
+        if index != usize::MAX || initialized || depth != 0 || !masked {
+            return Err(alloc::format!(
+                "with TPIDR_EL1 {value:#x}: index {index:#x}, initialised {initialized}, depth {depth}, \
+                 masked after a guard {masked}"
+            ));
+        }
+    }
+    if !cpu_initialized() || current_cpu_racy() != 0 {
+        return Err(alloc::format!("after restoring TPIDR_EL1 the CPU index is {:#x}", current_cpu_racy()));
+    }
+    Ok(())
+}

@@ -21,7 +21,7 @@ pub mod paging;
 
 pub use cpu::{
     Atomics, KernelPlatform, LEVELS, MAX_CPUS, MaskingPlatform, allocator_depth, atomics, cache_line_size,
-    cpu_has_lse, current_cpu_racy, init_cpu, now_ns,
+    cpu_has_lse, cpu_initialized, current_cpu_racy, init_cpu, now_ns,
 };
 pub use interrupts::{InterruptGuard, interrupts_masked};
 pub use paging::{Granule, HeapMapper, PhysMap, Regime, Tables, TablesError, Translation};

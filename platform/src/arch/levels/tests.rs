@@ -3,8 +3,8 @@
 //! closure (also inside another interrupt's closure), each interrupt handler allocating
 //! again; the masked last level takes no interrupt. Every open closure must hold a level no
 //! other open closure holds, and the word must be back where it started at the end. The
-//! word encodes levels as the platforms do: level L at `base + L * step`, with the x86-64
-//! encoding (the slot: CPU 3 of 8) and the AArch64 one (the bare level); each with
+//! word encodes levels as the platforms do: level L at `base + L * step`, with the slot
+//! (CPU 3 of 8, the platforms' encoding) and with the bare level (`base` 0, `step` 1); each with
 //! `with_level` and with `with_level_exit`, whose closure ends the level itself (restores
 //! the word, or unmasks on the masked path) as the platforms' `SlotExit` does.
 

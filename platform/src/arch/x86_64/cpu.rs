@@ -318,6 +318,7 @@ unsafe impl Platform for KernelPlatform {
             GsLevel,
             (LEVELS - 1) * MAX_CPUS,
             MAX_CPUS,
+            #[inline(always)]
             || core::mem::forget(mask_last_level()),
             #[inline(always)]
             // SAFETY: `exit_slot` puts back the word read, or drops the guard forgotten on
