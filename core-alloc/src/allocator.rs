@@ -19,7 +19,7 @@ use platform::{MAX_SLOTS, Platform};
 
 use crate::arena::Arena;
 use crate::chunk::{
-    ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, chunk_of, page_address, run_of,
+    ChunkHeader, NO_OWNER, RUN_LARGE, RUN_SLAB, Run, RunKind, chunk_of, page_address, page_class_of, run_of,
 };
 use crate::chunk_map::ChunkMap;
 use crate::config::{
@@ -302,8 +302,8 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     /// `ptr` came from this allocator and is not freed yet; nothing uses the block any more.
     #[inline]
     pub unsafe fn free(&self, ptr: NonNull<u8>) {
-        // The common case inline (C's `free`): a block of a slab, whose class its run names,
-        // goes on the slot's front cache. Checked builds validate every free first, in
+        // The common case inline (C's `free`): a block of a slab, whose class its page's class
+        // byte names, goes on the slot's front cache. Checked builds validate every free first, in
         // `free_general`. (This repeats `free_general`'s last lines on purpose: one shared
         // inline helper for both cost the C library's malloc+free pair 6 instructions.)
         #[cfg(not(feature = "checked"))]
@@ -312,12 +312,11 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             // (huge blocks start their chunk), so a formatted chunk header and a run
             // descriptor cover it (the caller's promise).
             unsafe {
-                let run = run_of(ptr.as_ptr() as usize);
-                if (*run).kind == RUN_SLAB {
-                    let class = (*run).class as usize;
+                let class = page_class_of(ptr.as_ptr() as usize);
+                if class != 0 {
                     return self.platform.with_slot_exit(
                         #[inline(always)]
-                        move |slot, exit| self.free_small(slot, class, ptr.as_ptr(), exit),
+                        move |slot, exit| self.free_small(slot, class - 1, ptr.as_ptr(), exit),
                     );
                 }
             }
@@ -561,14 +560,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                 .platform
                 .with_slot_exit(move |slot, exit| unsafe { self.free_small(slot, class, block, exit) });
         }
-        // SAFETY: a live block: its chunk is a slab chunk and a run covers it.
+        // SAFETY: a live block: its chunk is a slab chunk and a run covers it (a slab's
+        // pages carry its class, any other page 0).
         unsafe {
-            let run = run_of(address);
-            if (*run).kind == RUN_SLAB {
-                let class = (*run).class as usize;
-                self.platform.with_slot_exit(move |slot, exit| self.free_small(slot, class, block, exit));
+            let class = page_class_of(address);
+            if class != 0 {
+                self.platform.with_slot_exit(move |slot, exit| self.free_small(slot, class - 1, block, exit));
             } else {
-                self.free_large(run, address);
+                self.free_large(run_of(address), address);
             }
         }
     }

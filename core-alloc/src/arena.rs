@@ -364,6 +364,10 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
                     return ptr::null_mut();
                 };
                 slab::init(run, class, slot);
+                if !(P::MAY_CLAIM_SPAN && self.mode.compact()) {
+                    // A chunk's slab (compact mode's slab pages are found another way).
+                    crate::chunk::set_page_class(run, class);
+                }
                 (*run).list = LIST_CURRENT;
                 (*bin).current = run;
             }

@@ -155,6 +155,12 @@ pub(crate) struct ChunkHeader {
     pub runs: [Run; RUNS_PER_CHUNK],
     /// For each page, the index of the run covering it, or 0.
     pub page_run: [u8; PAGES_PER_CHUNK],
+    /// For each page of a slab, its size class plus one; 0 for every other page (free, in a
+    /// large or metadata run, or the header's). An unsized free takes the class from here in
+    /// one load, where the page map and then the run descriptor took two dependent ones.
+    /// Written by the slab's owner before it hands out a block (see [`set_page_class`]) and
+    /// cleared with the page map when the run goes back (under the heap lock).
+    pub page_class: [u8; PAGES_PER_CHUNK],
     /// Pages not in any run (the header's pages are never free).
     pub free_pages: Bitmap<{ PAGES_PER_CHUNK / 64 }>,
     /// Pages that may hold non-zero bytes.
@@ -209,6 +215,39 @@ pub(crate) const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 static_assertions::const_assert!(HEADER_PAGES <= 2);
 static_assertions::const_assert!(RUNS_PER_CHUNK <= 64 && RUNS_PER_CHUNK <= u8::MAX as usize + 1);
 static_assertions::const_assert!(CHUNK_SIZE <= u32::MAX as usize);
+
+/// The size class plus one of the slab holding `block`, or 0 if no slab holds its page.
+///
+/// # Safety
+///
+/// `block` is in a formatted slab chunk, and a live block (or one freshly carved run) of that
+/// chunk covers its page, so that the byte is stable (see `ChunkHeader::page_class`).
+#[inline(always)]
+pub(crate) unsafe fn page_class_of(block: usize) -> usize {
+    let chunk = chunk_of(block);
+    let page = (block & CHUNK_MASK) >> PAGE_SHIFT;
+    // SAFETY: the header is initialised and the byte stable (caller); a byte read through
+    // the raw pointer, other CPUs reading or writing other bytes of the map meanwhile.
+    unsafe { ptr::addr_of!((*chunk).page_class).cast::<u8>().add(page).read() as usize }
+}
+
+/// Records the pages of `run`, a slab of `class` just set up, as that class's
+/// (`ChunkHeader::page_class`).
+///
+/// # Safety
+///
+/// `run` is a freshly carved slab run of a chunk (not a compact-mode slab page) whose blocks
+/// nobody has been handed yet; the caller owns it.
+pub(crate) unsafe fn set_page_class(run: *const Run, class: usize) {
+    let chunk = chunk_of(run as usize);
+    // SAFETY: the run's pages are inside the chunk; only the run's owner writes their bytes
+    // while it is live (carving and uncarving, under the lock, happen before and after).
+    unsafe {
+        let (first, pages) = ((*run).first_page as usize, (*run).pages as usize);
+        debug_assert!(first + pages <= PAGES_PER_CHUNK && class < u8::MAX as usize);
+        ptr::addr_of_mut!((*chunk).page_class).cast::<u8>().add(first).write_bytes(class as u8 + 1, pages);
+    }
+}
 
 /// The chunk containing `address` (for addresses inside slab chunks).
 #[inline(always)]
@@ -343,6 +382,7 @@ impl ChunkHeader {
             let (first, pages) = ((*run).first_page as usize, (*run).pages as usize);
             (*run).kind = RUN_FREE;
             set_page_run(chunk, first, pages, 0);
+            ptr::addr_of_mut!((*chunk).page_class).cast::<u8>().add(first).write_bytes(0, pages);
             (*chunk).free_pages.set_range(first, pages, true);
             (*chunk).free_count += pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
@@ -410,6 +450,14 @@ impl ChunkHeader {
             }
             for page in 0..PAGES_PER_CHUNK {
                 let index = (*chunk).page_run[page] as usize;
+                let class = (*chunk).page_class[page] as usize;
+                let run = ptr::addr_of!((*chunk).runs[index]);
+                let slab = index != 0 && (*run).kind == RUN_SLAB;
+                // A slab's class is set by its owner once it is set up (`set_page_class`),
+                // which may not have happened yet; every other page's byte is 0.
+                if class != 0 && (!slab || (*run).class as usize + 1 != class) {
+                    return Err("a page's class byte disagrees with its run");
+                }
                 let free = free_pages.get(page);
                 if free && index != 0 {
                     return Err("a free page is mapped to a run");

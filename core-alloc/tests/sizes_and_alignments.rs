@@ -114,3 +114,47 @@ impl CheckUsable for common::MmapHeap {
         unsafe { self.usable_size(block) >= size }
     }
 }
+
+#[test]
+fn a_free_without_a_size_follows_pages_from_slabs_to_large_runs_and_back() {
+    // An unsized free (C's `free`) takes a block's class from its page's class byte. Pages
+    // of slabs given back and carved again for large runs must read as no class, and pages
+    // of large runs given back and carved again for slabs as the new slab's: each free below
+    // lands where its block came from, which the statistics and the heap's own checks see.
+    // One small block stays live each round, so that its chunk stays (a chunk that empties
+    // is formatted afresh when it comes back).
+    let heap = common::mmap_heap();
+    let class_of = |size: usize| (0..CLASS_COUNT).find(|&index| class_size(index) >= size).unwrap();
+    let (small, large) = (2048, 64 * 1024);
+    let small_frees = |heap: &common::MmapHeap| heap.stats().classes[class_of(small)].frees;
+    for round in 0..4 {
+        // Slabs of 2 KiB blocks, freed without sizes and given back, but for the first.
+        let blocks: Vec<NonNull<u8>> = (0..2000).map(|_| heap.allocate(small, 8).unwrap()).collect();
+        let pages: std::collections::BTreeSet<usize> =
+            blocks.iter().map(|b| b.as_ptr() as usize >> 12).collect();
+        let before = small_frees(heap);
+        for &block in &blocks[1..] {
+            // SAFETY: a live block of this heap, freed once.
+            unsafe { heap.free(block) };
+        }
+        assert_eq!(small_frees(heap) - before, 1999, "round {round}: the small frees went elsewhere");
+        heap.collect();
+        // Large runs over those pages, freed without sizes: none may count as a small free.
+        let runs: Vec<NonNull<u8>> = (0..60).map(|_| heap.allocate(large, 8).unwrap()).collect();
+        let reused = runs.iter().filter(|run| pages.contains(&(run.as_ptr() as usize >> 12))).count();
+        assert!(reused > 0, "round {round}: no large run reused a slab's pages");
+        let (before, live) = (small_frees(heap), heap.stats().heap.large_live);
+        for &run in &runs {
+            // SAFETY: as above.
+            unsafe { heap.free(run) };
+        }
+        let stats = heap.stats();
+        assert_eq!(small_frees(heap), before, "round {round}: a large block was freed as a small one");
+        assert_eq!(stats.heap.large_live, live - 60, "round {round}: {stats}");
+        // SAFETY: as above.
+        unsafe { heap.free(blocks[0]) };
+        heap.collect();
+        heap.check_invariants().unwrap();
+    }
+    assert_eq!(heap.stats().live_allocations(), 0);
+}
