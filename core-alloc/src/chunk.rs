@@ -9,17 +9,20 @@
 //! ```
 //!
 //! The header holds one 64-byte [`Run`] descriptor per run (up to 63), a byte per page
-//! naming the run that covers it (0: none), and the central heap's bitmaps of free pages and
-//! of pages that may hold non-zero bytes. A block's run is found with two loads from the
-//! block's address: `chunk = ptr & !CHUNK_MASK`, `run = runs[page_run[page of ptr]]`.
+//! naming the run that covers it (0: none), a byte per page naming the size class of the
+//! slab on it (class + 1; 0: no slab), and the central heap's bitmaps of free pages and of
+//! pages that may hold non-zero bytes. A block's run is found with two loads from the
+//! block's address: `chunk = ptr & !CHUNK_MASK`, `run = runs[page_run[page of ptr]]`; a slab
+//! block's class with one, `page_class[page of ptr]`.
 //!
 //! Huge allocations start at offset 0 of their first chunk and have no header; no block of
 //! a slab or large run can start at offset 0, so `ptr & CHUNK_MASK == 0` tells them apart.
 //!
 //! Concurrency: the page map, the bitmaps and the run descriptors' `kind`, `first_page` and
-//! `pages` are written under the central heap lock when a run is created or destroyed;
-//! nobody else holds a block of a run at those times, so readers who hold a block see stable
-//! values. A slab's free-list fields belong to the arena that owns it (see `slab`); `remote`
+//! `pages` are written under the central heap lock when a run is created or destroyed, and a
+//! slab's class bytes by its owner before it hands out a block (cleared under the lock when
+//! the run is destroyed); nobody else holds a block of a run at those times, so readers who
+//! hold a block see stable values. A slab's free-list fields belong to the arena that owns it (see `slab`); `remote`
 //! and `owner` are atomics shared with other CPUs.
 
 use crate::sync::{AtomicU16, AtomicU64, Ordering};

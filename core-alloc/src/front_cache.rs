@@ -5,7 +5,7 @@
 //! small allocation pops from it: neither reads the slab. A free given the block's size
 //! (`GlobalAlloc::dealloc`, [`Allocator::deallocate`]) finds the class from the size alone
 //! and reads no chunk or run header at all; an unsized free (`free`, the C library's) reads
-//! the page map for the class. The stack holds blocks of any slab: its own slot's, another
+//! the class from the chunk header's byte for the block's page. The stack holds blocks of any slab: its own slot's, another
 //! slot's (the free of a block allocated elsewhere), an abandoned one's. For its slab a
 //! cached block is still handed out, so the slab's bookkeeping and the remote-free protocol
 //! (`slab`, `arena`) see a cached block exactly as a live one; it is freed into its slab
