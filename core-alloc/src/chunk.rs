@@ -162,8 +162,12 @@ pub(crate) struct ChunkHeader {
     /// large or metadata run, or the header's). An unsized free takes the class from here in
     /// one load, where the page map and then the run descriptor took two dependent ones.
     /// Written by the slab's owner before it hands out a block (see [`set_page_class`]) and
-    /// cleared with the page map when the run goes back (under the heap lock).
-    pub page_class: [u8; PAGES_PER_CHUNK],
+    /// cleared with the page map when the run goes back (under the heap lock). Atomics
+    /// (relaxed loads and stores, plain moves) only because the owner writes outside the
+    /// lock while `check_invariants` may read the whole map under it; a free reads its page's
+    /// byte after the block's allocation, which the program ordered after the write. Core's
+    /// atomics, not the model checker's: no protocol of threads runs through these bytes.
+    pub page_class: [core::sync::atomic::AtomicU8; PAGES_PER_CHUNK],
     /// Pages not in any run (the header's pages are never free).
     pub free_pages: Bitmap<{ PAGES_PER_CHUNK / 64 }>,
     /// Pages that may hold non-zero bytes.
@@ -229,9 +233,9 @@ static_assertions::const_assert!(CHUNK_SIZE <= u32::MAX as usize);
 pub(crate) unsafe fn page_class_of(block: usize) -> usize {
     let chunk = chunk_of(block);
     let page = (block & CHUNK_MASK) >> PAGE_SHIFT;
-    // SAFETY: the header is initialised and the byte stable (caller); a byte read through
-    // the raw pointer, other CPUs reading or writing other bytes of the map meanwhile.
-    unsafe { ptr::addr_of!((*chunk).page_class).cast::<u8>().add(page).read() as usize }
+    // SAFETY: the header is initialised and the byte stable (caller); a reference to that
+    // byte alone, other CPUs reading or writing other bytes of the map meanwhile.
+    unsafe { (*ptr::addr_of!((*chunk).page_class[page])).load(Ordering::Relaxed) as usize }
 }
 
 /// Records the pages of `run`, a slab of `class` just set up, as that class's
@@ -248,7 +252,9 @@ pub(crate) unsafe fn set_page_class(run: *const Run, class: usize) {
     unsafe {
         let (first, pages) = ((*run).first_page as usize, (*run).pages as usize);
         debug_assert!(first + pages <= PAGES_PER_CHUNK && class < u8::MAX as usize);
-        ptr::addr_of_mut!((*chunk).page_class).cast::<u8>().add(first).write_bytes(class as u8 + 1, pages);
+        for page in first..first + pages {
+            (*ptr::addr_of!((*chunk).page_class[page])).store(class as u8 + 1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -385,7 +391,9 @@ impl ChunkHeader {
             let (first, pages) = ((*run).first_page as usize, (*run).pages as usize);
             (*run).kind = RUN_FREE;
             set_page_run(chunk, first, pages, 0);
-            ptr::addr_of_mut!((*chunk).page_class).cast::<u8>().add(first).write_bytes(0, pages);
+            for page in first..first + pages {
+                (*chunk).page_class[page].store(0, Ordering::Relaxed);
+            }
             (*chunk).free_pages.set_range(first, pages, true);
             (*chunk).free_count += pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;
@@ -453,13 +461,12 @@ impl ChunkHeader {
             }
             for page in 0..PAGES_PER_CHUNK {
                 let index = (*chunk).page_run[page] as usize;
-                let class = (*chunk).page_class[page] as usize;
-                let run = ptr::addr_of!((*chunk).runs[index]);
-                let slab = index != 0 && (*run).kind == RUN_SLAB;
+                let class = (*chunk).page_class[page].load(Ordering::Relaxed);
                 // A slab's class is set by its owner once it is set up (`set_page_class`),
-                // which may not have happened yet; every other page's byte is 0.
-                if class != 0 && (!slab || (*run).class as usize + 1 != class) {
-                    return Err("a page's class byte disagrees with its run");
+                // which may not have happened yet (nor is its descriptor's class ours to read
+                // here); every other page's byte is 0.
+                if class != 0 && (index == 0 || (*chunk).runs[index].kind != RUN_SLAB) {
+                    return Err("a page outside every slab has a class byte");
                 }
                 let free = free_pages.get(page);
                 if free && index != 0 {
