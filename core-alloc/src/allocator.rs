@@ -303,14 +303,14 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
     #[inline]
     pub unsafe fn free(&self, ptr: NonNull<u8>) {
         // The common case inline (C's `free`): a block of a slab, whose class its page's class
-        // byte names, goes on the slot's front cache. Checked builds validate every free first, in
-        // `free_general`. (This repeats `free_general`'s last lines on purpose: one shared
+        // byte names, goes on the slot's front cache. Checked builds validate every free
+        // first, in `free_general`. (This repeats `free_general`'s last lines on purpose: one shared
         // inline helper for both cost the C library's malloc+free pair 6 instructions.)
         #[cfg(not(feature = "checked"))]
         if !(P::MAY_CLAIM_SPAN && self.mode.compact()) && ptr.as_ptr() as usize & CHUNK_MASK != 0 {
             // SAFETY: a live block that does not start a chunk is a slab or large block
-            // (huge blocks start their chunk), so a formatted chunk header and a run
-            // descriptor cover it (the caller's promise).
+            // (huge blocks start their chunk), so a formatted chunk header covers it and its
+            // page's class byte is stable (the caller's promise).
             unsafe {
                 let class = page_class_of(ptr.as_ptr() as usize);
                 if class != 0 {

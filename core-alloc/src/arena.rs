@@ -264,31 +264,19 @@ impl<P: PageProvider, Pl: Platform> Allocator<P, Pl> {
             }
         }
         // SAFETY: forwarded slot ownership.
-        unsafe { self.alloc_small_slow_exit(slot, class, exit) }
+        unsafe { self.alloc_small_slow(slot, class, exit) }
     }
 
-    /// [`alloc_small_slow`](Self::alloc_small_slow), then gives the slot up.
+    /// Refills the bin and allocates, making the arena first if needed; then gives the slot
+    /// up (`exit` drops on return, after the block is taken). Null when out of memory.
     ///
     /// # Safety
     ///
     /// As for [`alloc_small`](Self::alloc_small).
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_small_slow_exit(&self, slot: usize, class: usize, exit: SlotExit<'_, Pl>) -> *mut u8 {
-        // SAFETY: forwarded; the slot is given up (`exit` drops) after the refill.
-        let block = unsafe { self.alloc_small_slow(slot, class) };
-        exit.leave();
-        block
-    }
-
-    /// Refills the bin and allocates, making the arena first if needed. Null when out of
-    /// memory.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds `slot`.
-    #[cold]
-    unsafe fn alloc_small_slow(&self, slot: usize, class: usize) -> *mut u8 {
+    unsafe fn alloc_small_slow(&self, slot: usize, class: usize, exit: SlotExit<'_, Pl>) -> *mut u8 {
+        let _exit = exit;
         // SAFETY: the caller holds the slot.
         let arena = unsafe { self.arena(slot) };
         if arena.is_null() {

@@ -22,8 +22,8 @@
 //! `pages` are written under the central heap lock when a run is created or destroyed, and a
 //! slab's class bytes by its owner before it hands out a block (cleared under the lock when
 //! the run is destroyed); nobody else holds a block of a run at those times, so readers who
-//! hold a block see stable values. A slab's free-list fields belong to the arena that owns it (see `slab`); `remote`
-//! and `owner` are atomics shared with other CPUs.
+//! hold a block see stable values. A slab's free-list fields belong to the arena that owns
+//! it (see `slab`); `remote` and `owner` are atomics shared with other CPUs.
 
 use crate::sync::{AtomicU16, AtomicU64, Ordering};
 use core::ptr;
@@ -389,11 +389,14 @@ impl ChunkHeader {
         // SAFETY: as for `carve`; the run belongs to this chunk's descriptor table.
         unsafe {
             let (first, pages) = ((*run).first_page as usize, (*run).pages as usize);
+            if (*run).kind == RUN_SLAB {
+                // Only a slab's pages have class bytes (`set_page_class`).
+                for page in first..first + pages {
+                    (*chunk).page_class[page].store(0, Ordering::Relaxed);
+                }
+            }
             (*run).kind = RUN_FREE;
             set_page_run(chunk, first, pages, 0);
-            for page in first..first + pages {
-                (*chunk).page_class[page].store(0, Ordering::Relaxed);
-            }
             (*chunk).free_pages.set_range(first, pages, true);
             (*chunk).free_count += pages as u16;
             (*chunk).longest_free = (*chunk).free_pages.longest_set_run() as u16;

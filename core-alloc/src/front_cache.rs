@@ -5,8 +5,9 @@
 //! small allocation pops from it: neither reads the slab. A free given the block's size
 //! (`GlobalAlloc::dealloc`, [`Allocator::deallocate`]) finds the class from the size alone
 //! and reads no chunk or run header at all; an unsized free (`free`, the C library's) reads
-//! the class from the chunk header's byte for the block's page. The stack holds blocks of any slab: its own slot's, another
-//! slot's (the free of a block allocated elsewhere), an abandoned one's. For its slab a
+//! the class from the chunk header's byte for the block's page. The stack holds blocks of
+//! any slab: its own slot's, another slot's (the free of a block allocated elsewhere), an
+//! abandoned one's. For its slab a
 //! cached block is still handed out, so the slab's bookkeeping and the remote-free protocol
 //! (`slab`, `arena`) see a cached block exactly as a live one; it is freed into its slab
 //! only when it leaves the cache:
@@ -56,8 +57,8 @@ pub(crate) struct CacheBin {
     /// Blocks on the stack (see the module documentation for why it is atomic).
     count: AtomicU32,
     /// The most the stack holds now: the arena's `cache_nominal` for the class, or 0 when the
-    /// class is not cached or while it drains (see [`drain`](Self::drain)). Atomic (relaxed loads and stores, the slot
-    /// holder's only) so that the bins are only ever used through shared references, which
+    /// class is not cached or while it drains (see [`drain`](Self::drain)). Atomic (relaxed
+    /// loads and stores, the slot holder's only) so that the bins are only ever used through shared references, which
     /// a statistics snapshot on another CPU may hold at the same time.
     capacity: AtomicU32,
     /// The stack's entries in the storage after the arena (`Arena::cache_nominal` of them).

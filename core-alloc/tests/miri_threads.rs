@@ -7,7 +7,8 @@
 //! threads then free (abandoned slabs) and adopt by allocating the same size class; huge
 //! blocks grown with `reallocate` (remapped by the simulation provider) and freed by another
 //! thread; the chunk map's shortcut to its first leaf published while another thread looks
-//! addresses up. Every block carries a pattern, written by its owner and checked by whoever frees
+//! addresses up; fresh slabs' class bytes written while another thread frees their blocks
+//! without sizes and a third checks the heap. Every block carries a pattern, written by its owner and checked by whoever frees
 //! it, so the allocator must order the handover of memory between threads.
 
 use std::ptr::NonNull;
@@ -390,6 +391,50 @@ fn statistics_read_while_caches_change() {
     other.join().expect("the freeing thread panicked");
     reader.join().expect("the reading thread panicked");
     assert_eq!(heap.stats().classes.iter().map(|class| class.cached).sum::<u64>(), 0);
+    finish(heap, Vec::new(), &[1, 2, 3]);
+}
+
+/// The chunk header's class bytes: one thread carves fresh slabs of many classes (their owner
+/// writes the slabs' class bytes outside the heap lock) and hands their blocks to a second,
+/// which frees them without sizes (C's `free`: the class comes from those bytes alone), while
+/// a third checks the heap's invariants over and over (reading every class byte under the
+/// lock, as the owner writes). Plain bytes race the checker (Miri's detector says so); a
+/// class byte the freeing thread did not see would send a block to the wrong class or to the
+/// large path, which `finish` and the misuse hook catch.
+#[test]
+fn class_bytes_of_fresh_slabs_race_unsized_frees_and_checks() {
+    let rounds = if cfg!(miri) { 2 } else { 50 };
+    let heap = heap(8);
+    let (to_freer, from_maker) = channel::<Vec<Block>>();
+    let maker = spawn_in(1, move || {
+        let mut rng = Rng(0x5EED);
+        for round in 0..rounds {
+            // Sizes across the classes up to 4 KiB: each round's first blocks of a class
+            // start a slab.
+            let blocks: Vec<Block> = (0..12 * SCALE)
+                .map(|index| Block::new(heap, 16 + rng.below(4080), 8, (round + index) as u8))
+                .collect();
+            to_freer.send(blocks).unwrap();
+        }
+    });
+    let freer = spawn_in(2, move || {
+        for blocks in from_maker {
+            for block in blocks {
+                block.check();
+                // SAFETY: a live block of this heap, handed over by the maker, freed once.
+                unsafe { heap.free(NonNull::new(block.address as *mut u8).unwrap()) };
+            }
+        }
+        heap.flush_cache();
+    });
+    let checker = spawn_in(3, move || {
+        for _ in 0..rounds * 4 {
+            heap.check_invariants().unwrap();
+        }
+    });
+    maker.join().expect("the making thread panicked");
+    freer.join().expect("the freeing thread panicked");
+    checker.join().expect("the checking thread panicked");
     finish(heap, Vec::new(), &[1, 2, 3]);
 }
 

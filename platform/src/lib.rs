@@ -160,7 +160,7 @@ unsafe impl<P: Platform> Platform for &P {
     where
         P: Sized,
     {
-        (**self).with_slot_exit(|slot, exit| f(slot, exit.forwarded()))
+        (**self).with_slot_exit(|slot, exit| f(slot, exit.by_reference()))
     }
 
     #[inline(always)]
@@ -231,9 +231,9 @@ impl<'a, P: Platform> SlotExit<'a, P> {
         unsafe { P::exit_slot(word, value) }
     }
 
-    /// The same exit for a platform that forwards to `P` (the `&P` implementation).
+    /// The same exit for `&P`, whose `exit_slot` is `P`'s.
     #[inline(always)]
-    fn forwarded<Q: Platform>(self) -> SlotExit<'a, Q> {
+    fn by_reference<'r>(self) -> SlotExit<'a, &'r P> {
         let (word, value) = (self.word, self.value);
         core::mem::forget(self);
         SlotExit { word, value, _closure: core::marker::PhantomData, _platform: core::marker::PhantomData }
@@ -244,7 +244,7 @@ impl<P: Platform> Drop for SlotExit<'_, P> {
     #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: `new`'s caller made the exit for this call of `exit_slot`, which runs once
-        // (the exit drops once; `forwarded` forgets the original).
+        // (the exit drops once; `by_reference` and `leave` forget it).
         unsafe { P::exit_slot(self.word, self.value) }
     }
 }

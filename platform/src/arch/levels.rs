@@ -47,47 +47,25 @@ impl<W: LevelWord> LevelWord for &W {
 }
 
 /// Runs `f` on the calling CPU's next level: reads the word's value (see the module
-/// documentation), raises it by `step`, calls `f` with the value read and restores it (also
-/// if `f` unwinds). A value at or past `last` (the last level's, or a CPU the platform does
-/// not know) runs `f` inside the guard `mask()` gives, which must keep interrupts masked
-/// until it drops, without raising the word; a word past the last level's (`last + step` or
-/// more: only an unknown CPU's) is the platform's to refuse there (a panic), since the value
-/// `f` gets is capped at the last level's.
+/// documentation), raises it by `step` and calls `f` with the value read and `false`. A
+/// value at or past `last` (the last level's, or a CPU the platform does not know) instead
+/// calls `mask()`, which must mask interrupts and leave them masked (no guard), and then
+/// `f` with the value and `true`, without raising the word; a word past the last level's
+/// (`last + step` or more: only an unknown CPU's) is the platform's to refuse in `mask` (a
+/// panic), since the value `f` gets is capped at the last level's.
 ///
-/// `f` is called from two places, both inline (pass an `#[inline(always)]` closure): the
-/// fast path then restores the word with one store and no test of which way it came in, and
-/// keeps the closure's captures in registers. (A single call site needs that test after
-/// `f`; a cold function taking `f` makes the fast path store the captures to the stack.)
+/// The end of the closure is `f`'s: once done with the slot, on every path (also when it
+/// unwinds: the platforms' `SlotExit` does it on drop), possibly in a function it hands
+/// them to, `f` calls [`restore`] with the value if not masked, and undoes what `mask()`
+/// did if masked. So `f` can end in a tail call on either path, and the fast path keeps no
+/// register for after it.
+///
+/// `f` is called from two places, both inline (pass an `#[inline(always)]` closure): each
+/// copy then knows which way it came in, so the fast path's end is one store with no test,
+/// and the closure's captures stay in registers. (A cold function taking `f` makes the fast
+/// path store the captures to the stack.)
 #[inline(always)]
-pub(crate) fn with_level<W: LevelWord, G, R>(
-    word: W,
-    last: usize,
-    step: usize,
-    mask: impl FnOnce() -> G,
-    f: impl FnOnce(usize) -> R,
-) -> R {
-    let value = word.load();
-    if value >= last {
-        core::hint::cold_path();
-        let _guard = mask();
-        // The last level's value is below `last + step` (its base is below `step`), and
-        // `mask` refused a word past it: saying so spares callers a bounds check.
-        return f(value.min(last + step - 1));
-    }
-    word.store(value + step);
-    compiler_fence(Ordering::SeqCst);
-    let _raised = Raised { word, value };
-    f(value)
-}
-
-/// [`with_level`] with the end of the closure left to `f`, which gets the value read and
-/// whether it runs on the masked path. Once done with the slot (on every path, also when it
-/// unwinds: the platform's `SlotExit` does it on drop), possibly in a function it hands
-/// them to, `f` must call [`restore`] with the value if not masked, and undo what `mask()`
-/// did if masked: here `mask` masks interrupts and leaves them so (no guard), so that `f`
-/// keeps nothing to do after a tail call on either path.
-#[inline(always)]
-pub(crate) fn with_level_exit<W: LevelWord, R>(
+pub(crate) fn with_level<W: LevelWord, R>(
     word: W,
     last: usize,
     step: usize,
@@ -98,7 +76,8 @@ pub(crate) fn with_level_exit<W: LevelWord, R>(
     if value >= last {
         core::hint::cold_path();
         mask();
-        // Capped as in `with_level`.
+        // The last level's value is below `last + step` (its base is below `step`), and
+        // `mask` refused a word past it: saying so spares callers a bounds check.
         return f(value.min(last + step - 1), true);
     }
     word.store(value + step);
@@ -106,25 +85,12 @@ pub(crate) fn with_level_exit<W: LevelWord, R>(
     f(value, false)
 }
 
-/// Puts back the word's `value` at the end of a closure of [`with_level_exit`], after the
-/// closure's accesses (a compiler fence keeps them before the store).
+/// Puts back the word's `value` at the end of a closure of [`with_level`] (not masked),
+/// after the closure's accesses (a compiler fence keeps them before the store).
 #[inline(always)]
 pub(crate) fn restore<W: LevelWord>(word: W, value: usize) {
     compiler_fence(Ordering::SeqCst);
     word.store(value);
-}
-
-/// A raised word, restored to `value` on drop (even if the closure unwinds).
-struct Raised<W: LevelWord> {
-    word: W,
-    value: usize,
-}
-
-impl<W: LevelWord> Drop for Raised<W> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        restore(&self.word, self.value);
-    }
 }
 
 #[cfg(test)]

@@ -304,7 +304,6 @@ impl KernelPlatform {
 }
 
 /// A CPU's slot word (see `arch/levels.rs` for the rule).
-#[derive(Clone, Copy)]
 struct CpuLevel(&'static AtomicUsize);
 
 impl crate::arch::levels::LevelWord for CpuLevel {
@@ -364,8 +363,14 @@ unsafe impl Platform for KernelPlatform {
 
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let word = CpuLevel(&record().slot);
-        crate::arch::levels::with_level(word, (LEVELS - 1) * MAX_CPUS, MAX_CPUS, mask_last_level, f)
+        self.with_slot_exit(
+            #[inline(always)]
+            |slot, exit| {
+                let result = f(slot);
+                exit.leave();
+                result
+            },
+        )
     }
 
     /// The exit puts back the slot word read into the record at `word`, or on the masked
@@ -373,7 +378,7 @@ unsafe impl Platform for KernelPlatform {
     #[inline(always)]
     fn with_slot_exit<R>(&self, f: impl for<'a> FnOnce(usize, SlotExit<'a, Self>) -> R) -> R {
         let word = &record().slot;
-        crate::arch::levels::with_level_exit(
+        crate::arch::levels::with_level(
             CpuLevel(word),
             (LEVELS - 1) * MAX_CPUS,
             MAX_CPUS,
@@ -383,7 +388,7 @@ unsafe impl Platform for KernelPlatform {
             move |slot, masked| {
                 let word = if masked { 0 } else { word as *const AtomicUsize as usize };
                 // SAFETY: `exit_slot` puts back the slot word read into this CPU's record,
-                // or drops the guard forgotten on the masked path: what `with_level_exit`
+                // or drops the guard forgotten on the masked path: what `with_level`
                 // asks of its closure once done.
                 let exit = unsafe { SlotExit::new(word, slot) };
                 f(slot, exit)

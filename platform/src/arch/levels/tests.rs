@@ -4,16 +4,16 @@
 //! again; the masked last level takes no interrupt. Every open closure must hold a level no
 //! other open closure holds, and the word must be back where it started at the end. The
 //! word encodes levels as the platforms do: level L at `base + L * step`, with the slot
-//! (CPU 3 of 8, the platforms' encoding) and with the bare level (`base` 0, `step` 1); each with
-//! `with_level` and with `with_level_exit`, whose closure ends the level itself (restores
-//! the word, or unmasks on the masked path) as the platforms' `SlotExit` does.
+//! (CPU 3 of 8, the platforms' encoding) and with the bare level (`base` 0, `step` 1). Each
+//! closure ends its level itself (restores the word, or unmasks on the masked path) as the
+//! platforms' `SlotExit` does.
 
 extern crate std;
 
 use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
-use super::{LevelWord, restore, with_level, with_level_exit};
+use super::{LevelWord, restore, with_level};
 
 const LEVELS: usize = 4;
 /// Word encodings `(base, step)`: level L is `base + L * step`.
@@ -30,9 +30,7 @@ struct Cpu {
     held: RefCell<[bool; LEVELS]>,
     /// Interrupts masked (the last level's closure).
     masked: Cell<bool>,
-    /// Closures use `with_level_exit` (and end their level themselves).
-    exit: bool,
-    /// The mask state the masked path of `with_level_exit` found, for its closure's end.
+    /// The mask state the masked path of `with_level` found, for its closure's end.
     mask_before: Cell<Option<bool>>,
     /// The arrival points so far, and where interrupts fire.
     point: Cell<usize>,
@@ -56,36 +54,23 @@ impl Cpu {
     /// One allocation: a slot closure with arrival points inside it.
     fn allocate(&self) {
         let last = self.base + (LEVELS - 1) * self.step;
-        if self.exit {
-            with_level_exit(
-                self,
-                last,
-                self.step,
-                || {
-                    let before = self.masked.replace(true);
-                    assert!(self.mask_before.replace(Some(before)).is_none(), "masked paths nest");
-                },
-                |value, masked| {
-                    assert_eq!(value % self.step, self.base % self.step, "word {value} is not this CPU's");
-                    self.hold((value - self.base) / self.step);
-                    // The closure's end, as a platform's exit does it.
-                    if masked {
-                        self.masked.set(self.mask_before.take().expect("the masked path saved the mask"));
-                    } else {
-                        restore(self, value);
-                    }
-                },
-            );
-            return;
-        }
         with_level(
             self,
             last,
             self.step,
-            || Masked::new(&self.masked),
-            |value| {
+            || {
+                let before = self.masked.replace(true);
+                assert!(self.mask_before.replace(Some(before)).is_none(), "masked paths nest");
+            },
+            |value, masked| {
                 assert_eq!(value % self.step, self.base % self.step, "word {value} is not this CPU's");
                 self.hold((value - self.base) / self.step);
+                // The closure's end, as a platform's exit does it.
+                if masked {
+                    self.masked.set(self.mask_before.take().expect("the masked path saved the mask"));
+                } else {
+                    restore(self, value);
+                }
             },
         );
     }
@@ -103,22 +88,6 @@ impl Cpu {
     }
 }
 
-/// Interrupts masked while alive (the last level's guard).
-struct Masked<'a>(&'a Cell<bool>, bool);
-
-impl<'a> Masked<'a> {
-    fn new(flag: &'a Cell<bool>) -> Self {
-        let before = flag.replace(true);
-        Self(flag, before)
-    }
-}
-
-impl Drop for Masked<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.1);
-    }
-}
-
 impl LevelWord for Cpu {
     fn load(&self) -> usize {
         self.arrival();
@@ -132,9 +101,8 @@ impl LevelWord for Cpu {
     }
 }
 
-fn run(fire: &[usize], (base, step): (usize, usize), exit: bool) -> (usize, [usize; LEVELS]) {
+fn run(fire: &[usize], (base, step): (usize, usize)) -> (usize, [usize; LEVELS]) {
     let cpu = Cpu {
-        exit,
         mask_before: Cell::new(None),
         word: Cell::new(base),
         base,
@@ -157,7 +125,7 @@ fn run(fire: &[usize], (base, step): (usize, usize), exit: bool) -> (usize, [usi
 #[test]
 #[cfg_attr(miri, ignore = "45,760 schedules take many minutes interpreted; the logic is safe code")]
 fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
-    for (encoding, exit) in ENCODINGS.into_iter().flat_map(|encoding| [(encoding, false), (encoding, true)]) {
+    for encoding in ENCODINGS {
         let mut schedules = 0;
         let mut reached = [0usize; LEVELS];
         let mut masked_runs = 0;
@@ -165,7 +133,7 @@ fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
             for b in a..POINTS {
                 for c in b..POINTS {
                     let fire: Vec<usize> = [a, b, c].into_iter().collect();
-                    let (fired, runs) = run(&fire, encoding, exit);
+                    let (fired, runs) = run(&fire, encoding);
                     schedules += 1;
                     for (level, &count) in runs.iter().enumerate() {
                         reached[level] += usize::from(count > 0);
@@ -186,12 +154,12 @@ fn every_placement_of_up_to_three_nested_interrupts_keeps_levels_exclusive() {
 fn an_interrupt_between_the_read_and_the_raise_completes_at_the_same_level_first() {
     // Point 0 is the load of the word: the handler's closure takes level 0 and restores 0
     // before the interrupted closure raises the word and takes level 0 in turn.
-    for (encoding, exit) in ENCODINGS.into_iter().flat_map(|encoding| [(encoding, false), (encoding, true)]) {
-        let (fired, runs) = run(&[0], encoding, exit);
+    for encoding in ENCODINGS {
+        let (fired, runs) = run(&[0], encoding);
         assert_eq!(fired, 1);
         assert_eq!(runs, [2, 0, 0, 0]);
         // Inside the closure (after the raise): the handler takes level 1.
-        let (_, runs) = run(&[3], encoding, exit);
+        let (_, runs) = run(&[3], encoding);
         assert_eq!(runs, [1, 1, 0, 0]);
     }
 }
@@ -215,12 +183,13 @@ fn a_word_past_the_last_level_takes_the_masked_path_and_is_left_alone() {
         Word(&word),
         3 + (LEVELS - 1) * 8,
         8,
-        || Masked::new(&masked),
-        |slot| {
+        || masked.set(true),
+        |slot, on_masked_path| {
             // Capped at the last level's range: the platform's mask closure refuses such a CPU.
-            assert!(slot < 3 + LEVELS * 8, "slot {slot}");
+            assert!(on_masked_path && slot < 3 + LEVELS * 8, "slot {slot}");
             assert!(masked.get());
             assert_eq!(word.get(), usize::MAX);
+            masked.set(false);
         },
     );
     assert!(!masked.get());

@@ -260,7 +260,6 @@ impl KernelPlatform {
 }
 
 /// The calling CPU's level word, through `gs:` (see `arch/levels.rs` for the rule).
-#[derive(Clone, Copy)]
 struct GsLevel;
 
 impl crate::arch::levels::LevelWord for GsLevel {
@@ -307,14 +306,21 @@ unsafe impl Platform for KernelPlatform {
 
     #[inline(always)]
     fn with_slot<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        crate::arch::levels::with_level(GsLevel, (LEVELS - 1) * MAX_CPUS, MAX_CPUS, mask_last_level, f)
+        self.with_slot_exit(
+            #[inline(always)]
+            |slot, exit| {
+                let result = f(slot);
+                exit.leave();
+                result
+            },
+        )
     }
 
     /// The exit puts back the slot word read, or on the masked path (`word` 1) drops the
     /// interrupt guard taken there.
     #[inline(always)]
     fn with_slot_exit<R>(&self, f: impl for<'a> FnOnce(usize, SlotExit<'a, Self>) -> R) -> R {
-        crate::arch::levels::with_level_exit(
+        crate::arch::levels::with_level(
             GsLevel,
             (LEVELS - 1) * MAX_CPUS,
             MAX_CPUS,
@@ -322,7 +328,7 @@ unsafe impl Platform for KernelPlatform {
             || core::mem::forget(mask_last_level()),
             #[inline(always)]
             // SAFETY: `exit_slot` puts back the word read, or drops the guard forgotten on
-            // the masked path: what `with_level_exit` asks of its closure once done.
+            // the masked path: what `with_level` asks of its closure once done.
             |slot, masked| f(slot, unsafe { SlotExit::new(usize::from(masked), slot) }),
         )
     }

@@ -85,9 +85,9 @@ impl InterruptGuard {
         // `new` raised the count (the caller's promise), so lowering it keeps it balanced.
         // The saved flags are read before the count drops: once it is 0 a nested handler may
         // overwrite them. Interrupts are enabled only when the count reaches 0 and the
-        // outermost guard found them enabled. Not `nomem`: a compiler barrier, so the critical section's accesses
-        // cannot sink below the `sti`. No stack use (nostack); `sub`/`test` change the
-        // status flags.
+        // outermost guard found them enabled. Not `nomem`: a compiler barrier, so the
+        // critical section's accesses cannot sink below the `sti`. No stack use (nostack);
+        // `sub`/`test` change the status flags.
         unsafe {
             asm!(
                 "mov {saved}, qword ptr gs:[rip + {record} + {saved_offset}]",
